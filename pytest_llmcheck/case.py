@@ -1,0 +1,173 @@
+"""One test's conversation with one model: ask, time, record, check.
+
+``LLM`` is what the ``llm`` fixture gives a test. Every answer is generated exactly
+once; that generation is what pytest-benchmark times, what the expectations check,
+what the snapshot stores and what the report shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .engines.base import Answer, Engine
+from .expect import ExpectationError, Expectations, Failure, format_failure, parse_expectations
+from .registry import ModelRef
+from .suite import Question
+
+if TYPE_CHECKING:
+    from .session import LlmcheckSession
+
+
+def marker_expectations(item: pytest.Item) -> Expectations:
+    """Merge every ``llm_expect`` marker on the item (closest first); bad ones fail the test."""
+    merged = Expectations()
+    for mark in reversed(list(item.iter_markers("llm_expect"))):
+        if mark.args:
+            pytest.fail(
+                f"llm_expect() takes keyword arguments only (e.g. contains='Paris'), got {mark.args!r}",
+                pytrace=False,
+            )
+        try:
+            merged = merged.merge(parse_expectations(mark.kwargs))
+        except ExpectationError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    return merged
+
+
+@dataclass
+class LLM:
+    """The model under test, as a test sees it: ``answer = llm.ask("...")``."""
+
+    ref: ModelRef
+    engine: Engine
+    session: LlmcheckSession
+    request: pytest.FixtureRequest
+    answers: list[Answer] = field(default_factory=list)
+    _benchmark_used: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.engine.fingerprint(), "generation": self.session.generation.as_dict()}
+
+    def ask(
+        self,
+        prompt: str | Question,
+        *,
+        system: str | None = None,
+        expect: dict[str, Any] | None = None,
+        snapshot: bool | None = None,
+    ) -> Answer:
+        """Answer ``prompt`` once (or ``--llm-repeat`` times) and check it.
+
+        Checks: the item's ``llm_expect`` markers, the question's own expectations and
+        ``expect``; and the answer snapshot when the question comes from a suite, the
+        test has the ``llm_snapshot`` marker, or ``snapshot=True``.
+        """
+        item = self.request.node
+        question = prompt if isinstance(prompt, Question) else None
+        text = question.prompt if question else str(prompt)
+        system = system if system is not None else (question.system if question else None)
+        expectations = marker_expectations(item)
+        if question is not None:
+            expectations = expectations.merge(question.expect)
+        if expect:
+            try:
+                expectations = expectations.merge(parse_expectations(expect, where="ask(expect=...)"))
+            except ExpectationError as exc:
+                pytest.fail(str(exc), pytrace=False)
+        case_id = question.id if question else _case_id(item, self.ref.name)
+        answers = self._generate(text, system)
+        self.answers.extend(answers)
+        case = self.session.results.case(self.ref.name, case_id, nodeid=item.nodeid, prompt=text)
+        case.reference = question.reference if question else None
+        case.prompt_tokens = answers[-1].prompt_tokens
+        for answer in answers:
+            case.answers.append(answer.text)
+            case.seconds.append(answer.seconds)
+            case.tokens_per_second.append(answer.tokens_per_second)
+            case.ttft.append(answer.ttft)
+            case.new_tokens.append(answer.new_tokens)
+
+        problems: list[str] = []
+        want_snapshot = snapshot if snapshot is not None else (
+            question is not None or item.get_closest_marker("llm_snapshot") is not None
+        )
+        if want_snapshot:
+            from .snapshots import check_snapshot
+
+            outcome = check_snapshot(self.request, answers[-1], self.fingerprint())
+            case.snapshot, case.snapshot_diff = outcome.status, outcome.diff
+            if outcome.failure:
+                problems.append(outcome.failure)
+
+        failures_per_answer = [expectations.check(a) for a in answers]
+        case.passes = sum(not f for f in failures_per_answer)
+        required = (question.min_passes if question and question.min_passes else len(answers))
+        case.required_passes = min(required, len(answers))
+        first_bad = next(((f, a) for f, a in zip(failures_per_answer, answers) if f), None)
+        if first_bad is not None:
+            case.failed_expectation = first_bad[0][0].message
+        met = case.passes >= case.required_passes
+        case.verdict = "pass" if met and not problems else "fail"
+        if not met:
+            message = _expectation_message(first_bad, case.passes, len(answers), case.required_passes)
+            if self.session.settings.soft:
+                case.soft = True
+                case.verdict = "fail"
+            else:
+                problems.insert(0, message)
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+        return answers[-1]
+
+    def _generate(self, prompt: str, system: str | None) -> list[Answer]:
+        """Generate ``repeat`` answers, timed by pytest-benchmark when it is active."""
+        from .timing import run_timed
+
+        config = self.session.generation
+        answers: list[Answer] = []
+
+        def once() -> None:
+            answers.append(self.engine.generate(prompt, system=system, config=config))
+
+        used = run_timed(
+            self.request,
+            once,
+            rounds=self.session.settings.repeat,
+            group=self.ref.name,
+            use_benchmark=not self._benchmark_used,
+        )
+        self._benchmark_used = self._benchmark_used or used
+        if used:
+            from .timing import annotate
+
+            annotate(self.request, self, answers)
+        return answers
+
+
+def _case_id(item: pytest.Item, model: str) -> str:
+    """A Python test's case id: its name without the model part of the parameters."""
+    name = item.name
+    suffix = f"[{model}]"
+    if name.endswith(suffix):
+        return name[: -len(suffix)]
+    return name.replace(f"-{model}]", "]").replace(f"[{model}-", "[")
+
+
+def _expectation_message(
+    first_bad: tuple[list[Failure], Answer] | None, passes: int, total: int, required: int
+) -> str:
+    if first_bad is None:  # pragma: no cover - only reached when required > passes with no failure
+        return f"LLM answers passed {passes} of {total}, needed {required}"
+    failures, answer = first_bad
+    message = format_failure(failures, answer)
+    if total > 1:
+        message = f"{passes} of {total} answers met the expectations, needed {required}\n" + message
+    return message
+

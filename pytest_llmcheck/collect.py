@@ -1,0 +1,57 @@
+"""Zero-code suites: pytest collects ``*.llm.yaml`` files into (question x model) items.
+
+Each item is a real ``pytest.Function`` (so ``llm``, ``benchmark`` and ``snapshot``
+fixtures work as in any test) whose body asks the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .session import MODEL_KEY, SESSION_KEY
+from .suite import Question, SuiteError, load_suite
+
+QUESTION_KEY = pytest.StashKey[Question]()
+
+
+def ask_suite_question(llm: Any, llm_question: Question) -> None:
+    """The body of every suite item: ask, then the LLM checks expectations and snapshot."""
+    llm.ask(llm_question)
+
+
+class SuiteFile(pytest.File):
+    """A ``*.llm.yaml`` file."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            suite = load_suite(self.path)
+        except SuiteError as exc:
+            raise self.CollectError(str(exc)) from None
+        session = self.config.stash[SESSION_KEY]
+        for question in suite.questions:
+            for ref in session.resolve_models():
+                item = SuiteItem.from_parent(
+                    self, name=f"{question.id}[{ref.name}]", callobj=ask_suite_question, originalname=question.id
+                )
+                item.stash[MODEL_KEY] = ref.name
+                item.stash[QUESTION_KEY] = question
+                for tag in question.tags:
+                    item.keywords[tag] = True
+                yield item
+
+
+class SuiteItem(pytest.Function):
+    """One question on one model; reported at its suite file, not at this module."""
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.path.name}::{self.name}"
+
+
+def is_suite_path(path: Path) -> bool:
+    from .suite import is_suite_file
+
+    return is_suite_file(path)

@@ -1,0 +1,7 @@
+"""Engines: the objects that hold a loaded model and answer prompts."""
+
+from __future__ import annotations
+
+from .base import Answer, Engine, GenerationConfig, QuantReport
+
+__all__ = ["Answer", "Engine", "GenerationConfig", "QuantReport"]

@@ -1,0 +1,192 @@
+"""The default engine: transformers + torch on the CPU, optionally INT4 via torchao.
+
+torch and transformers are imported only when a model is loaded, so importing the
+plugin stays cheap.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..quantize import Quantizer
+from ..registry import ModelRef
+from .base import Answer, GenerationConfig, QuantReport
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ModelLoadError(RuntimeError):
+    """The model files are there but transformers cannot load them as asked."""
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for dist in ("torch", "transformers", "torchao", "gguf"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _first_token_streamer() -> Any:
+    """A streamer that notes when the first new token arrives (for time to first token)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.calls = 0
+            self.first: float | None = None
+
+        def put(self, value: Any) -> None:
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # call 1 is the prompt
+                self.first = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    return FirstToken()
+
+
+class TransformersEngine:
+    """One loaded, quantized model answering chat prompts greedily."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        ref: ModelRef,
+        quant: QuantReport,
+        *,
+        recipe: dict[str, Any],
+        load_seconds: float,
+        threads: int,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.ref = ref
+        self.quant = quant
+        self.recipe = recipe
+        self.load_seconds = load_seconds
+        self.threads = threads
+
+    @classmethod
+    def load(
+        cls,
+        ref: ModelRef,
+        folder: Path,
+        quantizer: Quantizer,
+        *,
+        threads: int,
+        trust_remote_code: bool = False,
+    ) -> TransformersEngine:
+        """Load tokenizer and model from ``folder`` (a model folder, or the folder of a GGUF) and quantize."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if ref.gguf_file:
+            kwargs["gguf_file"] = ref.gguf_file
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=getattr(torch, quantizer.load_dtype), **kwargs
+            )
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise ModelLoadError(
+                    f"model {ref.name!r} ({ref.spec}) ships its own modeling code; allow it with "
+                    f"--llm-trust-remote-code={ref.name} (or ini llmcheck_trust_remote_code)"
+                ) from None
+            raise
+        model.eval()
+        load_seconds = time.perf_counter() - start
+        quant = quantizer.apply(model)
+        return cls(
+            model,
+            tokenizer,
+            ref,
+            quant,
+            recipe=quantizer.recipe(),
+            load_seconds=load_seconds,
+            threads=threads,
+        )
+
+    def _encode(self, prompt: str, system: str | None) -> dict[str, torch.Tensor]:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        if getattr(self.tokenizer, "chat_template", None):
+            enc = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        else:  # base models without a template: plain text
+            text = (system + "\n\n" if system else "") + prompt
+            enc = self.tokenizer(text, return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
+        import torch
+
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        inputs = self._encode(prompt, system)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        streamer = _first_token_streamer()
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if config.greedy
+            else {"do_sample": True, "temperature": config.temperature, "top_p": 1.0, "top_k": 0}
+        )
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=config.max_new_tokens,
+                streamer=streamer,
+                pad_token_id=pad,
+                **sampling,
+            )
+        seconds = time.perf_counter() - start
+        new = out[0, prompt_len:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        ttft = (streamer.first - start) if streamer.first is not None else seconds
+        return Answer(
+            text=text,
+            prompt=prompt,
+            system=system,
+            prompt_tokens=prompt_len,
+            new_tokens=int(new.shape[0]),
+            seconds=seconds,
+            ttft=ttft,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "source": self.ref.source,
+            "model": self.ref.spec,
+            "revision": self.ref.revision,
+            "quantization": self.recipe,
+            "threads": self.threads,
+            "versions": library_versions(),
+        }
+
+    def close(self) -> None:
+        self.model = None
+        self.tokenizer = None
+        gc.collect()

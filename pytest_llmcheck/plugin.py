@@ -1,0 +1,134 @@
+"""pytest hooks and fixtures of pytest-llmcheck; each delegates to a plain object.
+
+Importing this module must stay cheap: no torch, transformers or modelscope here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from . import hooks
+from .case import LLM
+from .engines.base import Engine
+from .collect import QUESTION_KEY, SuiteFile, is_suite_path
+from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, default_engine, group_by_model, model_of
+from .registry import ModelRef
+from .settings import Settings, add_aliases, add_options
+from .suite import Question, SuiteError, load_suite
+
+MARKERS = (
+    "llm_expect(**expectations): check every answer of this test: contains, all_of, any_of, "
+    "not_contains, regex, max_seconds, max_new_tokens, ignore_case",
+    "llm_suite(path): parametrize the test's llm_question fixture with the questions of a *.llm.yaml suite",
+    "llm_snapshot: compare every answer of this test with its stored syrupy snapshot",
+)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None, None, None]:
+    # After every plugin and initial conftest has added its options: take the free aliases.
+    yield
+    early_config.stash[ALIAS_CLASHES_KEY] = add_aliases(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    for alias in config.stash.get(ALIAS_CLASHES_KEY, []):
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"pytest-llmcheck: {alias} belongs to another plugin; use "
+                f"{alias.replace('--llm-', '--llmcheck-')} for pytest-llmcheck"
+            ),
+            stacklevel=2,
+        )
+    session = LlmcheckSession(
+        settings=Settings.from_config(config),
+        make_engine=lambda ref: config.hook.pytest_llmcheck_make_engine(ref=ref, settings=session.settings),
+        rootpath=config.rootpath,
+    )
+    if session.settings.models_given:
+        session.resolve_models()  # bad references stop the run here, as usage errors
+    config.stash[SESSION_KEY] = session
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> Engine:
+    return default_engine(ref, settings)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if is_suite_path(file_path):
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    mark = metafunc.definition.get_closest_marker("llm_suite")
+    if mark is not None and "llm_question" in metafunc.fixturenames:
+        questions = _marker_suite(metafunc, mark)
+        metafunc.parametrize("llm_question", questions, ids=[q.id for q in questions])
+    if "llm" in metafunc.fixturenames:
+        names = [ref.name for ref in metafunc.config.stash[SESSION_KEY].resolve_models()]
+        metafunc.parametrize("llm", names, indirect=True, ids=names)
+
+
+def _marker_suite(metafunc: pytest.Metafunc, mark: pytest.Mark) -> list[Question]:
+    if len(mark.args) != 1 or not isinstance(mark.args[0], (str, Path)) or mark.kwargs:
+        pytest.fail(f"llm_suite() takes one suite path, got {mark.args!r} {mark.kwargs!r}", pytrace=False)
+    path = Path(metafunc.definition.path).parent / mark.args[0]
+    try:
+        return list(load_suite(path).questions)
+    except SuiteError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    group_by_model(items, model_of)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    llm_session = session.config.stash.get(SESSION_KEY, None)
+    if llm_session is not None:
+        llm_session.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    llm_session = config.stash.get(SESSION_KEY, None)
+    if llm_session is None or not llm_session.results.models:
+        return
+    from .summary import summary_lines
+
+    terminalreporter.write_sep("=", "llmcheck summary")
+    for line in summary_lines(llm_session.results):
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest) -> LLM:
+    """The model under test; parametrized over ``--llm-model``: ``llm.ask("...")``."""
+    session = request.config.stash[SESSION_KEY]
+    ref = session.ref_named(model_of(request.node) or "")
+    return LLM(ref=ref, engine=session.engine(ref), session=session, request=request)
+
+
+@pytest.fixture
+def llm_question(request: pytest.FixtureRequest) -> Question:
+    """The suite question of this test (from ``llm_suite`` or a ``*.llm.yaml`` file)."""
+    question = getattr(request, "param", None) or request.node.stash.get(QUESTION_KEY, None)
+    if question is None:
+        pytest.fail("llm_question needs @pytest.mark.llm_suite('file.llm.yaml') on the test", pytrace=False)
+    return question

@@ -1,0 +1,65 @@
+"""Holds at most one loaded model at a time, loading each once per session.
+
+Items are grouped by model at collection (see ``session.group_by_model``), so a model
+is loaded on its first test, shared by the rest, and released before the next model
+loads: only one model is ever in memory. A model that fails to load fails each of its
+tests with the same one-line reason, without trying again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .engines.base import Engine
+from .registry import ModelRef
+
+
+class ModelUnavailable(Exception):
+    """The model could not be loaded; ``str()`` is the one line to show."""
+
+
+@dataclass
+class LoadRecord:
+    """How one model's load went: shown in the summary, checked by the tests."""
+
+    loads: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class ModelPool:
+    make_engine: Callable[[ModelRef], Engine]
+    on_load: Callable[[ModelRef, Engine, float], None] = lambda ref, engine, seconds: None
+    current: tuple[ModelRef, Engine] | None = None
+    records: dict[str, LoadRecord] = field(default_factory=dict)
+
+    def get(self, ref: ModelRef) -> Engine:
+        if self.current is not None and self.current[0] == ref:
+            return self.current[1]
+        record = self.records.setdefault(ref.name, LoadRecord())
+        if record.error is not None:
+            raise ModelUnavailable(record.error)
+        self.release()
+        start = time.perf_counter()
+        try:
+            engine = self.make_engine(ref)
+        except ModelUnavailable as exc:
+            record.error = str(exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line per test
+            record.error = f"model {ref.name!r} ({ref.spec}) failed to load: {type(exc).__name__}: {exc}"
+            raise ModelUnavailable(record.error) from exc
+        record.loads += 1
+        record.seconds = time.perf_counter() - start
+        self.current = (ref, engine)
+        self.on_load(ref, engine, record.seconds)
+        return engine
+
+    def release(self) -> None:
+        if self.current is not None:
+            _, engine = self.current
+            self.current = None
+            engine.close()

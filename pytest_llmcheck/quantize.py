@@ -1,0 +1,162 @@
+"""Quantizers: turn a loaded transformers model into its test-time form.
+
+Each quantizer names the dtype the model should be loaded in and then converts it in
+place, reporting how many linear layers it converted. A recipe that silently skips
+layers is the classic trap (torchao's default group size 128 skips most layers of a
+135M model), so every quantizer counts and the caller refuses a model where nothing
+was converted.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .engines.base import QuantReport
+
+if TYPE_CHECKING:
+    import torch
+
+
+class QuantizationError(RuntimeError):
+    """The recipe could not be applied in a way worth testing."""
+
+
+class LlmcheckWarning(UserWarning):
+    """Something the user should see but that need not stop the session."""
+
+
+class Quantizer(Protocol):
+    name: str
+    load_dtype: str  # "float32" | "bfloat16"
+
+    def recipe(self) -> dict[str, Any]:
+        """What makes the result differ; part of cache keys and fingerprints."""
+        ...
+
+    def apply(self, model: torch.nn.Module) -> QuantReport:
+        ...
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by parameters, counting the packed inner tensors of quantized ones."""
+    total = 0
+    for param in model.parameters():
+        total += _tensor_bytes(param)
+    return total
+
+
+def _tensor_bytes(t: Any) -> int:
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n)) for n in names)
+    return int(t.numel() * t.element_size())
+
+
+def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    import torch
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def is_quantized_weight(weight: Any) -> bool:
+    import torch
+
+    return type(weight) not in (torch.Tensor, torch.nn.Parameter)
+
+
+@dataclass(frozen=True)
+class NoQuant:
+    """Keep the weights as loaded, in fp32 (``none``) or bf16 (``bf16``)."""
+
+    name: str = "none"
+    load_dtype: str = "float32"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"method": self.name, "dtype": self.load_dtype}
+
+    def apply(self, model: torch.nn.Module) -> QuantReport:
+        size = weight_bytes(model)
+        layers = len(_linear_layers(model))
+        return QuantReport(method=self.name, layers_total=layers, bytes_before=size, bytes_after=size)
+
+
+@dataclass(frozen=True)
+class TorchaoInt4:
+    """torchao's CPU INT4 weight-only path on a bf16 model; ``lm_head`` stays bf16.
+
+    Measured on SmolLM2-135M, 1 thread: 28 tok/s against 19 for bf16 and 14 for fp32.
+    """
+
+    group_size: int = 32
+    name: str = "int4"
+    load_dtype: str = "bfloat16"
+    min_fraction: float = 0.5
+
+    def recipe(self) -> dict[str, Any]:
+        return {"method": "torchao-int4-weight-only", "group_size": self.group_size, "skip": ["lm_head"]}
+
+    def eligible(self, fqn: str, module: Any) -> bool:
+        import torch
+
+        return (
+            isinstance(module, torch.nn.Linear)
+            and not fqn.endswith("lm_head")
+            and module.in_features % self.group_size == 0
+        )
+
+    def apply(self, model: torch.nn.Module) -> QuantReport:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+        from torchao.quantization import quantize_
+
+        before = weight_bytes(model)
+        linears = [(n, m) for n, m in _linear_layers(model) if not n.endswith("lm_head")]
+        start = time.perf_counter()
+        quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=self.group_size), filter_fn=self.eligible)
+        seconds = time.perf_counter() - start
+        done = sum(is_quantized_weight(m.weight) for _, m in linears)
+        report = QuantReport(
+            method=self.name,
+            layers_total=len(linears),
+            layers_quantized=done,
+            bytes_before=before,
+            bytes_after=weight_bytes(model),
+            seconds=seconds,
+            details=self.recipe(),
+        )
+        check_coverage(report, self.min_fraction)
+        return report
+
+
+def check_coverage(report: QuantReport, min_fraction: float) -> None:
+    """Refuse a model where no layer was converted; warn loudly when few were."""
+    if report.layers_total == 0 or report.layers_quantized == 0:
+        raise QuantizationError(
+            f"{report.method}: 0 of {report.layers_total} linear layers were quantized; "
+            "the recipe does not fit this model (try --llm-quant=bf16 or none)"
+        )
+    if report.layers_quantized < min_fraction * report.layers_total:
+        warnings.warn(
+            LlmcheckWarning(
+                f"{report.method}: only {report.layers_quantized} of {report.layers_total} linear layers "
+                "were quantized; the rest stay in full precision"
+            ),
+            stacklevel=2,
+        )
+
+
+QUANTIZERS: dict[str, Quantizer] = {
+    "int4": TorchaoInt4(),
+    "bf16": NoQuant(name="bf16", load_dtype="bfloat16"),
+    "none": NoQuant(name="none", load_dtype="float32"),
+}
+
+
+def get_quantizer(name: str) -> Quantizer:
+    try:
+        return QUANTIZERS[name]
+    except KeyError:
+        raise QuantizationError(f"unknown quantization {name!r}; allowed: {', '.join(QUANTIZERS)}") from None

