@@ -46,11 +46,8 @@ class ModelPool:
         start = time.perf_counter()
         try:
             engine = self.make_engine(ref)
-        except ModelUnavailable as exc:
-            record.error = str(exc)
-            raise
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line per test
-            record.error = f"model {ref.name!r} ({ref.spec}) failed to load: {type(exc).__name__}: {exc}"
+            record.error = _describe(ref, exc)
             raise ModelUnavailable(record.error) from exc
         record.loads += 1
         record.seconds = time.perf_counter() - start
@@ -63,3 +60,10 @@ class ModelPool:
             _, engine = self.current
             self.current = None
             engine.close()
+
+
+def _describe(ref: ModelRef, exc: Exception) -> str:
+    if isinstance(exc, ModelUnavailable):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"model {ref.name!r} ({ref.spec}) failed to load: {type(exc).__name__}: {text}"

@@ -99,7 +99,8 @@ class TorchaoInt4:
     def recipe(self) -> dict[str, Any]:
         return {"method": "torchao-int4-weight-only", "group_size": self.group_size, "skip": ["lm_head"]}
 
-    def eligible(self, fqn: str, module: Any) -> bool:
+    def eligible(self, module: Any, fqn: str) -> bool:
+        """torchao's ``filter_fn(module, fqn)``: linear layers the group size divides, not lm_head."""
         import torch
 
         return (

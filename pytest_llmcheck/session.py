@@ -74,7 +74,8 @@ class LlmcheckSession:
         try:
             return self.pool.get(ref)
         except ModelUnavailable as exc:
-            pytest.fail(str(exc), pytrace=False)
+            reason = str(exc)
+        pytest.fail(reason, pytrace=False)
 
     def _record_load(self, ref: ModelRef, engine: Engine, seconds: float) -> None:
         model = self.results.model(ref.name)

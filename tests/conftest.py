@@ -11,6 +11,7 @@ def fake(pytester: pytest.Pytester) -> pytest.Pytester:
     from tests import fake_engine
 
     fake_engine.LOADS.clear()
+    fake_engine.EVENTS.clear()
     pytester.makeini(
         f"""
         [pytest]

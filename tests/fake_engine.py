@@ -19,6 +19,7 @@ from pytest_llmcheck.registry import ModelRef
 from pytest_llmcheck.settings import Settings
 
 LOADS: list[str] = []  # model names in load order, for the load-count tests
+EVENTS: list[str] = []  # "load a", "close a", ...: shows one model in memory at a time
 
 
 class FakeEngine:
@@ -55,6 +56,7 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+        EVENTS.append(f"close {self.model}")
 
 
 def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> FakeEngine | None:
@@ -64,6 +66,7 @@ def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> FakeEngine
     if name == "broken":
         raise RuntimeError("fake weights are corrupt")
     LOADS.append(name)
+    EVENTS.append(f"load {name}")
     path = Path("fake_answers.json")
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     return FakeEngine(name, table.get(name, {}))
