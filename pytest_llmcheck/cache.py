@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 CACHE_ENV = "LLMCHECK_CACHE_DIR"
 MARKER = ".complete"
 KEY_FILE = "key.json"
+SCRATCH = "_scratch"  # not an entry kind: the kind pattern needs a letter or digit first
 _TMP = ".tmp-"
 _LOCK = ".lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -191,6 +192,12 @@ class Cache:
             raise CacheError(f"cache entry {path} would lie outside {root}")
         return CacheEntry(path, kind, key)
 
+    def scratch(self, name: str) -> Path:
+        """A folder for a tool's own files (e.g. a hub client's cache); not an entry, never listed."""
+        if not _KIND.match(name):
+            raise CacheError(f"bad scratch name {name!r}")
+        return self.root / SCRATCH / name
+
     def _kind_dirs(self, kind: str | None) -> list[Path]:
         if kind is not None:
             if not _KIND.match(kind):
@@ -222,7 +229,7 @@ class Cache:
         return found
 
     def clear(self, kind: str | None = None) -> int:
-        """Delete entries (of one kind, or all) and dead builds; return the bytes freed.
+        """Delete entries (of one kind, or all, then scratch too) and dead builds; return bytes freed.
 
         An entry being built right now (its lock is held) is left alone. Lock files stay:
         deleting one that another process has open would let two builders in at once.
@@ -243,4 +250,6 @@ class Cache:
                         freed += _remove(path)
                 except Timeout:
                     continue
+        if kind is None:
+            freed += _remove(self.root / SCRATCH)
         return freed

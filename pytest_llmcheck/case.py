@@ -8,7 +8,7 @@ what the snapshot stores and what the report shows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -17,8 +17,7 @@ from .expect import ExpectationError, Expectations, Failure, format_failure, par
 from .registry import ModelRef
 from .suite import Question
 
-if TYPE_CHECKING:
-    from .session import LlmcheckSession
+from .session import CASES_KEY, LlmcheckSession, strip_model
 
 
 def marker_expectations(item: pytest.Item) -> Expectations:
@@ -81,11 +80,14 @@ class LLM:
                 expectations = expectations.merge(parse_expectations(expect, where="ask(expect=...)"))
             except ExpectationError as exc:
                 pytest.fail(str(exc), pytrace=False)
-        case_id = question.id if question else _case_id(item, self.ref.name)
+        case_id = question.id if question else strip_model(item.name, self.ref.name)
         answers = self._generate(text, system)
         self.answers.extend(answers)
         case = self.session.results.case(self.ref.name, case_id, nodeid=item.nodeid, prompt=text)
         case.reference = question.reference if question else None
+        cases = item.stash.setdefault(CASES_KEY, [])
+        if case not in cases:
+            cases.append(case)
         case.prompt_tokens = answers[-1].prompt_tokens
         for answer in answers:
             case.answers.append(answer.text)
@@ -122,6 +124,14 @@ class LLM:
                 case.verdict = "fail"
             else:
                 problems.insert(0, message)
+        item.user_properties.extend(
+            [
+                ("llm_model", self.ref.name),
+                ("llm_verdict", case.verdict),
+                ("llm_seconds", f"{answers[-1].seconds:.3f}"),
+                ("llm_tokens_per_second", f"{answers[-1].tokens_per_second:.2f}"),
+            ]
+        )
         if problems:
             pytest.fail("\n\n".join(problems), pytrace=False)
         return answers[-1]
@@ -149,15 +159,6 @@ class LLM:
 
             annotate(self.request, self, answers)
         return answers
-
-
-def _case_id(item: pytest.Item, model: str) -> str:
-    """A Python test's case id: its name without the model part of the parameters."""
-    name = item.name
-    suffix = f"[{model}]"
-    if name.endswith(suffix):
-        return name[: -len(suffix)]
-    return name.replace(f"-{model}]", "]").replace(f"[{model}-", "[")
 
 
 def _expectation_message(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .session import MODEL_KEY, SESSION_KEY
+from .session import CASE_ID_KEY, MODEL_KEY, SESSION_KEY
 from .suite import Question, SuiteError, load_suite
 
 QUESTION_KEY = pytest.StashKey[Question]()
@@ -38,6 +38,7 @@ class SuiteFile(pytest.File):
                     self, name=f"{question.id}[{ref.name}]", callobj=ask_suite_question, originalname=question.id
                 )
                 item.stash[MODEL_KEY] = ref.name
+                item.stash[CASE_ID_KEY] = question.id
                 item.stash[QUESTION_KEY] = question
                 for tag in question.tags:
                     item.keywords[tag] = True

@@ -6,6 +6,7 @@ fixtures call its methods. Nothing here imports torch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from .engines.base import Engine, GenerationConfig
 from .pool import ModelPool, ModelUnavailable
 from .registry import ModelRef, ModelRefError, resolve
-from .results import SessionResults
+from .results import CaseResult, SessionResults
 from .settings import Settings
 
 
@@ -93,8 +94,41 @@ class LlmcheckSession:
             max_new_tokens=s.max_new_tokens, seed=s.seed, threads=s.threads, temperature=s.temperature
         )
 
-    def close(self) -> None:
+    def record_outcome(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Make each case's verdict the test's: a failing assert after ``ask`` fails it too.
+
+        A test that failed before it could ask (its model did not load) becomes an
+        ``error`` case, so the report shows the model's row instead of a gap.
+        """
+        if not report.failed or report.when == "teardown":
+            return
+        reason = _first_line(report.longreprtext)
+        cases = item.stash.get(CASES_KEY, [])
+        if not cases and (model := model_of(item)) is not None:
+            case_id = item.stash.get(CASE_ID_KEY, None) or strip_model(item.name, model)
+            case = self.results.case(model, case_id, nodeid=item.nodeid, prompt="")
+            case.verdict, case.failed_expectation = "error", reason
+            return
+        for case in cases:
+            if case.verdict == "pass":
+                case.verdict, case.failed_expectation = "fail", reason
+
+    def finish(self, write_line: Callable[[str], None] | None = None) -> list[str]:
+        """Release the model, write the reports and return the failed gates."""
+        from .gates import gate_failures
+
         self.pool.release()
+        if self.results.models and self.settings.report_dir is not None:
+            from .report import write_report
+
+            write_report(self.results, self.settings.report_dir)
+        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+        if self.results.models and summary_file:
+            from .report import to_markdown
+
+            with open(summary_file, "a", encoding="utf-8") as fh:
+                fh.write(to_markdown(self.results) + "\n")
+        return gate_failures(self.results, self.settings)
 
 
 def _with(ref: ModelRef, **changes: Any) -> ModelRef:
@@ -124,6 +158,26 @@ def group_by_model(items: list[pytest.Item], model_of: Callable[[pytest.Item], s
 SESSION_KEY = pytest.StashKey[LlmcheckSession]()
 MODEL_KEY = pytest.StashKey[str]()  # model name of a suite item (Python tests use callspec)
 ALIAS_CLASHES_KEY = pytest.StashKey[list[str]]()
+
+
+CASES_KEY = pytest.StashKey[list[CaseResult]]()  # the cases a test's asks recorded
+CASE_ID_KEY = pytest.StashKey[str]()  # the question id of a suite item
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in lines:
+        if line.startswith("E "):
+            return line[2:].strip()
+    return lines[0] if lines else "failed"
+
+
+def strip_model(name: str, model: str) -> str:
+    """A test's case id: its name without the model's part of the parameters."""
+    for suffix in (f"[{model}]", f"-{model}]"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] + ("]" if suffix.startswith("-") else "")
+    return name
 
 
 def model_of(item: pytest.Item) -> str | None:

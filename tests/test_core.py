@@ -43,18 +43,22 @@ def test_each_model_loaded_once_and_released_before_the_next(fake: pytest.Pytest
     result.stdout.fnmatch_lines(["a (fake:a): loaded 1x*", "b (fake:b): loaded 1x*"])
 
 
-def test_unrelated_tests_keep_their_order(fake: pytest.Pytester) -> None:
+def test_plain_tests_keep_their_slots(fake: pytest.Pytester) -> None:
     fake.makepyfile(
-        """
-        def test_z(): pass
-        def test_llm(llm): llm.ask("x")
-        def test_a(): pass
-        """
+        test_m1="def test_llm(llm): llm.ask('x')\ndef test_plain1(): pass\n",
+        test_m2="def test_llm2(llm): llm.ask('x')\ndef test_plain2(): pass\n",
     )
     result = fake.runpytest("--llm-model=fake:a,fake:b", "-v")
-    lines = [ln.split("::")[1].split()[0] for ln in result.outlines if "::" in ln and "PASSED" in ln]
-    # Only the slots of model tests are refilled; plain tests stay where they were.
-    assert lines == ["test_z", "test_llm[a]", "test_a", "test_llm[b]"]
+    ran = [ln.split()[0] for ln in result.outlines if " PASSED" in ln]
+    # Only the slots of model tests are refilled (grouped by model); plain tests stay put.
+    assert ran == [
+        "test_m1.py::test_llm[a]",
+        "test_m2.py::test_llm2[a]",
+        "test_m1.py::test_plain1",
+        "test_m1.py::test_llm[b]",
+        "test_m2.py::test_llm2[b]",
+        "test_m2.py::test_plain2",
+    ]
 
 
 def test_models_from_ini(fake: pytest.Pytester) -> None:
