@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cache import Cache
 from .engines.transformers_engine import TransformersEngine
 from .quantize import get_quantizer
 from .registry import ModelRef
 from .settings import Settings
 
 
-def model_files(ref: ModelRef, settings: Settings) -> Path:
+def model_files(ref: ModelRef, settings: Settings, *, progress: bool = False) -> Path:
     """A local folder holding the model (downloaded from a hub when needed)."""
     if ref.source in ("modelscope", "hf"):
-        from .cache import Cache
         from .hub import download
 
-        return download(ref, Cache(settings.cache_dir), offline=settings.offline)
+        return download(ref, Cache(settings.cache_dir), offline=settings.offline, progress=progress)
     return Path(ref.location)
 
 
-def load_transformers(ref: ModelRef, settings: Settings) -> TransformersEngine:
-    folder = model_files(ref, settings)
+def load_transformers(ref: ModelRef, settings: Settings, *, progress: bool = False) -> TransformersEngine:
+    folder = model_files(ref, settings, progress=progress)
     return TransformersEngine.load(
         ref,
         folder,
         get_quantizer(settings.quant),
         threads=settings.threads,
         trust_remote_code=ref.trust_remote_code,
+        cache=Cache(settings.cache_dir) if settings.use_cache else None,
     )

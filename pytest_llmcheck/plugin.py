@@ -63,6 +63,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
     config.stash[SESSION_KEY] = session
+    if config.pluginmanager.hasplugin("syrupy"):
+        from .snapshots import SnapshotGuard
+
+        config.pluginmanager.register(SnapshotGuard(), "llmcheck-snapshots")
 
 
 @pytest.hookimpl(trylast=True)
@@ -100,10 +104,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     group_by_model(items, model_of)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.config.stash[SESSION_KEY].record_outcome(item, report)
+    return report
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     llm_session = session.config.stash.get(SESSION_KEY, None)
-    if llm_session is not None:
-        llm_session.close()
+    if llm_session is None:
+        return
+    failures = llm_session.finish()
+    if failures and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if failures:
+        session.shouldfail = "; ".join(failures)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # counted in the last line: "5 passed, 1 llm gate failed"
+            reporter.stats.setdefault("llm gate failed", []).extend(failures)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

@@ -9,8 +9,11 @@ was converted.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +41,19 @@ class Quantizer(Protocol):
 
     def apply(self, model: torch.nn.Module) -> QuantReport:
         ...
+
+
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -110,8 +126,10 @@ class TorchaoInt4:
         )
 
     def apply(self, model: torch.nn.Module) -> QuantReport:
-        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
-        from torchao.quantization import quantize_
+        with quiet_loggers("torchao", "torch.utils._pytree"):
+            # torchao logs missing GPU kernels and torch pytree notices on import: noise on a CPU
+            from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+            from torchao.quantization import quantize_
 
         before = weight_bytes(model)
         linears = [(n, m) for n, m in _linear_layers(model) if not n.endswith("lm_head")]

@@ -7,13 +7,15 @@ alias is added only when no other plugin took it (pytest-llm-assert registers
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .cache import default_cache_dir
+from .hub import offline_from_env
 
 QUANT_CHOICES = ("int4", "bf16", "none")
 ENGINE_CHOICES = ("transformers",)
@@ -57,6 +59,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("threads", "CPU threads for inference; fixed so answers are reproducible (default: 2)", "2"),
     OptionSpec("seed", "random seed set before every generation (default: 0)", "0"),
     OptionSpec("cache-dir", "per-machine model cache (default: the user cache dir, or $LLMCHECK_CACHE_DIR)"),
+    OptionSpec("no-cache", "load, convert and quantize from the source in every session (skip the weights cache)",
+               flag=True, ini_type="bool"),
     OptionSpec("offline", "use only the model cache; never contact a hub", flag=True, ini_type="bool"),
     OptionSpec("trust-remote-code", "models allowed to run their own modeling code: a comma list of "
                "model names, or 'all'"),
@@ -146,6 +150,7 @@ class Settings:
     seed: int = 0
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     offline: bool = False
+    no_cache: bool = False
     trust_remote_code: tuple[str, ...] = ()
     report_dir: Path | None = None
     soft: bool = False
@@ -153,6 +158,10 @@ class Settings:
     repeat: int = 1
     temperature: float = 0.0
     models_given: bool = False  # the user chose models (so others' snapshots are not "unused")
+
+    @property
+    def use_cache(self) -> bool:
+        return not self.no_cache
 
     def trusts(self, model_name: str) -> bool:
         return "all" in self.trust_remote_code or model_name in self.trust_remote_code
@@ -199,7 +208,8 @@ class Settings:
             seed=get("seed", lambda w, v: parse_int(w, v, minimum=0), 0),
             cache_dir=cache if cache is not None else default_cache_dir(),
             offline=bool(get("offline", lambda w, v: v.lower() in ("1", "true", "yes"), False))
-            or _env_offline(),
+            or offline_from_env(),
+            no_cache=bool(get("no-cache", lambda w, v: v.lower() in ("1", "true", "yes"), False)),
             trust_remote_code=get("trust-remote-code", lambda w, v: parse_list(v), ()),
             report_dir=report,
             soft=bool(get("soft", lambda w, v: v.lower() in ("1", "true", "yes"), False)),
@@ -207,16 +217,3 @@ class Settings:
             repeat=repeat,
             temperature=temperature,
         )
-
-
-def _env_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("LLMCHECK_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("LLMCHECK_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("pytest-llmcheck"))

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..quantize import Quantizer
+from ..cache import Cache
+from ..quantize import Quantizer, quiet_loggers
 from ..registry import ModelRef
+from ..weights import library_versions, load_model
 from .base import Answer, GenerationConfig, QuantReport
 
 if TYPE_CHECKING:
@@ -21,18 +23,6 @@ if TYPE_CHECKING:
 
 class ModelLoadError(RuntimeError):
     """The model files are there but transformers cannot load them as asked."""
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str] = {}
-    for dist in ("torch", "transformers", "torchao", "gguf"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def _first_token_streamer() -> Any:
@@ -78,6 +68,7 @@ class TransformersEngine:
         self.recipe = recipe
         self.load_seconds = load_seconds
         self.threads = threads
+        self.from_cache = False
 
     @classmethod
     def load(
@@ -88,21 +79,18 @@ class TransformersEngine:
         *,
         threads: int,
         trust_remote_code: bool = False,
+        cache: Cache | None = None,
     ) -> TransformersEngine:
-        """Load tokenizer and model from ``folder`` (a model folder, or the folder of a GGUF) and quantize."""
+        """Load from ``folder`` (a model folder, or the folder of a GGUF) and quantize.
+
+        With a cache, the converted and quantized weights are reused across sessions.
+        """
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
-        start = time.perf_counter()
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if ref.gguf_file:
-            kwargs["gguf_file"] = ref.gguf_file
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype=getattr(torch, quantizer.load_dtype), **kwargs
-            )
+            with quiet_loggers("torchao", "torch.utils._pytree"):
+                loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
                 raise ModelLoadError(
@@ -110,18 +98,17 @@ class TransformersEngine:
                     f"--llm-trust-remote-code={ref.name} (or ini llmcheck_trust_remote_code)"
                 ) from None
             raise
-        model.eval()
-        load_seconds = time.perf_counter() - start
-        quant = quantizer.apply(model)
-        return cls(
-            model,
-            tokenizer,
+        engine = cls(
+            loaded.model,
+            loaded.tokenizer,
             ref,
-            quant,
+            loaded.quant,
             recipe=quantizer.recipe(),
-            load_seconds=load_seconds,
+            load_seconds=loaded.load_seconds,
             threads=threads,
         )
+        engine.from_cache = loaded.from_cache
+        return engine
 
     def _encode(self, prompt: str, system: str | None) -> dict[str, torch.Tensor]:
         messages = ([{"role": "system", "content": system}] if system else []) + [

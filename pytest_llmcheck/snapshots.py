@@ -1,0 +1,353 @@
+"""Answer snapshots: one readable UTF-8 text file per (question, model), kept by syrupy.
+
+Layout (syrupy's single-file layout, ``.txt``)::
+
+    examples/riddles/__snapshots__/riddles.llm/riddle-4[smollm2].txt   # suite item
+    tests/__snapshots__/test_x/test_y[smollm2].txt                    # Python test
+    tests/__snapshots__/test_x/test_y[smollm2].1.txt                  # its 2nd llm.ask()
+
+Each file is a short ``#`` header, a marker line and the answer, verbatim (Chinese
+stays Chinese, no escapes), so drift is a plain diff in code review::
+
+    # pytest-llmcheck answer snapshot: only the text below the marker line is compared.
+    # prompt: "白白喜欢谁？"
+    # fingerprint: {
+    #   "engine": "transformers",
+    #   "versions": {"transformers": "5.23.0", ...}, ...
+    # }
+    --- answer ---
+    白白喜欢明明。
+
+The fingerprint (model source and revision, quantization, engine, library versions,
+decoding settings: whatever the engine reports) sits in the same file so a reviewer
+sees it next to the answer it produced, and a sidecar can never be orphaned or cleaned
+up on its own. Comparison is on the answer only: the same answer under a new
+fingerprint passes (and the file is left alone); a different answer fails with a
+unified diff and a note saying which fingerprint keys changed, or that none did (the
+model itself answers differently). ``--snapshot-update`` writes new and changed
+answers, and refreshes the header when only the fingerprint changed. Nothing is ever
+written or deleted without it.
+
+Selecting models with ``--llm-model`` must not make the other models' snapshots look
+unused to syrupy (reported as unused, deleted by ``--snapshot-update``). Syrupy keeps
+the snapshots of tests that were selected but skipped, so ``SnapshotGuard`` (a small
+plugin the main plugin registers) hands syrupy's session, just before it builds its
+report, one never-run "skipped" stand-in item per snapshot file that belongs to a
+collected test on a model *not* in this run (the test's file name with the model part
+as a wildcard). A snapshot of a question that no longer exists matches no collected
+test and stays under syrupy's normal unused accounting. Likewise an item that failed
+before it reached its snapshot (e.g. its model failed to load) counts as skipped, so
+``--snapshot-update`` does not delete the answers of a broken model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+from syrupy.location import PyTestLocation
+
+from .engines.base import Answer
+from .session import SESSION_KEY, model_of
+
+if TYPE_CHECKING:
+    from syrupy.types import PropertyFilter, PropertyMatcher, SerializableData, SerializedData
+
+MARKER = "--- answer ---"
+TITLE = "# pytest-llmcheck answer snapshot: only the text below the marker line is compared."
+_ENTRY = re.compile(r"([A-Za-z_]+): (.*)", re.S)
+_ASSERTION_KEY = pytest.StashKey[SnapshotAssertion]()
+_CHECKED_KEY = pytest.StashKey[bool]()
+
+
+@dataclass(frozen=True)
+class SnapshotOutcome:
+    status: str  # "new" | "unchanged" | "changed"
+    diff: str | None
+    failure: str | None  # the one message to fail the test with, or None
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """A snapshot file's content: the compared answer and its informational header."""
+
+    answer: str
+    fingerprint: dict[str, Any]
+    prompt: str | None = None
+    system: str | None = None
+
+    def render(self) -> str:
+        lines = [TITLE]
+        if self.prompt is not None:
+            lines.append(f"prompt: {_dumps(self.prompt)}")
+        if self.system is not None:
+            lines.append(f"system: {_dumps(self.system)}")
+        pretty = json.dumps(self.fingerprint, ensure_ascii=False, indent=2, sort_keys=True)
+        lines.append(f"fingerprint: {pretty}")
+        header = "\n".join(line if line.startswith("# ") else f"# {line}" for block in lines
+                           for line in block.split("\n"))
+        return f"{header}\n{MARKER}\n{self.answer}\n"
+
+    @classmethod
+    def parse(cls, text: str) -> StoredAnswer:
+        """Read a snapshot file; one without a header is all answer."""
+        head, sep, body = text.partition(f"\n{MARKER}\n")
+        if not sep:
+            return cls(answer=text[:-1] if text.endswith("\n") else text, fingerprint={})
+        entries: dict[str, str] = {}
+        current: str | None = None
+        for line in head.split("\n"):
+            line = line[2:] if line.startswith("# ") else line.lstrip("#")
+            match = _ENTRY.fullmatch(line)
+            if match:
+                current = match.group(1)
+                entries[current] = match.group(2)
+            elif current is not None:
+                entries[current] += "\n" + line
+        values: dict[str, Any] = {}
+        for key, raw in entries.items():
+            try:
+                values[key] = json.loads(raw)
+            except ValueError:
+                values[key] = raw
+        fingerprint = values.get("fingerprint")
+        return cls(
+            answer=body[:-1] if body.endswith("\n") else body,
+            fingerprint=fingerprint if isinstance(fingerprint, dict) else {},
+            prompt=values.get("prompt") if isinstance(values.get("prompt"), str) else None,
+            system=values.get("system") if isinstance(values.get("system"), str) else None,
+        )
+
+
+def _dumps(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class LLMAnswerExtension(SingleFileSnapshotExtension):
+    """One answer per ``.txt`` file, compared on the answer only (see the module doc).
+
+    ``compare_header`` is switched on under ``--snapshot-update`` so that a new
+    fingerprint for an unchanged answer is written too.
+    """
+
+    file_extension = "txt"
+    _write_mode = WriteMode.TEXT
+    compare_header = False
+
+    def serialize(
+        self,
+        data: SerializableData,
+        *,
+        exclude: PropertyFilter | None = None,
+        include: PropertyFilter | None = None,
+        matcher: PropertyMatcher | None = None,
+    ) -> SerializedData:
+        if isinstance(data, StoredAnswer):
+            return data.render()
+        return str(data)
+
+    def matches(self, *, serialized_data: SerializedData, snapshot_data: SerializedData) -> bool:
+        if self.compare_header:
+            return bool(serialized_data == snapshot_data)
+        new, old = StoredAnswer.parse(str(serialized_data)), StoredAnswer.parse(str(snapshot_data))
+        return new.answer == old.answer
+
+
+def check_snapshot(
+    request: pytest.FixtureRequest, answer: Answer, fingerprint: dict[str, Any]
+) -> SnapshotOutcome:
+    """Compare ``answer`` with its stored snapshot (or store it under ``--snapshot-update``)."""
+    node = request.node
+    assertion = node.stash.get(_ASSERTION_KEY, None)
+    if assertion is None:  # one per test, so a second ask() gets the next index (name.1)
+        assertion = request.getfixturevalue("snapshot").use_extension(LLMAnswerExtension)
+        node.stash[_ASSERTION_KEY] = assertion
+    extension = assertion.extension
+    assert isinstance(extension, LLMAnswerExtension)
+    extension.compare_header = bool(assertion.update_snapshots)
+    node.stash[_CHECKED_KEY] = True
+
+    new = StoredAnswer(
+        answer=answer.text, fingerprint=fingerprint, prompt=answer.prompt, system=answer.system
+    )
+    passed = assertion == new
+    result = assertion.executions[assertion.num_executions - 1]
+    where = _display_path(result.snapshot_location, request.config.rootpath)
+    if result.exception is not None:
+        return SnapshotOutcome("changed", None, f"answer snapshot {where}: {result.exception!r}")
+    if result.recalled_data is None:
+        if passed:
+            return SnapshotOutcome("new", None, None)
+        return SnapshotOutcome(
+            "new", None,
+            f"no answer snapshot {where} yet; run pytest with --snapshot-update to record this answer",
+        )
+    old = StoredAnswer.parse(str(result.recalled_data))
+    if old.answer == new.answer:
+        return SnapshotOutcome("unchanged", None, None)
+    diff = answer_diff(old.answer, new.answer)
+    if passed:  # --snapshot-update accepted it
+        return SnapshotOutcome("changed", diff, None)
+    message = (
+        f"answer changed from snapshot {where}\n{fingerprint_note(old.fingerprint, fingerprint)}\n"
+        f"{diff}\nrun pytest with --snapshot-update to accept the new answer"
+    )
+    return SnapshotOutcome("changed", diff, message)
+
+
+def answer_diff(old: str, new: str) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(), new.splitlines(), fromfile="snapshot", tofile="answer", lineterm=""
+    )
+    return "\n".join(lines)
+
+
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each changed leaf, keys dotted (``versions.transformers``)."""
+    before, after = _flatten(old), _flatten(new)
+    missing = "(none)"
+    return [
+        f"{key} {_show(before.get(key, missing))} -> {_show(after.get(key, missing))}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key, missing) != after.get(key, missing)
+    ]
+
+
+def fingerprint_note(old: dict[str, Any], new: dict[str, Any]) -> str:
+    if not old:
+        return "fingerprint unknown: the snapshot does not record one"
+    changes = fingerprint_changes(old, new)
+    if not changes:
+        return "fingerprint unchanged: the model itself answers differently"
+    return "fingerprint changed: " + "; ".join(changes)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _display_path(location: str, root: Path) -> str:
+    try:
+        return str(Path(location).relative_to(root))
+    except ValueError:
+        return location
+
+
+# -- keeping syrupy's "unused" accounting right
+
+
+class SnapshotGuard:
+    """A small plugin (registered by the main plugin) that keeps syrupy from calling
+    snapshots unused when they belong to models not run now, or to items that failed
+    before they reached their snapshot."""
+
+    def __init__(self) -> None:
+        self.collected: list[pytest.Item] = []
+        self.failed_unchecked: set[str] = set()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.collected = list(items)  # before -k / -m deselection
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.failed and report.when != "teardown" and model_of(item) is not None:
+            if not item.stash.get(_CHECKED_KEY, False):
+                self.failed_unchecked.add(item.nodeid)
+            else:
+                self.failed_unchecked.discard(item.nodeid)
+        return report
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
+        # Runs before syrupy's own (tryfirst) pytest_sessionfinish builds its report.
+        syrupy = getattr(session.config, "_syrupy", None)
+        llm_session = session.config.stash.get(SESSION_KEY, None)
+        if syrupy is not None and llm_session is not None:
+            models = [ref.name for ref in llm_session.resolve_models()]
+            pseudo = other_model_items(self.collected, models)
+            syrupy.collect_items(pseudo)
+            syrupy.select_items(pseudo)
+            for nodeid in [item.nodeid for item in pseudo] + sorted(self.failed_unchecked):
+                syrupy.ran_item(nodeid, "skipped")
+        return (yield)
+
+
+def other_model_items(items: list[pytest.Item], models: list[str]) -> list[pytest.Function]:
+    """Stand-in items for the snapshot files of collected tests on models not in ``models``.
+
+    For every item on a model, its snapshot file name with the model part as a
+    wildcard finds the files of the same test on other models; each becomes a
+    never-run ``pytest.Function`` named as that test would be on that model.
+    """
+    listings: dict[Path, list[str]] = {}
+    found: dict[str, pytest.Function] = {}
+    current = set(models)
+    for item in items:
+        model = model_of(item)
+        if model is None or not isinstance(item, pytest.Function):
+            continue
+        parts = _name_parts(item, model)
+        if parts is None:
+            continue
+        pattern, head, tail = parts
+        directory = Path(LLMAnswerExtension.dirname(test_location=PyTestLocation(item)))
+        if directory not in listings:
+            listings[directory] = sorted(p.name for p in directory.glob("*.txt") if p.is_file())
+        for filename in listings[directory]:
+            match = pattern.fullmatch(filename)
+            if match is None or match.group("model") in current:
+                continue
+            name = f"{head}{match.group('model')}{tail}"
+            key = f"{item.parent.nodeid if item.parent else ''}::{name}"
+            if key not in found:
+                found[key] = pytest.Function.from_parent(
+                    item.parent, name=name, callobj=item.obj, originalname=item.originalname
+                )
+    return list(found.values())
+
+
+def _name_parts(item: pytest.Function, model: str) -> tuple[re.Pattern[str], str, str] | None:
+    """(file-name regex with a ``model`` group, item name before the model, after it)."""
+    name = item.name
+    start = name.find("[")
+    if start < 0 or not name.endswith("]"):
+        return None
+    parts = name[start + 1 : -1].split("-")
+    size = len(model.split("-"))
+    hits = [i for i in range(len(parts) - size + 1) if "-".join(parts[i : i + size]) == model]
+    if not hits:
+        return None
+    i = hits[-1]
+    head = name[: start + 1] + "".join(f"{p}-" for p in parts[:i])
+    tail = "".join(f"-{p}" for p in parts[i + size :]) + "]"
+    location = PyTestLocation(item)
+    scope = location.snapshot_name[: len(location.snapshot_name) - len(location.testname)]  # "TestClass."
+    clean = LLMAnswerExtension._sanitize_filename
+    pattern = re.compile(
+        re.escape(clean(scope + head))
+        + r"(?P<model>[A-Za-z0-9._-]+?)"
+        + re.escape(clean(tail))
+        + r"(?:\.\d+)?\.txt"
+    )
+    return pattern, head, tail

@@ -1,0 +1,172 @@
+"""Converted and quantized weights, kept in the per-machine cache.
+
+The expensive steps happen once per machine, not once per session:
+
+- ``converted``: a GGUF parsed into transformers weights (~15 s to parse each time)
+  saved as a safetensors folder that reloads in under a second;
+- ``quantized``: the INT4 model. torchao's tensors do not survive ``save_pretrained``,
+  so the entry holds ``torch.save`` of the state dict plus every buffer, the config and
+  the tokenizer; a reload builds the model on the meta device and assigns the saved
+  tensors (``load_state_dict(assign=True)``), which takes a fraction of a second.
+
+Entries are keyed by everything that changes them: the source's identity, the recipe
+and the library versions. Writes go through ``CacheEntry.build`` (temp folder, lock,
+rename), so a crash never leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .cache import Cache
+from .engines.base import QuantReport
+from .quantize import NoQuant, Quantizer
+from .registry import ModelRef
+
+WEIGHTS_FILE = "weights.pt"
+QUANT_FILE = "quant.json"
+
+
+@dataclass
+class Loaded:
+    """A model ready for generation, and how it got here."""
+
+    model: Any
+    tokenizer: Any
+    quant: QuantReport
+    load_seconds: float
+    from_cache: bool
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for dist in ("torch", "transformers", "torchao", "gguf"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def source_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
+    """What identifies the weights on disk: file names, sizes and modification times.
+
+    Cheap (no hashing of multi-GB files) and it changes whenever a file is replaced;
+    downloads additionally carry their revision in ``download.json`` next to them.
+    """
+    files = [folder / ref.gguf_file] if ref.gguf_file else sorted(p for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    info = folder.parent / "download.json"
+    if info.is_file():
+        digest.update(info.read_bytes())
+    return {"name": ref.name, "spec": ref.spec, "files": digest.hexdigest()[:32]}
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def _from_pretrained(folder: Path, ref: ModelRef, dtype: str, trust_remote_code: bool, gguf: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf and ref.gguf_file:
+        kwargs["gguf_file"] = ref.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=_dtype(dtype), **kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+def _save_quantized(model: Any, tokenizer: Any, report: QuantReport, out: Path) -> None:
+    import torch
+
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    buffers = dict(model.named_buffers())
+    torch.save({"state": model.state_dict(), "buffers": buffers}, out / WEIGHTS_FILE)
+    (out / QUANT_FILE).write_text(json.dumps(asdict(report), indent=2), encoding="utf-8")
+
+
+def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[Any, Any, QuantReport]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
+    data = torch.load(folder / WEIGHTS_FILE, weights_only=False, mmap=True)
+    model.load_state_dict(data["state"], assign=True, strict=True)
+    for name, buffer in data["buffers"].items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        module._buffers[leaf] = buffer
+    stray = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if stray:
+        raise RuntimeError(f"cached INT4 model in {folder} lacks tensors: {', '.join(stray[:3])}")
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    report = QuantReport(**json.loads((folder / QUANT_FILE).read_text(encoding="utf-8")))
+    return model, tokenizer, report
+
+
+def load_model(
+    ref: ModelRef,
+    folder: Path,
+    quantizer: Quantizer,
+    *,
+    cache: Cache | None,
+    trust_remote_code: bool,
+) -> Loaded:
+    """Load ``ref`` from ``folder`` with ``quantizer``, through the cache when one is given."""
+    start = time.perf_counter()
+    gguf = ref.gguf_file is not None
+    if cache is None:
+        model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, gguf)
+        return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
+
+    key = {**source_identity(ref, folder), "versions": library_versions(), "recipe": quantizer.recipe()}
+    if isinstance(quantizer, NoQuant):
+        if not gguf:  # a transformers folder is already the fastest form
+            model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, False)
+            return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
+        entry = cache.entry("converted", key)
+        built = False
+        if not entry.ready:
+            with entry.build() as tmp:
+                if tmp is not None:
+                    model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, True)
+                    model.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+                    built = True
+        if not built:
+            model, tokenizer = _from_pretrained(entry.path, ref, quantizer.load_dtype, trust_remote_code, False)
+        return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, not built)
+
+    entry = cache.entry("quantized", key)
+    if not entry.ready:
+        with entry.build() as tmp:
+            if tmp is not None:
+                model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, gguf)
+                report = quantizer.apply(model)
+                _save_quantized(model, tokenizer, report, tmp)
+                load_seconds = time.perf_counter() - start - report.seconds
+                return Loaded(model, tokenizer, report, load_seconds, False)
+    model, tokenizer, report = _load_quantized(entry.path, quantizer.load_dtype, trust_remote_code)
+    return Loaded(model, tokenizer, report, time.perf_counter() - start, True)
