@@ -35,7 +35,7 @@ class SuiteFile(pytest.File):
         for question in suite.questions:
             for ref in session.resolve_models():
                 item = SuiteItem.from_parent(
-                    self, name=f"{question.id}[{ref.name}]", callobj=ask_suite_question, originalname=question.id
+                    self, name=f"{question.id}[{ref.name}]", callobj=ask_suite_question
                 )
                 item.stash[MODEL_KEY] = ref.name
                 item.stash[CASE_ID_KEY] = question.id
@@ -49,7 +49,7 @@ class SuiteItem(pytest.Function):
     """One question on one model; reported at its suite file, not at this module."""
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.path.name}::{self.name}"
+        return self.path, 0, self.name
 
 
 def is_suite_path(path: Path) -> bool:

@@ -322,7 +322,7 @@ def other_model_items(items: list[pytest.Item], models: list[str]) -> list[pytes
             key = f"{item.parent.nodeid if item.parent else ''}::{name}"
             if key not in found:
                 found[key] = pytest.Function.from_parent(
-                    item.parent, name=name, callobj=item.obj, originalname=item.originalname
+                    item.parent, name=name, callobj=item.obj
                 )
     return list(found.values())
 

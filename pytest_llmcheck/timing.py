@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 
 def _benchmark(request: pytest.FixtureRequest) -> Any | None:
-    if not request.config.pluginmanager.hasplugin("pytest_benchmark"):
-        return None
     try:
         return request.getfixturevalue("benchmark")
     except pytest.FixtureLookupError:
