@@ -7,6 +7,7 @@ what the snapshot stores and what the report shows.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,8 @@ import pytest
 from .engines.base import Answer, Engine
 from .expect import ExpectationError, Expectations, Failure, format_failure, parse_expectations
 from .registry import ModelRef
-from .suite import Question
-
 from .session import CASES_KEY, LlmcheckSession, strip_model
+from .suite import Question
 
 
 def marker_expectations(item: pytest.Item) -> Expectations:
@@ -32,7 +32,7 @@ def marker_expectations(item: pytest.Item) -> Expectations:
         try:
             merged = merged.merge(parse_expectations(mark.kwargs))
         except ExpectationError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
     return merged
 
 
@@ -79,15 +79,21 @@ class LLM:
             try:
                 expectations = expectations.merge(parse_expectations(expect, where="ask(expect=...)"))
             except ExpectationError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
         case_id = question.id if question else strip_model(item.name, self.ref.name)
+        known = self.session.results.model(self.ref.name).cases.get(case_id)
+        if known is not None and known.nodeid != item.nodeid:  # the same id from another suite or test
+            case_id = strip_model(item.nodeid, self.ref.name)
         answers = self._generate(text, system)
         self.answers.extend(answers)
         case = self.session.results.case(self.ref.name, case_id, nodeid=item.nodeid, prompt=text)
         case.reference = question.reference if question else None
         cases = item.stash.setdefault(CASES_KEY, [])
+        # A second ask of the same case in one test adds to it: an earlier (soft) failure stays.
+        earlier_failed = case in cases and case.verdict == "fail"
         if case not in cases:
             cases.append(case)
+            case.passes = case.required_passes = 0
         case.prompt_tokens = answers[-1].prompt_tokens
         for answer in answers:
             case.answers.append(answer.text)
@@ -109,16 +115,18 @@ class LLM:
                 problems.append(outcome.failure)
 
         failures_per_answer = [expectations.check(a) for a in answers]
-        case.passes = sum(not f for f in failures_per_answer)
-        required = (question.min_passes if question and question.min_passes else len(answers))
-        case.required_passes = min(required, len(answers))
-        first_bad = next(((f, a) for f, a in zip(failures_per_answer, answers) if f), None)
-        if first_bad is not None:
+        passes = sum(not f for f in failures_per_answer)
+        wanted = question.min_passes if question and question.min_passes else len(answers)
+        required = min(wanted, len(answers))
+        case.passes += passes
+        case.required_passes += required
+        first_bad = next(((f, a) for f, a in zip(failures_per_answer, answers, strict=True) if f), None)
+        if first_bad is not None and not earlier_failed:
             case.failed_expectation = first_bad[0][0].message
-        met = case.passes >= case.required_passes
-        case.verdict = "pass" if met and not problems else "fail"
+        met = passes >= required
+        case.verdict = "pass" if met and not problems and not earlier_failed else "fail"
         if not met:
-            message = _expectation_message(first_bad, case.passes, len(answers), case.required_passes)
+            message = _expectation_message(first_bad, passes, len(answers), required)
             if self.session.settings.soft:
                 case.soft = True
                 case.verdict = "fail"
@@ -128,8 +136,8 @@ class LLM:
             [
                 ("llm_model", self.ref.name),
                 ("llm_verdict", case.verdict),
-                ("llm_seconds", f"{answers[-1].seconds:.3f}"),
-                ("llm_tokens_per_second", f"{answers[-1].tokens_per_second:.2f}"),
+                ("llm_seconds", f"{statistics.median(a.seconds for a in answers):.3f}"),
+                ("llm_tokens_per_second", f"{statistics.median(a.tokens_per_second for a in answers):.2f}"),
             ]
         )
         if problems:

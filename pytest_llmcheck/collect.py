@@ -40,8 +40,9 @@ class SuiteFile(pytest.File):
                 item.stash[MODEL_KEY] = ref.name
                 item.stash[CASE_ID_KEY] = question.id
                 item.stash[QUESTION_KEY] = question
-                for tag in question.tags:
-                    item.keywords[tag] = True
+                # -k matches names, extra keyword matches and marker names, not item.keywords;
+                # tags are not markers (that would trip --strict-markers)
+                item.extra_keyword_matches.update(question.tags)
                 yield item
 
 

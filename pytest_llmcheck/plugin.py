@@ -5,6 +5,7 @@ Importing this module must stay cheap: no torch, transformers or modelscope here
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
         make_engine=lambda ref: config.hook.pytest_llmcheck_make_engine(ref=ref, settings=session.settings),
         rootpath=config.rootpath,
     )
+    session.notify = lambda line: _progress_line(config, line)
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
     config.stash[SESSION_KEY] = session
@@ -67,6 +69,17 @@ def pytest_configure(config: pytest.Config) -> None:
         from .snapshots import SnapshotGuard
 
         config.pluginmanager.register(SnapshotGuard(), "llmcheck-snapshots")
+
+
+def _progress_line(config: pytest.Config, line: str) -> None:
+    """Loading progress on the terminal, outside captured output; quiet under -q."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.get_verbosity() < 0:
+        return
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 @pytest.hookimpl(trylast=True)
@@ -97,7 +110,7 @@ def _marker_suite(metafunc: pytest.Metafunc, mark: pytest.Mark) -> list[Question
     try:
         return list(load_suite(path).questions)
     except SuiteError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

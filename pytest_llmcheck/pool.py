@@ -36,6 +36,9 @@ class ModelPool:
     current: tuple[ModelRef, Engine] | None = None
     records: dict[str, LoadRecord] = field(default_factory=dict)
 
+    def loaded(self, ref: ModelRef) -> bool:
+        return self.current is not None and self.current[0] == ref
+
     def get(self, ref: ModelRef) -> Engine:
         if self.current is not None and self.current[0] == ref:
             return self.current[1]

@@ -64,7 +64,9 @@ class ModelResult:
 
     @property
     def decided(self) -> list[CaseResult]:
-        return [c for c in self.cases.values() if c.verdict in ("pass", "fail")]
+        """The cases the pass rate counts: pass, fail and error (an error gave no passing
+        answer, so a model that failed to load has a 0% pass rate, not 100%)."""
+        return [c for c in self.cases.values() if c.verdict in ("pass", "fail", "error")]
 
     @property
     def pass_rate(self) -> float:

@@ -36,6 +36,7 @@ class LlmcheckSession:
     make_engine: Callable[[ModelRef], Engine]
     rootpath: Path
     results: SessionResults = field(default_factory=SessionResults)
+    notify: Callable[[str], None] = lambda line: None  # progress lines for the terminal
     _refs: list[ModelRef] | None = None
     _ref_error: str | None = None
     pool: ModelPool = field(init=False)
@@ -72,8 +73,14 @@ class LlmcheckSession:
 
     def engine(self, ref: ModelRef) -> Engine:
         """The loaded model, or fail this test with the load error (one line)."""
-        try:
+        if self.pool.loaded(ref):
             return self.pool.get(ref)
+        self.notify(f"llmcheck: loading {ref.name} ({ref.spec}), quantization {self.settings.quant} ...")
+        try:
+            engine = self.pool.get(ref)
+            cached = " (from cache)" if getattr(engine, "from_cache", False) else ""
+            self.notify(f"llmcheck: {ref.name} ready in {self.pool.records[ref.name].seconds:.1f}s{cached}")
+            return engine
         except ModelUnavailable as exc:
             reason = str(exc)
         pytest.fail(reason, pytrace=False)
@@ -108,10 +115,17 @@ class LlmcheckSession:
             case_id = item.stash.get(CASE_ID_KEY, None) or strip_model(item.name, model)
             case = self.results.case(model, case_id, nodeid=item.nodeid, prompt="")
             case.verdict, case.failed_expectation = "error", reason
+            result = self.results.model(model)
+            result.source = result.source or next((r.spec for r in self.resolve_models() if r.name == model), "")
+            item.user_properties.extend([("llm_model", model), ("llm_verdict", "error")])
             return
         for case in cases:
             if case.verdict == "pass":
                 case.verdict, case.failed_expectation = "fail", reason
+        # JUnit reads the properties at teardown: show the verdict the case ended with.
+        item.user_properties[:] = [
+            (k, "fail" if k == "llm_verdict" and v == "pass" else v) for k, v in item.user_properties
+        ]
 
     def finish(self, write_line: Callable[[str], None] | None = None) -> list[str]:
         """Release the model, write the reports and return the failed gates."""

@@ -19,10 +19,13 @@ def _verdict(case: CaseResult) -> str:
 def summary_lines(results: SessionResults) -> list[str]:
     lines: list[str] = []
     for model in results.models.values():
-        lines.append(
-            f"{model.name} ({model.source}): loaded {model.loads}x in {model.load_seconds:.2f}s; "
-            f"{model.quant_summary}"
-        )
+        if model.loads:
+            lines.append(
+                f"{model.name} ({model.source}): loaded {model.loads}x in {model.load_seconds:.2f}s; "
+                f"{model.quant_summary}"
+            )
+        else:  # failed to load: its cases are errors with the reason
+            lines.append(f"{model.name}{f' ({model.source})' if model.source else ''}: not loaded")
         rows = [("question", "verdict", "seconds", "tok/s", "snapshot")]
         for case in model.cases.values():
             rows.append(

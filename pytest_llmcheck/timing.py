@@ -36,8 +36,17 @@ def run_timed(
     """Call ``once`` ``rounds`` times; return whether pytest-benchmark timed them."""
     bench = _benchmark(request) if use_benchmark else None
     if bench is None or bench.disabled:
-        for _ in range(rounds):
-            once()
+        def all_rounds() -> None:
+            for _ in range(rounds):
+                once()
+
+        if bench is None:
+            all_rounds()
+        else:
+            # A disabled fixture calls its target once; going through it marks the
+            # fixture used, else pytest-benchmark warns "Benchmark fixture was not used
+            # at all in this test!" on every test (--benchmark-disable, xdist).
+            bench.pedantic(all_rounds, rounds=1, iterations=1, warmup_rounds=0)
         return False
     bench.group = group
     bench.pedantic(once, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -2,8 +2,10 @@
 
 Inner pytest sessions load it with ``-p tests.fake_engine`` and use models named
 ``fake:<name>``. Answers come from ``fake_answers.json`` in the inner rootdir:
-``{"<model name>": {"<prompt>": "answer" | {"text": ..., "seconds": ..., "choices": [...]}}}``;
-without an entry the answer echoes the prompt. A model named ``broken`` fails to load.
+``{"<model name>": {"<prompt>": "answer" | {"text": ..., "seconds": ..., "sleep": ..., "choices": [...]}}}``;
+without an entry the answer echoes the prompt. ``seconds`` is the latency the answer reports;
+``sleep`` really waits that long (for wall-clock timers such as pytest-benchmark). A model
+named ``broken`` fails to load. ``GENERATES`` lists every generation as "<model>: <prompt>".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pytest_llmcheck.settings import Settings
 
 LOADS: list[str] = []  # model names in load order, for the load-count tests
 EVENTS: list[str] = []  # "load a", "close a", ...: shows one model in memory at a time
+GENERATES: list[str] = []  # "<model>: <prompt>" per generate() call, for the generate-once tests
 
 
 class FakeEngine:
@@ -35,10 +38,12 @@ class FakeEngine:
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         assert not self.closed, "generate() on a released model"
+        GENERATES.append(f"{self.model}: {prompt}")
         spec = self.answers.get(prompt, f"echo: {prompt}")
         seconds = None
         if isinstance(spec, dict):
             seconds = spec.get("seconds")
+            time.sleep(float(spec.get("sleep", 0)))
             if "choices" in spec and not config.greedy:
                 text = random.Random(config.seed + len(LOADS) + time.perf_counter_ns()).choice(spec["choices"])
             else:

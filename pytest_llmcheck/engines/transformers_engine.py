@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,30 @@ if TYPE_CHECKING:
 
 class ModelLoadError(RuntimeError):
     """The model files are there but transformers cannot load them as asked."""
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars or advice from transformers while loading: pytest would capture
+    them into every failure report of the model's first test. The plugin prints its own
+    one-line progress instead."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    gguf_tqdm = gguf_utils.tqdm  # a plain tqdm that ignores the switch above
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _first_token_streamer() -> Any:
@@ -43,6 +69,16 @@ def _first_token_streamer() -> Any:
             pass
 
     return FirstToken()
+
+
+def _cpu_capability() -> str:
+    """The SIMD level torch dispatches to (e.g. AVX512): kernels, and so answers, can differ by it."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - informational only
+        return "unknown"
 
 
 class TransformersEngine:
@@ -89,7 +125,7 @@ class TransformersEngine:
 
         torch.set_num_threads(threads)
         try:
-            with quiet_loggers("torchao", "torch.utils._pytree"):
+            with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers():
                 loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
@@ -170,6 +206,7 @@ class TransformersEngine:
             "revision": self.ref.revision,
             "quantization": self.recipe,
             "threads": self.threads,
+            "cpu": _cpu_capability(),
             "versions": library_versions(),
         }
 
