@@ -60,6 +60,7 @@ class ModelResult:
     quantize_seconds: float = 0.0
     quant_summary: str = ""
     loads: int = 0
+    from_cache: bool = False  # weights came from the per-machine cache
     cases: dict[str, CaseResult] = field(default_factory=dict)
 
     @property

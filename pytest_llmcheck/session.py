@@ -89,6 +89,7 @@ class LlmcheckSession:
         model = self.results.model(ref.name)
         model.source = ref.spec
         model.loads += 1
+        model.from_cache = bool(getattr(engine, "from_cache", False))
         model.load_seconds = engine.load_seconds
         model.quantize_seconds = engine.quant.seconds
         model.quant_summary = engine.quant.summary()

@@ -21,7 +21,8 @@ def summary_lines(results: SessionResults) -> list[str]:
     for model in results.models.values():
         if model.loads:
             lines.append(
-                f"{model.name} ({model.source}): loaded {model.loads}x in {model.load_seconds:.2f}s; "
+                f"{model.name} ({model.source}): loaded {model.loads}x in {model.load_seconds:.2f}s"
+                f"{' (from cache)' if model.from_cache else ''}; "
                 f"{model.quant_summary}"
             )
         else:  # failed to load: its cases are errors with the reason

@@ -16,6 +16,7 @@ rename), so a crash never leaves an entry that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -48,10 +49,8 @@ def library_versions() -> dict[str, str]:
 
     out: dict[str, str] = {}
     for dist in ("torch", "transformers", "torchao", "gguf"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -78,16 +77,30 @@ def _dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
-def _from_pretrained(folder: Path, ref: ModelRef, dtype: str, trust_remote_code: bool, gguf: bool) -> tuple[Any, Any]:
+def _from_pretrained(
+    folder: Path, ref: ModelRef, dtype: str, trust_remote_code: bool, gguf: bool
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf and ref.gguf_file:
         kwargs["gguf_file"] = ref.gguf_file
     tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=_dtype(dtype), **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=_dtype(dtype), **kwargs)
     model.eval()
     return model, tokenizer
+
+
+def _forget_gguf(model: Any) -> None:
+    """Drop transformers' GGUF quantizer from a model whose weights it already unpacked.
+
+    Without a GGUF matmul kernel transformers dequantizes every tensor at load, yet keeps
+    the quantizer attached, and ``save_pretrained`` refuses such a model as "not
+    serializable". The weights are plain tensors by then, so saving them is safe.
+    """
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def _save_quantized(model: Any, tokenizer: Any, report: QuantReport, out: Path) -> None:
@@ -108,7 +121,8 @@ def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[
 
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
+        auto: Any = AutoModelForCausalLM  # from_config is untyped in transformers 5
+        model = auto.from_config(config, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
     data = torch.load(folder / WEIGHTS_FILE, weights_only=False, mmap=True)
     model.load_state_dict(data["state"], assign=True, strict=True)
     for name, buffer in data["buffers"].items():
@@ -151,19 +165,26 @@ def load_model(
         if not entry.ready:
             with entry.build() as tmp:
                 if tmp is not None:
-                    model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, True)
+                    model, tokenizer = _from_pretrained(
+                        folder, ref, quantizer.load_dtype, trust_remote_code, True
+                    )
+                    _forget_gguf(model)
                     model.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
                     built = True
         if not built:
-            model, tokenizer = _from_pretrained(entry.path, ref, quantizer.load_dtype, trust_remote_code, False)
+            model, tokenizer = _from_pretrained(
+                entry.path, ref, quantizer.load_dtype, trust_remote_code, False
+            )
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, not built)
 
     entry = cache.entry("quantized", key)
     if not entry.ready:
         with entry.build() as tmp:
             if tmp is not None:
-                model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, gguf)
+                model, tokenizer = _from_pretrained(
+                    folder, ref, quantizer.load_dtype, trust_remote_code, gguf
+                )
                 report = quantizer.apply(model)
                 _save_quantized(model, tokenizer, report, tmp)
                 load_seconds = time.perf_counter() - start - report.seconds

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers_engine import TransformersEngine
 from pytest_llmcheck.quantize import LlmcheckWarning, QuantizationError, get_quantizer
@@ -85,9 +86,12 @@ def test_int4_warns_when_few_layers_are_quantized(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quant", ["none", "bf16", "int4"])
-def test_smollm2_knows_the_capital_of_france(quant: str) -> None:
+def test_smollm2_knows_the_capital_of_france(quant: str, tmp_path: Path) -> None:
     ref = resolve("smollm2")
-    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=2)
+    cache = Cache(tmp_path / "cache")  # GGUF -> converted (fp32, bf16) or INT4 entry, written once
+    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=2, cache=cache)
+    assert not engine.from_cache
+    assert [e["kind"] for e in cache.list()] == ["quantized" if quant == "int4" else "converted"]
     try:
         answer = engine.generate(
             "What is the capital of France?", system=None, config=GenerationConfig(max_new_tokens=24, threads=2)
@@ -98,3 +102,16 @@ def test_smollm2_knows_the_capital_of_france(quant: str) -> None:
     if quant == "int4":
         assert engine.quant.layers_quantized == engine.quant.layers_total == 210
         assert engine.quant.bytes_after < engine.quant.bytes_before * 0.6
+
+
+@pytest.mark.slow
+def test_smollm2_converted_cache_reloads_without_the_gguf(tmp_path: Path) -> None:
+    ref = resolve("smollm2")
+    cache = Cache(tmp_path / "cache")
+    config = GenerationConfig(max_new_tokens=16, threads=2)
+    first = TransformersEngine.load(ref, Path(ref.location), get_quantizer("bf16"), threads=2, cache=cache)
+    expected = first.generate("What is the capital of France?", system=None, config=config).text
+    first.close()
+    again = TransformersEngine.load(ref, Path(ref.location), get_quantizer("bf16"), threads=2, cache=cache)
+    assert again.from_cache
+    assert again.generate("What is the capital of France?", system=None, config=config).text == expected

