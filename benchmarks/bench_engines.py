@@ -29,7 +29,10 @@ PROMPT = "Write three sentences about the city of Paris."
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -43,7 +46,9 @@ def speed_table(tokens: int, repeats: int) -> str:
     from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
-    rows = [["quantization", "threads", "tok/s", "ttft s", "load s", "quantize s", "linear INT4", "weights MiB"]]
+    rows = [
+        ["quantization", "threads", "tok/s", "ttft s", "load s", "quantize s", "linear INT4", "weights MiB"]
+    ]
     for quant in ("none", "bf16", "int4"):
         engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=1)
         for threads in (1, 2):
@@ -77,8 +82,12 @@ from pathlib import Path
 settings = Settings(cache_dir=Path(sys.argv[2]), quant="int4", threads=2)
 engine = load_transformers(resolve(sys.argv[1]), settings)
 from pytest_llmcheck.engines.base import GenerationConfig
-answer = engine.generate("What is the capital of France?", system=None, config=GenerationConfig(max_new_tokens=16))
-print(json.dumps({"seconds": time.perf_counter() - start, "from_cache": engine.from_cache, "answer": answer.text}))
+answer = engine.generate(
+    "What is the capital of France?", system=None, config=GenerationConfig(max_new_tokens=16)
+)
+print(json.dumps(
+    {"seconds": time.perf_counter() - start, "from_cache": engine.from_cache, "answer": answer.text}
+))
 """
 
 
@@ -116,7 +125,11 @@ def cache_table() -> str:
         with HubServer() as hub:
             hub.add_repo("HuggingFaceTB/SmolLM2-135M-Instruct", folder)
             env = {**os.environ, "LLMCHECK_MODELSCOPE_ENDPOINT": hub.url, "LLMCHECK_HF_ENDPOINT": hub.url}
-            for model in ("smollm2", "modelscope:HuggingFaceTB/SmolLM2-135M-Instruct", "hf:HuggingFaceTB/SmolLM2-135M-Instruct"):
+            for model in (
+                "smollm2",
+                "modelscope:HuggingFaceTB/SmolLM2-135M-Instruct",
+                "hf:HuggingFaceTB/SmolLM2-135M-Instruct",
+            ):
                 cache = work / f"cache-{len(rows)}"
                 first = _session(model, cache, env)
                 second = _session(model, cache, env)
@@ -135,7 +148,9 @@ def cache_table() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="32 tokens, one repetition")
     args = parser.parse_args()
     tokens, repeats = (32, 1) if args.quick else (64, 3)

@@ -13,10 +13,10 @@ import pytest
 
 from . import hooks
 from .case import LLM
-from .engines.base import Engine
 from .collect import QUESTION_KEY, SuiteFile, is_suite_path
-from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, default_engine, group_by_model, model_of
+from .engines.base import Engine
 from .registry import ModelRef
+from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, default_engine, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options
 from .suite import Question, SuiteError, load_suite
 
@@ -118,7 +118,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.config.stash[SESSION_KEY].record_outcome(item, report)
     return report
@@ -160,7 +162,7 @@ def llm(request: pytest.FixtureRequest) -> LLM:
 @pytest.fixture
 def llm_question(request: pytest.FixtureRequest) -> Question:
     """The suite question of this test (from ``llm_suite`` or a ``*.llm.yaml`` file)."""
-    question = getattr(request, "param", None) or request.node.stash.get(QUESTION_KEY, None)
+    question: Question | None = getattr(request, "param", None) or request.node.stash.get(QUESTION_KEY, None)
     if question is None:
         pytest.fail("llm_question needs @pytest.mark.llm_suite('file.llm.yaml') on the test", pytrace=False)
     return question

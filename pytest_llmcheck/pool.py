@@ -49,7 +49,7 @@ class ModelPool:
         start = time.perf_counter()
         try:
             engine = self.make_engine(ref)
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line per test
+        except Exception as exc:  # any load failure becomes one clear line per test
             record.error = _describe(ref, exc)
             raise ModelUnavailable(record.error) from exc
         record.loads += 1

@@ -32,8 +32,15 @@ class LlmcheckWarning(UserWarning):
 
 
 class Quantizer(Protocol):
-    name: str
-    load_dtype: str  # "float32" | "bfloat16"
+    # read-only properties, so the frozen dataclasses below satisfy the protocol
+    @property
+    def name(self) -> str:
+        ...
+
+    @property
+    def load_dtype(self) -> str:
+        """``"float32"`` or ``"bfloat16"``."""
+        ...
 
     def recipe(self) -> dict[str, Any]:
         """What makes the result differ; part of cache keys and fingerprints."""
@@ -52,7 +59,7 @@ def quiet_loggers(*names: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 

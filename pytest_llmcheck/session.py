@@ -117,7 +117,9 @@ class LlmcheckSession:
             case = self.results.case(model, case_id, nodeid=item.nodeid, prompt="")
             case.verdict, case.failed_expectation = "error", reason
             result = self.results.model(model)
-            result.source = result.source or next((r.spec for r in self.resolve_models() if r.name == model), "")
+            result.source = result.source or next(
+                (r.spec for r in self.resolve_models() if r.name == model), ""
+            )
             item.user_properties.extend([("llm_model", model), ("llm_verdict", "error")])
             return
         for case in cases:
@@ -165,7 +167,7 @@ def group_by_model(items: list[pytest.Item], model_of: Callable[[pytest.Item], s
     for i in slots:
         order.setdefault(model_of(items[i]) or "", len(order))
     grouped = sorted((items[i] for i in slots), key=lambda it: order[model_of(it) or ""])
-    for slot, item in zip(slots, grouped):
+    for slot, item in zip(slots, grouped, strict=True):
         items[slot] = item
 
 

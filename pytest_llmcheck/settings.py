@@ -54,12 +54,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
     OptionSpec("quant", f"weight quantization: {', '.join(QUANT_CHOICES)} (default: int4)", "int4"),
-    OptionSpec("engine", f"inference engine: {', '.join(ENGINE_CHOICES)} (default: transformers)", "transformers"),
+    OptionSpec("engine", f"inference engine: {', '.join(ENGINE_CHOICES)} (default: transformers)",
+               "transformers"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
     OptionSpec("threads", "CPU threads for inference; fixed so answers are reproducible (default: 2)", "2"),
     OptionSpec("seed", "random seed set before every generation (default: 0)", "0"),
     OptionSpec("cache-dir", "per-machine model cache (default: the user cache dir, or $LLMCHECK_CACHE_DIR)"),
-    OptionSpec("no-cache", "load, convert and quantize from the source in every session (skip the weights cache)",
+    OptionSpec("no-cache", "load, convert and quantize from the source in every session "
+               "(skip the weights cache)",
                flag=True, ini_type="bool"),
     OptionSpec("offline", "use only the model cache; never contact a hub", flag=True, ini_type="bool"),
     OptionSpec("trust-remote-code", "models allowed to run their own modeling code: a comma list of "
@@ -75,7 +77,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
 
 def _option_taken(parser: pytest.Parser, name: str) -> bool:
     """Whether any plugin already registered ``name`` (pytest only checks within a group)."""
-    groups = list(getattr(parser, "_groups", [])) + [getattr(parser, "_anonymous", None)]
+    groups = [*getattr(parser, "_groups", []), getattr(parser, "_anonymous", None)]
     return any(name in opt.names() for group in groups if group is not None for opt in group.options)
 
 
@@ -99,7 +101,9 @@ def add_aliases(parser: pytest.Parser) -> list[str]:
             clashes.append(spec.alias)
             continue
         action = "store_true" if spec.flag else "store"
-        group.addoption(spec.alias, action=action, default=None, dest=spec.dest, help=f"alias of {spec.canonical}")
+        group.addoption(
+            spec.alias, action=action, default=None, dest=spec.dest, help=f"alias of {spec.canonical}"
+        )
     return clashes
 
 

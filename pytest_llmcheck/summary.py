@@ -40,11 +40,13 @@ def summary_lines(results: SessionResults) -> list[str]:
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+            lines.append("  " + "  ".join(cells).rstrip())
         decided = len(model.decided)
         if decided:
             lines.append(
-                f"  pass rate {model.pass_rate:.0%} ({sum(c.verdict == 'pass' for c in model.decided)}/{decided}), "
+                f"  pass rate {model.pass_rate:.0%} "
+                f"({sum(c.verdict == 'pass' for c in model.decided)}/{decided}), "
                 f"median {model.median_seconds:.2f}s, total {model.total_seconds:.2f}s, "
                 f"{model.median_tokens_per_second:.1f} tok/s"
             )

@@ -45,7 +45,8 @@ class FakeEngine:
             seconds = spec.get("seconds")
             time.sleep(float(spec.get("sleep", 0)))
             if "choices" in spec and not config.greedy:
-                text = random.Random(config.seed + len(LOADS) + time.perf_counter_ns()).choice(spec["choices"])
+                rng = random.Random(config.seed + len(LOADS) + time.perf_counter_ns())
+                text = rng.choice(spec["choices"])
             else:
                 text = spec.get("text", "")
         else:

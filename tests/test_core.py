@@ -194,5 +194,8 @@ def test_markers_are_registered_for_strict_markers(fake: pytest.Pytester) -> Non
 
 
 def test_plugin_import_does_not_import_torch() -> None:
-    code = "import pytest_llmcheck.plugin, sys; assert 'torch' not in sys.modules; assert 'transformers' not in sys.modules"
+    code = (
+        "import pytest_llmcheck.plugin, sys; "
+        "assert 'torch' not in sys.modules; assert 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -80,11 +80,15 @@ def test_benchmark_json_has_one_entry_per_riddle(two_sessions: dict[str, object]
         assert bench["group"] == "smollm2"
         assert bench["stats"]["rounds"] == 1
         info = bench["extra_info"]
-        assert info["quantization"] == "int4" and info["engine"] == "transformers"
-        assert info["new_tokens"] > 0 and info["tokens_per_second"] > 0
+        assert info["quantization"] == "int4"
+        assert info["engine"] == "transformers"
+        assert info["new_tokens"] > 0
+        assert info["tokens_per_second"] > 0
 
 
-def test_report_has_every_riddle_and_renders_in_chromium(two_sessions: dict[str, object], tmp_path: Path) -> None:
+def test_report_has_every_riddle_and_renders_in_chromium(
+    two_sessions: dict[str, object], tmp_path: Path
+) -> None:
     project = two_sessions["project"]
     assert isinstance(project, Path)
     folder = project / "report"
@@ -110,7 +114,9 @@ def test_report_has_every_riddle_and_renders_in_chromium(two_sessions: dict[str,
             assert page.locator("#grid td.cell[data-model='smollm2']").count() == 5
             assert page.locator("#grid .verdict-pass, #grid .verdict-fail").count() >= 5
             box = page.locator("#latency-chart svg").bounding_box()
-            assert box is not None and box["width"] > 100 and box["height"] > 100
+            assert box is not None
+            assert box["width"] > 100
+            assert box["height"] > 100
             assert "白白" in page.inner_text("#grid")
             page.screenshot(path=str(artifacts / "riddles-report.png"), full_page=True)
             if os.environ.get("LLMCHECK_DOCS_SCREENSHOT") == "1":

@@ -32,13 +32,19 @@ def test_tiny_model_end_to_end_through_pytest(pytester: pytest.Pytester, tiny_mo
         """
     )
     result = pytester.runpytest(
-        f"--llm-model={tiny_model}", "--llm-max-new-tokens=12", "--llm-threads=1", "-v", "-p", "no:cacheprovider"
+        f"--llm-model={tiny_model}",
+        "--llm-max-new-tokens=12",
+        "--llm-threads=1",
+        "-v",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
             "*test_answer[[]tiny-llama[]] PASSED*",
-            "tiny-llama (*tiny-llama): loaded 1x in *s; int4: 14/14 linear layers, weights * MiB -> * MiB, *s",
+            "tiny-llama (*tiny-llama): loaded 1x in *s; "
+            "int4: 14/14 linear layers, weights * MiB -> * MiB, *s",
         ]
     )
 
@@ -60,7 +66,11 @@ def test_same_question_gives_byte_identical_answers_in_two_sessions(
         out = pytester.path / f"answer{run}.bin"
         pytester._monkeypatch.setenv("ANSWER_FILE", str(out))
         result = pytester.runpytest_subprocess(
-            f"--llm-model={tiny_model}", "--llm-max-new-tokens=24", "--llm-threads=2", "-p", "no:cacheprovider"
+            f"--llm-model={tiny_model}",
+            "--llm-max-new-tokens=24",
+            "--llm-threads=2",
+            "-p",
+            "no:cacheprovider",
         )
         result.assert_outcomes(passed=1)
         answers.append(out.read_bytes())
@@ -94,7 +104,9 @@ def test_smollm2_knows_the_capital_of_france(quant: str, tmp_path: Path) -> None
     assert [e["kind"] for e in cache.list()] == ["quantized" if quant == "int4" else "converted"]
     try:
         answer = engine.generate(
-            "What is the capital of France?", system=None, config=GenerationConfig(max_new_tokens=24, threads=2)
+            "What is the capital of France?",
+            system=None,
+            config=GenerationConfig(max_new_tokens=24, threads=2),
         )
     finally:
         engine.close()

@@ -94,7 +94,9 @@ def test_question_system_override_and_empty(tmp_path: Path) -> None:
     assert second.expect.ignore_case is False
     assert second.expect.any_of == ("Paris", "Parigi")
     assert second.expect.max_new_tokens == 200
-    assert second.tags == () and second.min_passes is None and second.reference is None
+    assert second.tags == ()
+    assert second.min_passes is None
+    assert second.reference is None
 
 
 def test_loaded_expectations_work_on_chinese_answer(tmp_path: Path) -> None:

@@ -38,24 +38,24 @@ def _quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    gguf_tqdm = gguf_utils.tqdm  # a plain tqdm that ignores the switch above
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    gguf_tqdm = gguf_utils.tqdm  # type: ignore[attr-defined]  # a plain tqdm that ignores the switch above
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        gguf_utils.tqdm = gguf_tqdm
+        gguf_utils.tqdm = gguf_tqdm  # type: ignore[attr-defined]
         hf_logging.set_verbosity(level)
         if bars:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _first_token_streamer() -> Any:
     """A streamer that notes when the first new token arrives (for time to first token)."""
     from transformers.generation.streamers import BaseStreamer
 
-    class FirstToken(BaseStreamer):  # type: ignore[misc]
+    class FirstToken(BaseStreamer):
         def __init__(self) -> None:
             self.calls = 0
             self.first: float | None = None
@@ -77,7 +77,7 @@ def _cpu_capability() -> str:
 
     try:
         return str(torch.backends.cpu.get_cpu_capability())
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:  # informational only
         return "unknown"
 
 
