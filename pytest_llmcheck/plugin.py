@@ -149,6 +149,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     terminalreporter.write_sep("=", "llmcheck summary")
     for line in summary_lines(llm_session.results):
         terminalreporter.write_line(line)
+    if llm_session.settings.report_dir is not None:
+        terminalreporter.write_line(f"report: {llm_session.settings.report_dir / 'report.html'} (and .md, .json)")
 
 
 @pytest.fixture
