@@ -16,6 +16,7 @@ import pytest
 from .engines.base import Answer, Engine
 from .expect import ExpectationError, Expectations, Failure, format_failure, parse_expectations
 from .registry import ModelRef
+from .results import CaseResult
 from .session import CASES_KEY, LlmcheckSession, strip_model
 from .suite import Question
 
@@ -72,41 +73,15 @@ class LLM:
         question = prompt if isinstance(prompt, Question) else None
         text = question.prompt if question else str(prompt)
         system = system if system is not None else (question.system if question else None)
-        expectations = marker_expectations(item)
-        if question is not None:
-            expectations = expectations.merge(question.expect)
-        if expect:
-            try:
-                expectations = expectations.merge(parse_expectations(expect, where="ask(expect=...)"))
-            except ExpectationError as exc:
-                raise pytest.fail.Exception(str(exc), pytrace=False) from None
-        case_id = question.id if question else strip_model(item.name, self.ref.name)
-        known = self.session.results.model(self.ref.name).cases.get(case_id)
-        if known is not None and known.nodeid != item.nodeid:  # the same id from another suite or test
-            case_id = strip_model(item.nodeid, self.ref.name)
+        expectations = self._expectations(question, expect)
         answers = self._generate(text, system)
         self.answers.extend(answers)
-        case = self.session.results.case(self.ref.name, case_id, nodeid=item.nodeid, prompt=text)
-        case.reference = question.reference if question else None
-        cases = item.stash.setdefault(CASES_KEY, [])
-        # A second ask of the same case in one test adds to it: an earlier (soft) failure stays.
-        earlier_failed = case in cases and case.verdict == "fail"
-        if case not in cases:
-            cases.append(case)
-            case.passes = case.required_passes = 0
-        case.prompt_tokens = answers[-1].prompt_tokens
-        for answer in answers:
-            case.answers.append(answer.text)
-            case.seconds.append(answer.seconds)
-            case.tokens_per_second.append(answer.tokens_per_second)
-            case.ttft.append(answer.ttft)
-            case.new_tokens.append(answer.new_tokens)
+        case, earlier_failed = self._record(question, text, answers)
 
         problems: list[str] = []
-        want_snapshot = snapshot if snapshot is not None else (
-            question is not None or item.get_closest_marker("llm_snapshot") is not None
-        )
-        if want_snapshot:
+        if snapshot is None:
+            snapshot = question is not None or item.get_closest_marker("llm_snapshot") is not None
+        if snapshot and self.session.generation.greedy:  # sampled answers differ by design
             from .snapshots import check_snapshot
 
             outcome = check_snapshot(self.request, answers[-1], self.fingerprint())
@@ -126,12 +101,10 @@ class LLM:
         met = passes >= required
         case.verdict = "pass" if met and not problems and not earlier_failed else "fail"
         if not met:
-            message = _expectation_message(first_bad, passes, len(answers), required)
             if self.session.settings.soft:
                 case.soft = True
-                case.verdict = "fail"
             else:
-                problems.insert(0, message)
+                problems.insert(0, _expectation_message(first_bad, passes, len(answers), required))
         item.user_properties.extend(
             [
                 ("llm_model", self.ref.name),
@@ -143,6 +116,44 @@ class LLM:
         if problems:
             pytest.fail("\n\n".join(problems), pytrace=False)
         return answers[-1]
+
+    def _expectations(self, question: Question | None, expect: dict[str, Any] | None) -> Expectations:
+        """The item's markers, then the question's, then ``ask(expect=...)``, merged."""
+        expectations = marker_expectations(self.request.node)
+        if question is not None:
+            expectations = expectations.merge(question.expect)
+        if expect:
+            try:
+                expectations = expectations.merge(parse_expectations(expect, where="ask(expect=...)"))
+            except ExpectationError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        return expectations
+
+    def _record(
+        self, question: Question | None, prompt: str, answers: list[Answer]
+    ) -> tuple[CaseResult, bool]:
+        """Add the answers to this (question, model) case; say whether an earlier ask failed it."""
+        item = self.request.node
+        case_id = question.id if question else strip_model(item.name, self.ref.name)
+        known = self.session.results.model(self.ref.name).cases.get(case_id)
+        if known is not None and known.nodeid != item.nodeid:  # the same id from another suite or test
+            case_id = strip_model(item.nodeid, self.ref.name)
+        case = self.session.results.case(self.ref.name, case_id, nodeid=item.nodeid, prompt=prompt)
+        case.reference = question.reference if question else None
+        cases = item.stash.setdefault(CASES_KEY, [])
+        # A second ask of the same case in one test adds to it: an earlier (soft) failure stays.
+        earlier_failed = case in cases and case.verdict == "fail"
+        if case not in cases:
+            cases.append(case)
+            case.passes = case.required_passes = 0
+        case.prompt_tokens = answers[-1].prompt_tokens
+        for answer in answers:
+            case.answers.append(answer.text)
+            case.seconds.append(answer.seconds)
+            case.tokens_per_second.append(answer.tokens_per_second)
+            case.ttft.append(answer.ttft)
+            case.new_tokens.append(answer.new_tokens)
+        return case, earlier_failed
 
     def _generate(self, prompt: str, system: str | None) -> list[Answer]:
         """Generate ``repeat`` answers, timed by pytest-benchmark when it is active."""

@@ -130,6 +130,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     llm_session = session.config.stash.get(SESSION_KEY, None)
     if llm_session is None:
         return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports and gates
+        llm_session.close()
+        workeroutput["llmcheck"] = llm_session.results.to_dict()
+        return
     failures = llm_session.finish()
     if failures and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -138,6 +143,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:  # counted in the last line: "5 passed, 1 llm gate failed"
             reporter.stats.setdefault("llm gate failed", []).extend(failures)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: take in what a worker's session learned."""
+    output = getattr(node, "workeroutput", {}).get("llmcheck")
+    config = getattr(node, "config", None)
+    if output and config is not None:
+        config.stash[SESSION_KEY].results.absorb(output)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -150,7 +164,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     for line in summary_lines(llm_session.results):
         terminalreporter.write_line(line)
     if llm_session.settings.report_dir is not None:
-        terminalreporter.write_line(f"report: {llm_session.settings.report_dir / 'report.html'} (and .md, .json)")
+        html = llm_session.settings.report_dir / "report.html"
+        terminalreporter.write_line(f"report: {html} (and report.md, report.json)")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ read by the terminal summary, the report writers and the gates."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -88,8 +89,8 @@ class ModelResult:
         tps = [t for c in self.cases.values() for t in c.tokens_per_second]
         return statistics.median(tps) if tps else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, with_cases: bool = True) -> dict[str, Any]:
+        data = {
             "name": self.name,
             "source": self.source,
             "fingerprint": self.fingerprint,
@@ -100,8 +101,12 @@ class ModelResult:
             "median_seconds": self.median_seconds,
             "total_seconds": self.total_seconds,
             "median_tokens_per_second": self.median_tokens_per_second,
-            "cases": [c.to_dict() for c in self.cases.values()],
+            "from_cache": self.from_cache,
+            "loads": self.loads,
         }
+        if with_cases:
+            data["cases"] = [c.to_dict() for c in self.cases.values()]
+        return data
 
 
 @dataclass
@@ -132,3 +137,18 @@ class SessionResults:
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": [m.to_dict() for m in self.models.values()], "questions": self.case_ids}
+
+    def absorb(self, data: dict[str, Any]) -> None:
+        """Merge an xdist worker's results (``to_dict()`` output) into this session's."""
+        fields = {f.name for f in dataclasses.fields(CaseResult)}
+        for info in data["models"]:
+            model = self.model(info["name"])
+            if info["loads"]:
+                model.source, model.fingerprint = info["source"], info["fingerprint"]
+                model.load_seconds, model.quantize_seconds = info["load_seconds"], info["quantize_seconds"]
+                model.quant_summary, model.from_cache = info["quant_summary"], info["from_cache"]
+            model.loads += info["loads"]  # one load per worker that ran the model
+            model.source = model.source or info["source"]
+            for raw in info["cases"]:
+                case = CaseResult(**{k: v for k, v in raw.items() if k in fields})
+                model.cases[case.case_id] = case

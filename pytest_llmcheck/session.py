@@ -116,6 +116,7 @@ class LlmcheckSession:
             case_id = item.stash.get(CASE_ID_KEY, None) or strip_model(item.name, model)
             case = self.results.case(model, case_id, nodeid=item.nodeid, prompt="")
             case.verdict, case.failed_expectation = "error", reason
+            item.stash[CASES_KEY] = [case]
             result = self.results.model(model)
             result.source = result.source or next(
                 (r.spec for r in self.resolve_models() if r.name == model), ""
@@ -130,7 +131,11 @@ class LlmcheckSession:
             (k, "fail" if k == "llm_verdict" and v == "pass" else v) for k, v in item.user_properties
         ]
 
-    def finish(self, write_line: Callable[[str], None] | None = None) -> list[str]:
+    def close(self) -> None:
+        """Release the model (an xdist worker's end; the controller calls ``finish``)."""
+        self.pool.release()
+
+    def finish(self) -> list[str]:
         """Release the model, write the reports and return the failed gates."""
         from .gates import gate_failures
 

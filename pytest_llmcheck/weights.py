@@ -91,7 +91,7 @@ def _from_pretrained(
     return model, tokenizer
 
 
-def _forget_gguf(model: Any) -> None:
+def forget_gguf(model: Any) -> None:
     """Drop transformers' GGUF quantizer from a model whose weights it already unpacked.
 
     Without a GGUF matmul kernel transformers dequantizes every tensor at load, yet keeps
@@ -168,7 +168,7 @@ def load_model(
                     model, tokenizer = _from_pretrained(
                         folder, ref, quantizer.load_dtype, trust_remote_code, True
                     )
-                    _forget_gguf(model)
+                    forget_gguf(model)
                     model.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
                     built = True

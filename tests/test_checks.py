@@ -623,6 +623,30 @@ def test_xdist_runs_and_reports_outcomes(
     assert "Benchmark fixture was not used" not in result.stdout.str()
 
 
+def test_xdist_workers_latency_reaches_the_summary_report_and_gate(
+    bench_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest-benchmark turns itself off under xdist; the llmcheck results still come back."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    set_answers(bench_project, a={}, b={"What is the capital?": "Berlin"})
+    result = run(
+        bench_project, "-n", "2", "--snapshot-update", "--llm-report=out", "--llm-min-pass-rate=0.9",
+        models="fake:a,fake:b",
+    )
+    out = result.stdout.str()
+    assert "llmcheck summary" in out
+    assert re.search(r"^b \(fake:b\): loaded [12]x", out, re.M)
+    assert re.search(r"^  q1 +FAIL +\d+\.\d\d +\d+\.\d", out, re.M)
+    assert "llmcheck gate --llm-min-pass-rate=0.9 failed for model 'b'" in out
+    data = json.loads((bench_project.path / "out" / "report.json").read_text(encoding="utf-8"))
+    cases = {m["name"]: {c["case_id"]: c for c in m["cases"]} for m in data["models"]}
+    assert set(cases) == {"a", "b"}
+    assert len(cases["a"]) == len(cases["b"]) == 3
+    assert cases["b"]["q1"]["verdict"] == "fail"
+    assert cases["a"]["q1"]["verdict"] == "pass"
+    assert all(c["seconds"] for m in cases.values() for c in m.values())
+
+
 # -- 8. terminal summary ----------------------------------------------------------------------------
 
 
