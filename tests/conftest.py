@@ -1,8 +1,44 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
+
+
+def _preimport_heavy_modules() -> None:
+    """Import numpy, matplotlib, jsonschema, torch, transformers and torchao up front.
+
+    pytester's in-process runs drop every module first imported inside them, and C
+    extensions (numpy, torch, torchao's ops) cannot be imported twice in one process.
+    Inner sessions that load a model or draw a report chart would otherwise break every
+    later test that needs them.
+    """
+    import jsonschema  # noqa: F401  (its rpds extension)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from pytest_llmcheck.quantize import quiet_loggers
+
+    with quiet_loggers("torchao", "torch.utils._pytree"):
+        import torchao.quantization  # noqa: F401
+
+
+_preimport_heavy_modules()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama folder (real transformers + torchao path, fast), built once."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
 @pytest.fixture

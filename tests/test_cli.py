@@ -13,21 +13,15 @@ from pytest_llmcheck.cli import main
 from pytest_llmcheck.hub import cache_entry
 from pytest_llmcheck.registry import resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
-from tests.tiny_model import build_tiny_model
 
 pytest_plugins = ["tests.conftest_hub"]
 
 MS, HF = f"modelscope:{MS_REPO}", f"hf:{HF_REPO}"
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "Tiny")
-
-
 @pytest.fixture
-def hub_model_dir(tiny_folder: Path) -> Path:
-    return tiny_folder
+def hub_model_dir(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture

@@ -34,19 +34,6 @@ TWO_MODELS = "--llm-model=fake:alpha,fake:beta"
 QUESTIONS = {"capital", "sum", "test_greet"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _preload_report_modules() -> None:
-    """Draw one chart out here: pytester's in-process runs drop modules imported inside
-    them, and numpy's C extension cannot be imported twice in one process."""
-    from pytest_llmcheck.report import latency_svg
-    from pytest_llmcheck.results import SessionResults
-
-    results = SessionResults()
-    results.case("m", "q", nodeid="x", prompt="q").seconds.append(0.1)
-    latency_svg(results)
-    validate_json({"schema_version": 1, "tool": "pytest-llmcheck", "models": [], "questions": []})
-
-
 def setup_project(fake: pytest.Pytester, answers: dict[str, Any] = ANSWERS, suite: str = SUITE) -> None:
     fake.makefile(".json", fake_answers=json.dumps(answers))
     fake.makefile(".llm.yaml", qa=suite)

@@ -23,7 +23,6 @@ from pytest_llmcheck.cache import Cache, CacheError
 from pytest_llmcheck.hub import HubError, download_key
 from pytest_llmcheck.registry import ModelRef, ModelRefError, resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
-from tests.tiny_model import build_tiny_model
 
 pytest_plugins = ["tests.conftest_hub"]
 
@@ -50,15 +49,10 @@ def test_two(llm):
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "Tiny")
-
-
 @pytest.fixture
-def hub_model_dir(tiny_folder: Path) -> Path:
+def hub_model_dir(tiny_model: Path) -> Path:
     """The stand-in hub serves the tiny Llama (overrides tests.conftest_hub's toy folder)."""
-    return tiny_folder
+    return tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -230,9 +224,9 @@ class TinyRemoteForCausalLM(LlamaForCausalLM):
 
 
 @pytest.fixture(scope="module")
-def remote_folder(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def remote_folder(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("remote") / "tiny-remote"
-    shutil.copytree(tiny_folder, folder)
+    shutil.copytree(tiny_model, folder)
     (folder / "modeling_tiny.py").write_text(MODELING, encoding="utf-8")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["model_type"] = "tiny_remote_llama"
@@ -339,10 +333,10 @@ def load_here(folder: Path, cache: Path) -> bool:
     return bool(engine.from_cache)
 
 
-def test_sigkill_mid_quantization_leaves_no_ready_entry(tiny_folder: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_quantization_leaves_no_ready_entry(tiny_model: Path, tmp_path: Path) -> None:
     cache = tmp_path / "llm-cache"
     (tmp_path / "go").write_text("")
-    proc = spawn(tmp_path, tiny_folder, cache, "hang")
+    proc = spawn(tmp_path, tiny_model, cache, "hang")
     try:
         wait_for(lambda: (tmp_path / "started").exists() or proc.poll() is not None, "the build to start")
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -359,15 +353,15 @@ def test_sigkill_mid_quantization_leaves_no_ready_entry(tiny_folder: Path, tmp_p
     assert leftovers
     assert all(f".tmp-{proc.pid}-" in p.name for p in leftovers)  # the killed build's folder
 
-    assert load_here(tiny_folder, cache) is False  # rebuilt
+    assert load_here(tiny_model, cache) is False  # rebuilt
     assert list((cache / "quantized").glob("*.tmp-*")) == []  # the dead build's leftovers are gone
     assert ready_kinds(cache) == ["quantized"]
-    assert load_here(tiny_folder, cache) is True
+    assert load_here(tiny_model, cache) is True
 
 
-def test_two_processes_build_the_int4_entry_once(tiny_folder: Path, tmp_path: Path) -> None:
+def test_two_processes_build_the_int4_entry_once(tiny_model: Path, tmp_path: Path) -> None:
     cache = tmp_path / "llm-cache"
-    procs = [spawn(tmp_path, tiny_folder, cache, "build") for _ in range(2)]
+    procs = [spawn(tmp_path, tiny_model, cache, "build") for _ in range(2)]
     try:
         wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 2 or any(p.poll() is not None for p in procs),
                  "both processes to import")

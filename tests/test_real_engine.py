@@ -15,11 +15,6 @@ from pytest_llmcheck.registry import resolve
 from tests.tiny_model import build_tiny_model
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-
-
 def test_tiny_model_end_to_end_through_pytest(pytester: pytest.Pytester, tiny_model: Path) -> None:
     pytester.makepyfile(
         """
