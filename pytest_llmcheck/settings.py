@@ -200,8 +200,15 @@ class Settings:
                 f"--llm-repeat={repeat} needs sampled decoding: set --llm-temperature to a value > 0 "
                 "(greedy answers are identical every time)"
             )
-        cache = get("cache-dir", lambda w, v: Path(v).expanduser(), None)
-        report = get("report", lambda w, v: Path(v).expanduser(), None)
+        def path(where: str, value: str) -> Path:
+            """Command-line paths are relative to the current folder, ini paths to the ini file."""
+            result = Path(value).expanduser()
+            if where.startswith("ini ") and not result.is_absolute() and config.inipath is not None:
+                result = config.inipath.parent / result
+            return result
+
+        cache = get("cache-dir", path, None)
+        report = get("report", path, None)
         return cls(
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),

@@ -199,3 +199,24 @@ def test_plugin_import_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules; assert 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ini_paths_are_relative_to_the_ini_file(
+    fake: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.makeini(
+        """
+        [pytest]
+        addopts = -p tests.fake_engine -p no:cacheprovider
+        llmcheck_model = fake:a
+        llmcheck_report = reports/latest
+        filterwarnings = ignore::pytest.PytestAssertRewriteWarning
+        """
+    )
+    sub = fake.mkdir("sub")
+    (sub / "test_sub.py").write_text(TWO_TESTS.replace("\n    ", "\n"), encoding="utf-8")
+    monkeypatch.chdir(sub)
+    result = fake.runpytest()
+    result.assert_outcomes(passed=2)
+    assert (fake.path / "reports" / "latest" / "report.json").is_file()
+    assert not (sub / "reports").exists()
