@@ -7,6 +7,7 @@ what the snapshot stores and what the report shows.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,7 +164,10 @@ class LLM:
         answers: list[Answer] = []
 
         def once() -> None:
-            answers.append(self.engine.generate(prompt, system=system, config=config))
+            # Each repeat samples with its own seed (seed, seed+1, ...): reproducible, yet N
+            # different samples; a greedy answer does not depend on the seed.
+            nth = dataclasses.replace(config, seed=config.seed + len(answers))
+            answers.append(self.engine.generate(prompt, system=system, config=nth))
 
         used = run_timed(
             self.request,

@@ -17,10 +17,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from .registry import ModelRef
+    from .settings import Settings
 
 PROG = "llmcheck"
-QUANT_CHOICES = ("int4", "bf16", "none")
 KIND_CHOICES = ("download", "converted", "quantized")
 
 
@@ -51,6 +54,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .quantize import QUANTIZERS
+
     parser = _Parser(
         prog=PROG,
         description="Manage pytest-llmcheck's per-machine model cache "
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="alias, modelscope:owner/name[@rev], hf:owner/name[@rev], model folder or .gguf file",
     )
     p_pull.add_argument(
-        "--quant", choices=QUANT_CHOICES, default="int4", help="weight quantization (default: int4)"
+        "--quant", choices=tuple(QUANTIZERS), default="int4", help="weight quantization (default: int4)"
     )
     cache_dir(p_pull)
     p_pull.add_argument("--trust-remote-code", action="store_true",
@@ -232,41 +237,33 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def _pull_one(ref: Any, settings: Any) -> None:
+def _pull_one(ref: ModelRef, settings: Settings) -> None:
     from .cache import Cache
-    from .loader import model_files
+    from .loader import load_transformers
 
-    cache = Cache(settings.cache_dir)
     print(f"{ref.name} ({ref.spec}):")
     start = time.perf_counter()
     if ref.source in ("modelscope", "hf"):
         from .hub import cache_entry, default_endpoint
 
-        was_ready = cache_entry(ref, cache).ready
+        was_ready = cache_entry(ref, Cache(settings.cache_dir)).ready
         where = default_endpoint(ref.source) or f"the {ref.source} hub"
+        # Download (or find) the files first, so the two steps are timed apart; the
+        # load below then finds the download ready without asking the hub.
+        from .loader import model_files
+
         folder = model_files(ref, settings, progress=sys.stderr.isatty())
         how = "cached, no hub request" if was_ready else f"downloaded from {where}"
         print(f"  download: {how} in {time.perf_counter() - start:.2f}s -> {folder}")
     else:
-        folder = model_files(ref, settings)
-        print(f"  files: {folder} ({ref.source})")
-
-    from .engines.transformers_engine import TransformersEngine
-    from .quantize import get_quantizer
+        print(f"  files: {ref.location} ({ref.source})")
 
     start = time.perf_counter()
-    engine = TransformersEngine.load(
-        ref,
-        folder,
-        get_quantizer(settings.quant),
-        threads=settings.threads,
-        trust_remote_code=ref.trust_remote_code,
-        cache=Cache(settings.cache_dir),
-    )
+    engine = load_transformers(ref, settings, progress=sys.stderr.isatty())
     try:
         seconds = time.perf_counter() - start
         labels = {"int4": "quantized (INT4)", "bf16": "converted (bf16)", "none": "converted (fp32)"}
-        what = labels[settings.quant]
+        what = labels.get(settings.quant, settings.quant)
         if settings.quant != "int4" and ref.gguf_file is None:
             how = "nothing to convert (a transformers folder loads as is)"
         elif engine.from_cache:

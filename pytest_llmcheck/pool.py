@@ -52,6 +52,12 @@ class ModelPool:
         except Exception as exc:  # any load failure becomes one clear line per test
             record.error = _describe(ref, exc)
             raise ModelUnavailable(record.error) from exc
+        if not isinstance(engine, Engine):
+            record.error = (
+                f"model {ref.name!r}: the engine {type(engine).__name__} lacks part of the Engine protocol "
+                "(name, load_seconds, quant, generate, fingerprint, close)"
+            )
+            raise ModelUnavailable(record.error)
         record.loads += 1
         record.seconds = time.perf_counter() - start
         self.current = (ref, engine)

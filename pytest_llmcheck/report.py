@@ -10,7 +10,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,19 +183,25 @@ def _md_cell(case: CaseResult | None) -> str:
     return line
 
 
+_MD_MODELS_HEAD = (
+    "| model | source | load s | quantize s | pass rate | median s | total s | tok/s |",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
+)
+
+
+def _md_model_rows(models: Iterable[ModelResult]) -> list[str]:
+    return [
+        f"| {_md(m.name)} | {_md(m.source or '–')} | {m.load_seconds:.2f} | "
+        f"{m.quantize_seconds:.2f} | {_md(_fmt_rate(m))} | {m.median_seconds:.2f} | "
+        f"{m.total_seconds:.2f} | {m.median_tokens_per_second:.1f} |"
+        for m in models
+    ]
+
+
 def to_markdown(results: SessionResults, title: str = DEFAULT_TITLE) -> str:
     """A compact summary for GITHUB_STEP_SUMMARY: per-model table, then the grid."""
     models = list(results.models.values())
-    out = [f"# {_md(title)}", ""]
-    out.append("| model | source | load s | quantize s | pass rate | median s | total s | tok/s |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
-    for m in models:
-        out.append(
-            f"| {_md(m.name)} | {_md(m.source or '–')} | {m.load_seconds:.2f} | "
-            f"{m.quantize_seconds:.2f} | {_md(_fmt_rate(m))} | {m.median_seconds:.2f} | "
-            f"{m.total_seconds:.2f} | {m.median_tokens_per_second:.1f} |"
-        )
-    out.append("")
+    out = [f"# {_md(title)}", "", *_MD_MODELS_HEAD, *_md_model_rows(models), ""]
     questions = _question_info(results)
     if questions and models:
         out.append("| question | " + " | ".join(_md(m.name) for m in models) + " |")
@@ -206,6 +212,105 @@ def to_markdown(results: SessionResults, title: str = DEFAULT_TITLE) -> str:
             out.append(f"| {head} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- step summary
+
+STEP_SUMMARY_LIMIT = 900_000  # bytes; GitHub refuses a step summary over 1 MiB
+_PROBLEM_HEAD = (
+    "| question | model | verdict | failed expectation | answer |",
+    "|---|---|---|---|---|",
+)
+
+
+def _is_problem(case: CaseResult) -> bool:
+    return case.verdict != "pass" or case.snapshot == "changed"
+
+
+def _md_problem_row(qid: str, prompt: str, case: CaseResult) -> str:
+    verdict = [f"{VERDICT_MARK.get(case.verdict, '')} {_verdict_word(case)}".strip()]
+    reps = _repeats(case)
+    if reps:
+        verdict.append(reps)
+    if case.snapshot in SNAPSHOT_LABEL:
+        verdict.append(SNAPSHOT_LABEL[case.snapshot])
+    question = f"**{_md(qid)}**<br>{_md(_preview(prompt, 80))}"
+    why = _md(_preview(case.failed_expectation, MD_ANSWER)) if case.failed_expectation else "–"
+    answer = _md(_preview(case.answer, MD_ANSWER)) if case.answer else "–"
+    return f"| {question} | {_md(case.model)} | {_md(' · '.join(verdict))} | {why} | {answer} |"
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _fit_rows(head: Sequence[str], rows: list[str], budget: int) -> tuple[list[str], int]:
+    """A Markdown table (``head`` + as many ``rows`` as fit in ``budget`` UTF-8 bytes,
+    counting one newline per line), followed, when rows had to be dropped, by a blank
+    line and "… N more rows omitted". Returns the lines and the bytes they take."""
+    lines = list(head)
+    used = sum(_utf8(line) + 1 for line in lines)
+    for i, row in enumerate(rows):
+        left = len(rows) - i - 1
+        # room for this row plus, if rows remain after it, the omission note
+        note = _utf8(f"\n… {left} more rows omitted") + 2 if left else 0
+        size = _utf8(row) + 1
+        if used + size + note > budget:
+            tail = ["", f"… {len(rows) - i} more rows omitted"]
+            return lines + tail, used + sum(_utf8(t) + 1 for t in tail)
+        lines.append(row)
+        used += size
+    return lines, used
+
+
+def step_summary(
+    results: SessionResults,
+    *,
+    limit_bytes: int = STEP_SUMMARY_LIMIT,
+    title: str = DEFAULT_TITLE,
+    report_dir: Path | str | None = None,
+) -> str:
+    """A short Markdown summary for ``$GITHUB_STEP_SUMMARY`` (GitHub caps it at 1 MiB):
+    the per-model table, then only the cells that did not pass or whose snapshot
+    changed, then how many passing cells were left out. Rows that do not fit are
+    dropped with a "… N more rows omitted" line, so the text, UTF-8 encoded, always
+    stays under ``limit_bytes`` (which must leave room for the title and table heads)."""
+    models = list(results.models.values())
+    problems: list[str] = []
+    left_out = 0
+    for q in _question_info(results):
+        for m in models:
+            case = m.cases.get(q["id"])
+            if case is None:
+                continue
+            if _is_problem(case):
+                problems.append(_md_problem_row(q["id"], q["prompt"], case))
+            else:
+                left_out += 1
+    where = f" (`{_md(str(report_dir))}`)" if report_dir is not None else " (written with --llm-report=DIR)"
+    footer = [
+        f"{left_out} passing cell{'s' if left_out != 1 else ''} left out; "
+        f"the full report is in the report folder{where}.",
+        "",
+    ]
+    head = [f"# {_md(title)}", ""]
+    budget = limit_bytes - 1 - sum(_utf8(line) + 1 for line in head + footer)
+    # The per-model table first; the problem cells get what it leaves.
+    model_lines, used = _fit_rows(_MD_MODELS_HEAD, _md_model_rows(models), budget // 2)
+    out = [*head, *model_lines, ""]
+    budget -= used + 1
+    if problems:
+        section = ["## Failures and changed snapshots", ""]
+        budget -= sum(_utf8(line) + 1 for line in section) + 1
+        problem_lines, _ = _fit_rows(_PROBLEM_HEAD, problems, budget)
+        out += [*section, *problem_lines, ""]
+    elif models:
+        out += ["No failures and no changed snapshots.", ""]
+    text = "\n".join(out + footer)
+    if _utf8(text) >= limit_bytes:  # a limit too small even for the heads
+        text = text.encode("utf-8")[: max(limit_bytes - 1, 0)].decode("utf-8", "ignore")
+        text = text[: text.rfind("\n") + 1] if "\n" in text else ""
+    return text
 
 
 # --------------------------------------------------------------------------- chart

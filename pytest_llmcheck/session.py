@@ -124,7 +124,7 @@ class LlmcheckSession:
             item.user_properties.extend([("llm_model", model), ("llm_verdict", "error")])
             return
         for case in cases:
-            if case.verdict == "pass":
+            if case.verdict in ("pass", "pending"):  # pending: the test raised before judging
                 case.verdict, case.failed_expectation = "fail", reason
         # JUnit reads the properties at teardown: show the verdict the case ended with.
         item.user_properties[:] = [
@@ -146,10 +146,10 @@ class LlmcheckSession:
             write_report(self.results, self.settings.report_dir)
         summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
         if self.results.models and summary_file:
-            from .report import to_markdown
+            from .report import step_summary
 
-            with open(summary_file, "a", encoding="utf-8") as fh:
-                fh.write(to_markdown(self.results) + "\n")
+            with open(summary_file, "a", encoding="utf-8") as fh:  # capped below GitHub's 1 MiB
+                fh.write(step_summary(self.results, report_dir=self.settings.report_dir) + "\n")
         return gate_failures(self.results, self.settings)
 
 

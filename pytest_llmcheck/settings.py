@@ -18,7 +18,6 @@ from .cache import default_cache_dir
 from .hub import offline_from_env
 
 QUANT_CHOICES = ("int4", "bf16", "none")
-ENGINE_CHOICES = ("transformers",)
 DEFAULT_MODEL = "smollm2"
 
 
@@ -54,8 +53,6 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
     OptionSpec("quant", f"weight quantization: {', '.join(QUANT_CHOICES)} (default: int4)", "int4"),
-    OptionSpec("engine", f"inference engine: {', '.join(ENGINE_CHOICES)} (default: transformers)",
-               "transformers"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
     OptionSpec("threads", "CPU threads for inference; fixed so answers are reproducible (default: 2)", "2"),
     OptionSpec("seed", "random seed set before every generation (default: 0)", "0"),
@@ -148,7 +145,6 @@ class Settings:
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     quant: str = "int4"
-    engine: str = "transformers"
     max_new_tokens: int = 128
     threads: int = 2
     seed: int = 0
@@ -161,7 +157,7 @@ class Settings:
     min_pass_rate: float | None = None
     repeat: int = 1
     temperature: float = 0.0
-    models_given: bool = False  # the user chose models (so others' snapshots are not "unused")
+    models_given: bool = False  # the user chose models: resolve them at configure time (usage errors)
 
     @property
     def use_cache(self) -> bool:
@@ -213,7 +209,6 @@ class Settings:
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),
             quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
-            engine=get("engine", lambda w, v: parse_choice(w, v, ENGINE_CHOICES), "transformers"),
             max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
             threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), 2),
             seed=get("seed", lambda w, v: parse_int(w, v, minimum=0), 0),

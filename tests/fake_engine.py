@@ -45,7 +45,7 @@ class FakeEngine:
             seconds = spec.get("seconds")
             time.sleep(float(spec.get("sleep", 0)))
             if "choices" in spec and not config.greedy:
-                rng = random.Random(config.seed + len(LOADS) + time.perf_counter_ns())
+                rng = random.Random(config.seed)  # like a real engine: the seed decides the sample
                 text = rng.choice(spec["choices"])
             else:
                 text = spec.get("text", "")

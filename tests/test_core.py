@@ -175,10 +175,21 @@ def test_option_clash_with_an_earlier_plugin(fake: pytest.Pytester) -> None:
 
 
 def test_option_clash_with_a_conftest(fake: pytest.Pytester) -> None:
-    fake.makeconftest(CLASH_PLUGIN)
+    fake.makeconftest(
+        CLASH_PLUGIN
+        + "\ndef pytest_report_header(config):\n"
+        + "    return f\"their llm-model: {config.getoption('--llm-model')}\"\n"
+    )
     fake.makepyfile(TWO_TESTS)
-    result = fake.runpytest("--llmcheck-model=fake:mine", "-v")
+    result = fake.runpytest("--llmcheck-model=fake:mine", "--llm-model=theirs", "-v")
     result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "their llm-model: theirs",
+            "*test_one[[]mine[]] PASSED*",
+            "*--llm-model belongs to another plugin; use --llmcheck-model*",
+        ]
+    )
 
 
 def test_alias_shows_in_help(fake: pytest.Pytester) -> None:

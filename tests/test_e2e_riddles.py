@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.report import validate_json
-from tests.test_report_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_SCREENSHOT, _sync_playwright
+from tests.test_report_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DOCS_SCREENSHOT, _sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "examples" / "riddles" / "riddles.llm.yaml"
@@ -101,7 +101,7 @@ def test_report_has_every_riddle_and_renders_in_chromium(
 
     sync_playwright = _sync_playwright()
     errors: list[str] = []
-    artifacts = Path(os.environ.get("LLMCHECK_ARTIFACTS") or tmp_path)
+    artifacts = Path(os.environ.get("LLMCHECK_ARTIFACTS") or ARTIFACTS)
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

@@ -392,6 +392,12 @@ def test_github_step_summary_appended(fake: pytest.Pytester, monkeypatch: pytest
     assert "| beta |" in text
     assert "fail (soft)" in text
     assert "contains 'Paris' not found" in text
+    # only the failing cell is listed (beta on capital), the five passing ones are counted
+    rows = [line for line in text.splitlines() if line.startswith("| **")]
+    assert len(rows) == 1, text
+    for part in ("**capital**", "| beta |", "London"):
+        assert part in rows[0]
+    assert "5 passing cells left out; the full report is in the report folder" in text
 
     run(fake, "--llm-model=fake:alpha")  # a second session appends again
     assert summary.read_text(encoding="utf-8").count("# pytest-llmcheck report") == 2

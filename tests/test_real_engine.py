@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -122,3 +123,27 @@ def test_smollm2_converted_cache_reloads_without_the_gguf(tmp_path: Path) -> Non
     again = TransformersEngine.load(ref, Path(ref.location), get_quantizer("bf16"), threads=2, cache=cache)
     assert again.from_cache
     assert again.generate("What is the capital of France?", system=None, config=config).text == expected
+
+
+def test_repeats_with_sampling_give_different_reproducible_answers(
+    pytester: pytest.Pytester, tiny_model: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        import json, os
+        def test_sample(llm):
+            llm.ask("hello")
+            with open(os.environ["ANSWERS"], "a", encoding="utf-8") as f:
+                f.write(json.dumps([a.text for a in llm.answers]) + "\\n")
+        """
+    )
+    out = pytester.path / "answers.jsonl"
+    pytester._monkeypatch.setenv("ANSWERS", str(out))
+    args = (f"--llm-model={tiny_model}", "--llm-repeat=5", "--llm-temperature=1.0", "--llm-max-new-tokens=8",
+            "--llm-threads=1", "-p", "no:cacheprovider", "--llm-no-cache")
+    pytester.runpytest(*args).assert_outcomes(passed=1)
+    pytester.runpytest(*args).assert_outcomes(passed=1)
+    first, second = (json.loads(line) for line in out.read_text(encoding="utf-8").splitlines())
+    assert len(first) == 5
+    assert len(set(first)) > 1  # each repeat is its own sample
+    assert first == second  # seeded: the same five samples in every session

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.report import (
+    step_summary,
     to_html,
     to_json,
     to_markdown,
@@ -305,3 +306,99 @@ def test_empty_session(tmp_path: Path) -> None:
     paths = write_report(SessionResults(), tmp_path)
     validate_json(json.loads(paths["json"].read_text(encoding="utf-8")))
     assert _parse(paths["html"].read_text(encoding="utf-8")).rows == []
+
+
+# -- GITHUB_STEP_SUMMARY --------------------------------------------------------------
+
+
+def big_results(models: int = 20, questions: int = 100) -> SessionResults:
+    """20 models x 100 questions with long CJK answers: the full Markdown is ~2 MB."""
+    res = SessionResults()
+    for m in range(models):
+        for q in range(questions):
+            prompt = f"问题 {q}：谜语？" * 5
+            c = res.case(f"model-{m:02d}", f"q-{q:03d}", nodeid=f"t::q[{m}-{q}]", prompt=prompt)
+            c.answers = [f"答案 {m}-{q}：" + "这是答案。" * 60]
+            c.verdict = "fail" if (m + q) % 7 == 0 else "pass"
+            c.failed_expectation = f"expected 'x{m}-{q}'" if c.verdict == "fail" else None
+            c.seconds, c.tokens_per_second = [0.5], [30.0]
+    return res
+
+
+def _table_rows_are_well_formed(md: str) -> None:
+    """Every table row has as many cells as its head, and a table ends before any text."""
+    width = None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = len(re.split(r"(?<!\\)\|", line))
+            width = width or cells
+            assert cells == width, line
+        else:
+            width = None
+
+
+def test_step_summary_keeps_failures_and_leaves_out_passes() -> None:
+    md = step_summary(sample_results())
+    lines = md.splitlines()
+    assert lines[0] == "# pytest-llmcheck report"
+    assert any(line.startswith("| qwen-0.5b | modelscope | 3.20 | 11.50 | 100% (3/3) |") for line in lines)
+    assert "| question | model | verdict | failed expectation | answer |" in lines
+    rows = [line for line in lines if line.startswith("| **")]
+    by_model = [re.split(r"(?<!\\)\|", row)[2].strip() for row in rows]
+    assert "smollm2" in by_model
+    smol = next(row for row in rows if "| smollm2 |" in row and "riddle-1" in row)
+    for part in ("❌ fail", FAILED_EXPECTATION, "A towel."):
+        assert part in smol
+    # the passing riddle answer of qwen (unchanged snapshot) is left out; a changed one is kept
+    assert "&lt;script&gt;" not in md
+    assert "<script>" not in md
+    assert all("snapshot changed" in row or "| qwen-0.5b |" not in row for row in rows)
+    assert re.search(r"^\d+ passing cells? left out; the full report is in the report folder", md, re.M)
+    assert md.endswith("\n")
+    _table_rows_are_well_formed(md)
+
+
+def test_step_summary_of_20_models_by_100_questions_fits() -> None:
+    res = big_results()
+    full = to_markdown(res)
+    assert len(full.encode("utf-8")) > 1_800_000  # what made GitHub refuse the summary
+    md = step_summary(res)
+    size = len(md.encode("utf-8"))
+    assert size < 900_000
+    cells = [c for m in res.models.values() for c in m.cases.values()]
+    fails = [(c.model, c.case_id) for c in cells if c.verdict == "fail"]
+    rows = [line for line in md.splitlines() if line.startswith("| **")]
+    assert len(rows) == len(fails)  # all failures fit, no passing cell
+    for name, qid in fails[:50]:
+        assert any(f"**{qid}**" in row and f"| {name} |" in row for row in rows)
+    assert "expected 'x0-0'" in md
+    assert "答案 0-1：" not in md  # model-00 passed q-001
+    assert f"{2000 - len(fails)} passing cells left out" in md
+    assert sum(line.startswith("| model-") for line in md.splitlines()) == 20
+    _table_rows_are_well_formed(md)
+
+
+@pytest.mark.parametrize("limit", [5_000, 20_000, 100_000])
+def test_step_summary_truncates_rows_under_the_limit(limit: int) -> None:
+    res = big_results()
+    md = step_summary(res, limit_bytes=limit, report_dir="out/llm")
+    assert len(md.encode("utf-8")) < limit
+    lines = md.splitlines()
+    omitted = [line for line in lines if re.fullmatch(r"… \d+ more rows omitted", line)]
+    assert len(omitted) == 1
+    n_fail = sum(c.verdict == "fail" for m in res.models.values() for c in m.cases.values())
+    shown = sum(line.startswith("| **") for line in lines)
+    assert shown + int(omitted[0].split()[1]) == n_fail
+    assert lines[lines.index(omitted[0]) - 1] == ""  # the table ended before the note
+    assert "the full report is in the report folder (`out/llm`)" in md
+    _table_rows_are_well_formed(md)
+
+
+def test_step_summary_without_failures() -> None:
+    res = SessionResults()
+    c = res.case("m", "q", nodeid="t::q", prompt="p")
+    c.answers, c.verdict = ["ok"], "pass"
+    md = step_summary(res)
+    assert "No failures and no changed snapshots." in md
+    assert "1 passing cell left out" in md
+    assert "| question | model |" not in md

@@ -27,6 +27,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "report.png"
+# Screenshots are kept here for CI to collect (or in $LLMCHECK_ARTIFACTS).
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def _sample_module() -> ModuleType:
@@ -56,7 +58,7 @@ def test_report_in_chromium(tmp_path: Path) -> None:
     sample = _sample_module()
     results = sample.sample_results()
     html_path = write_report(results, tmp_path / "report", title="pytest-llmcheck report · 谜语")["html"]
-    artifacts = Path(os.environ.get("LLMCHECK_ARTIFACTS") or tmp_path)
+    artifacts = Path(os.environ.get("LLMCHECK_ARTIFACTS") or ARTIFACTS)
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "report.png"
 

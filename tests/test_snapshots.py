@@ -269,3 +269,11 @@ def test_class_and_suite_parametrized_python_test_keeps_other_models(fake: pytes
     result.assert_outcomes(passed=4)
     assert_nothing_unused(result)
     assert snapshot_files(fake) == files
+
+
+def test_syrupy_disabled_turns_snapshots_off_with_a_warning(fake: pytest.Pytester) -> None:
+    fake.makefile(".llm.yaml", quiz="questions:\n  - id: q1\n    prompt: hi\n")
+    result = fake.runpytest("--llm-model=fake:a", "-p", "no:syrupy")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*answer snapshots are off: syrupy is disabled (-p no:syrupy)*"])
+    assert not (fake.path / "__snapshots__").exists()

@@ -65,12 +65,17 @@ class QuantReport:
     details: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        if self.method == "none":
-            return f"not quantized, {_mib(self.bytes_before)} weights"
+        if self.layers_quantized == 0 and self.method in ("none", "bf16"):
+            dtype = "fp32" if self.method == "none" else "bf16"
+            return f"not quantized ({dtype}), {_mib(self.bytes_before)} weights"
+        when = (
+            f"{self.seconds:.2f}s"
+            if self.seconds
+            else f"from cache (built in {self.details.get('built_seconds', 0):.2f}s)"
+        )
         return (
             f"{self.method}: {self.layers_quantized}/{self.layers_total} linear layers, "
-            f"weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}, "
-            f"{self.seconds:.2f}s"
+            f"weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}, {when}"
         )
 
 

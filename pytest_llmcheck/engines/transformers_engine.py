@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..cache import Cache
 from ..quantize import Quantizer, quiet_loggers
 from ..registry import ModelRef
-from ..weights import library_versions, load_model
+from ..weights import cpu_capability, library_versions, load_model, weights_identity
 from .base import Answer, GenerationConfig, QuantReport
 
 if TYPE_CHECKING:
@@ -71,16 +71,6 @@ def _first_token_streamer() -> Any:
     return FirstToken()
 
 
-def _cpu_capability() -> str:
-    """The SIMD level torch dispatches to (e.g. AVX512): kernels, and so answers, can differ by it."""
-    import torch
-
-    try:
-        return str(torch.backends.cpu.get_cpu_capability())
-    except Exception:  # informational only
-        return "unknown"
-
-
 class TransformersEngine:
     """One loaded, quantized model answering chat prompts greedily."""
 
@@ -105,6 +95,7 @@ class TransformersEngine:
         self.load_seconds = load_seconds
         self.threads = threads
         self.from_cache = False
+        self.weights_id: dict[str, Any] = {}
 
     @classmethod
     def load(
@@ -144,6 +135,7 @@ class TransformersEngine:
             threads=threads,
         )
         engine.from_cache = loaded.from_cache
+        engine.weights_id = weights_identity(ref, folder)
         return engine
 
     def _encode(self, prompt: str, system: str | None) -> dict[str, torch.Tensor]:
@@ -186,7 +178,11 @@ class TransformersEngine:
             )
         seconds = time.perf_counter() - start
         new = out[0, prompt_len:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        stops = {t for t in (self.tokenizer.eos_token_id, pad) if t is not None}
+        if new.shape[0] and int(new[-1]) in stops:  # the end-of-turn token is not part of the answer
+            new = new[:-1]
+        # A reply cut off at max_new_tokens can end inside a multi-byte character.
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip().rstrip("\ufffd")
         ttft = (streamer.first - start) if streamer.first is not None else seconds
         return Answer(
             text=text,
@@ -206,7 +202,8 @@ class TransformersEngine:
             "revision": self.ref.revision,
             "quantization": self.recipe,
             "threads": self.threads,
-            "cpu": _cpu_capability(),
+            "cpu": cpu_capability(),
+            "weights": self.weights_id,
             "versions": library_versions(),
         }
 
