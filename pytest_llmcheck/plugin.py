@@ -62,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
         rootpath=config.rootpath,
     )
     session.notify = lambda line: _progress_line(config, line)
+    session.uncaptured = lambda: _uncaptured(config)
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
     config.stash[SESSION_KEY] = session
@@ -76,10 +77,14 @@ def _progress_line(config: pytest.Config, line: str) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.get_verbosity() < 0:
         return
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+    with _uncaptured(config):
         reporter.ensure_newline()
         reporter.write_line(line)
+
+
+def _uncaptured(config: pytest.Config) -> contextlib.AbstractContextManager[object]:
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
 
 
 @pytest.hookimpl(trylast=True)

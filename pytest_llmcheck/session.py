@@ -6,8 +6,10 @@ fixtures call its methods. Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ def default_engine(ref: ModelRef, settings: Settings) -> Engine:
     """Files onto disk (hub or local), then transformers + the chosen quantizer."""
     from .loader import load_transformers
 
-    return load_transformers(ref, settings)
+    return load_transformers(ref, settings, progress=settings.progress)
 
 
 @dataclass
@@ -37,6 +39,8 @@ class LlmcheckSession:
     rootpath: Path
     results: SessionResults = field(default_factory=SessionResults)
     notify: Callable[[str], None] = lambda line: None  # progress lines for the terminal
+    # Lets download bars reach a real terminal while pytest captures test output.
+    uncaptured: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
     _refs: list[ModelRef] | None = None
     _ref_error: str | None = None
     pool: ModelPool = field(init=False)
@@ -77,7 +81,8 @@ class LlmcheckSession:
             return self.pool.get(ref)
         self.notify(f"llmcheck: loading {ref.name} ({ref.spec}), quantization {self.settings.quant} ...")
         try:
-            engine = self.pool.get(ref)
+            with self.uncaptured() if self.settings.progress else contextlib.nullcontext():
+                engine = self.pool.get(ref)
             cached = " (from cache)" if getattr(engine, "from_cache", False) else ""
             self.notify(f"llmcheck: {ref.name} ready in {self.pool.records[ref.name].seconds:.1f}s{cached}")
             return engine

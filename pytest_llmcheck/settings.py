@@ -7,6 +7,8 @@ alias is added only when no other plugin took it (pytest-llm-assert registers
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +159,7 @@ class Settings:
     min_pass_rate: float | None = None
     repeat: int = 1
     temperature: float = 0.0
+    progress: bool = False  # download bars on the terminal: not under -q, in CI or without a TTY
     models_given: bool = False  # the user chose models: resolve them at configure time (usage errors)
 
     @property
@@ -208,6 +211,7 @@ class Settings:
         return cls(
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),
+            progress=config.get_verbosity() >= 0 and sys.stderr.isatty() and not os.environ.get("CI"),
             quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
             max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
             threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), 2),

@@ -156,7 +156,12 @@ def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[
     with torch.device("meta"):
         auto: Any = AutoModelForCausalLM  # from_config is untyped in transformers 5
         model = auto.from_config(config, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
-    data = torch.load(folder / WEIGHTS_FILE, weights_only=False, mmap=True)
+    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
+
+    # weights_only: a cache restored from elsewhere (CI caches) must not run pickled code;
+    # only tensors, and torchao's INT4 tensor type, are allowed in.
+    with torch.serialization.safe_globals([Int4OpaqueTensor]):
+        data = torch.load(folder / WEIGHTS_FILE, weights_only=True, mmap=True)
     model.load_state_dict(data["state"], assign=True, strict=True)
     for name, buffer in data["buffers"].items():
         owner, _, leaf = name.rpartition(".")
