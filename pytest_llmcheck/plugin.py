@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, default_engine, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options
 from .suite import Question, SuiteError, load_suite
+
+if TYPE_CHECKING:
+    from .snapshots import SnapshotGuard
 
 MARKERS = (
     "llm_expect(**expectations): check every answer of this test: contains, all_of, any_of, "
@@ -67,9 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
         session.resolve_models()  # bad references stop the run here, as usage errors
     config.stash[SESSION_KEY] = session
     if config.pluginmanager.hasplugin("syrupy"):
-        from .snapshots import SnapshotGuard
+        from .snapshots import GUARD_KEY, SnapshotGuard
 
-        config.pluginmanager.register(SnapshotGuard(), "llmcheck-snapshots")
+        config.stash[GUARD_KEY] = SnapshotGuard()
 
 
 def _progress_line(config: pytest.Config, line: str) -> None:
@@ -118,8 +122,17 @@ def _marker_suite(metafunc: pytest.Metafunc, mark: pytest.Mark) -> list[Question
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before -k/-m deselection: the snapshot guard needs every item
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     group_by_model(items, model_of)
+    if (guard := _snapshot_guard(config)) is not None:
+        guard.note_collected(items)
+
+
+def _snapshot_guard(config: pytest.Config) -> SnapshotGuard | None:
+    from .snapshots import GUARD_KEY
+
+    return config.stash.get(GUARD_KEY, None) if config.pluginmanager.hasplugin("syrupy") else None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -128,13 +141,26 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.config.stash[SESSION_KEY].record_outcome(item, report)
+    if (guard := _snapshot_guard(item.config)) is not None:
+        guard.note_report(item, report)
     return report
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    # Innermost wrapper: before syrupy (a plain tryfirst hook) builds its report, and done
+    # before the terminal reporter prints the last line and xdist sends worker output.
     llm_session = session.config.stash.get(SESSION_KEY, None)
-    if llm_session is None:
-        return
+    guard = _snapshot_guard(session.config)
+    if llm_session is not None and guard is not None:
+        guard.protect(session, [ref.name for ref in llm_session.resolve_models()])
+    result = yield
+    if llm_session is not None:
+        _finish(session, llm_session)
+    return result
+
+
+def _finish(session: pytest.Session, llm_session: LlmcheckSession) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller reports and gates
         llm_session.close()

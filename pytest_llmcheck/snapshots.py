@@ -46,7 +46,6 @@ import difflib
 import json
 import re
 import warnings
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +57,7 @@ from syrupy.location import PyTestLocation
 
 from .engines.base import Answer
 from .quantize import LlmcheckWarning
-from .session import SESSION_KEY, model_of
+from .session import model_of
 
 if TYPE_CHECKING:
     from syrupy.types import PropertyFilter, PropertyMatcher, SerializableData, SerializedData
@@ -260,43 +259,37 @@ def _display_path(location: str, root: Path) -> str:
 
 
 class SnapshotGuard:
-    """A small plugin (registered by the main plugin) that keeps syrupy from calling
-    snapshots unused when they belong to models not run now, or to items that failed
-    before they reached their snapshot."""
+    """Keeps syrupy from calling snapshots unused when they belong to models not run now,
+    or to items that failed before they reached their snapshot. The plugin's hooks feed it
+    (see ``plugin.py``); it only exists when syrupy is active."""
 
     def __init__(self) -> None:
         self.collected: list[pytest.Item] = []
         self.failed_unchecked: set[str] = set()
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+    def note_collected(self, items: list[pytest.Item]) -> None:
         self.collected = list(items)  # before -k / -m deselection
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    def note_report(self, item: pytest.Item, report: pytest.TestReport) -> None:
         if report.failed and report.when != "teardown" and model_of(item) is not None:
             if not item.stash.get(_CHECKED_KEY, False):
                 self.failed_unchecked.add(item.nodeid)
             else:
                 self.failed_unchecked.discard(item.nodeid)
-        return report
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
-        # Runs before syrupy's own (tryfirst) pytest_sessionfinish builds its report.
+    def protect(self, session: pytest.Session, models: list[str]) -> None:
+        """Before syrupy builds its report: mark the other models' snapshots as not run."""
         syrupy = getattr(session.config, "_syrupy", None)
-        llm_session = session.config.stash.get(SESSION_KEY, None)
-        if syrupy is not None and llm_session is not None:
-            models = [ref.name for ref in llm_session.resolve_models()]
-            pseudo = other_model_items(self.collected, models)
-            syrupy.collect_items(pseudo)
-            syrupy.select_items(pseudo)
-            for nodeid in [item.nodeid for item in pseudo] + sorted(self.failed_unchecked):
-                syrupy.ran_item(nodeid, "skipped")
-        return (yield)
+        if syrupy is None:
+            return
+        pseudo = other_model_items(self.collected, models)
+        syrupy.collect_items(pseudo)
+        syrupy.select_items(pseudo)
+        for nodeid in [item.nodeid for item in pseudo] + sorted(self.failed_unchecked):
+            syrupy.ran_item(nodeid, "skipped")
+
+
+GUARD_KEY = pytest.StashKey[SnapshotGuard]()
 
 
 def other_model_items(items: list[pytest.Item], models: list[str]) -> list[pytest.Function]:
