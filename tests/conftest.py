@@ -30,7 +30,8 @@ def _preimport_heavy_modules() -> None:
         import torchao.quantization  # noqa: F401
 
 
-_preimport_heavy_modules()
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _preimport_heavy_modules()  # at session start, so `pytest --help` here stays fast
 
 
 @pytest.fixture(scope="session")
