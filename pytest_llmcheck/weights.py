@@ -68,7 +68,10 @@ def source_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
     info = folder.parent / "download.json"
     if info.is_file():
         digest.update(info.read_bytes())
-    return {"name": ref.name, "spec": ref.spec, "files": digest.hexdigest()[:32]}
+    # Keyed by the files, not by how the user named them: `qwen2.5` and
+    # `modelscope:Qwen/Qwen2.5-0.5B-Instruct` share one entry. The name only labels it.
+    label = Path(ref.gguf_file).stem if ref.gguf_file else (ref.location.rsplit("/", 1)[-1] or ref.name)
+    return {"name": label, "files": digest.hexdigest()[:32]}
 
 
 def weights_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pytest
 
 from pytest_llmcheck.cache import Cache, CacheError
 from pytest_llmcheck.hub import HubError, download_key
+from pytest_llmcheck.quantize import get_quantizer
 from pytest_llmcheck.registry import ModelRef, ModelRefError, resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 
@@ -441,3 +442,18 @@ def test_cache_entries_stay_under_the_root(name: str, tmp_path: Path) -> None:
 def test_bad_cache_kinds_are_refused(kind: str, tmp_path: Path) -> None:
     with pytest.raises(CacheError):
         Cache(tmp_path / "c").entry(kind, {"name": "x"})
+
+
+def test_entries_are_keyed_by_the_weights_not_the_name(tiny_model: Path, tmp_path: Path) -> None:
+    """An alias and the reference it stands for share one INT4 entry."""
+    import dataclasses
+
+    from pytest_llmcheck.engines.transformers_engine import TransformersEngine
+
+    cache = Cache(tmp_path / "cache")
+    ref = resolve(str(tiny_model))
+    first = TransformersEngine.load(ref, tiny_model, get_quantizer("int4"), threads=1, cache=cache)
+    alias = dataclasses.replace(ref, name="my-alias")
+    second = TransformersEngine.load(alias, tiny_model, get_quantizer("int4"), threads=1, cache=cache)
+    assert (first.from_cache, second.from_cache) == (False, True)
+    assert len([e for e in cache.list() if e["kind"] == "quantized"]) == 1
