@@ -78,6 +78,7 @@ class LLM:
         answers = self._generate(text, system)
         self.answers.extend(answers)
         case, earlier_failed = self._record(question, text, answers)
+        case.checks = expectations.describe()
 
         problems: list[str] = []
         if snapshot is None:
@@ -187,8 +188,7 @@ class LLM:
 def _expectation_message(
     first_bad: tuple[list[Failure], Answer] | None, passes: int, total: int, required: int
 ) -> str:
-    if first_bad is None:  # pragma: no cover - only reached when required > passes with no failure
-        return f"LLM answers passed {passes} of {total}, needed {required}"
+    assert first_bad is not None, "fewer passes than required means some answer failed"
     failures, answer = first_bad
     message = format_failure(failures, answer)
     if total > 1:

@@ -51,9 +51,3 @@ class SuiteItem(pytest.Function):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, self.name
-
-
-def is_suite_path(path: Path) -> bool:
-    from .suite import is_suite_file
-
-    return is_suite_file(path)

@@ -94,19 +94,6 @@ class Expectations:
         """The effective ``ignore_case`` (default True)."""
         return True if self.ignore_case is None else self.ignore_case
 
-    @property
-    def is_empty(self) -> bool:
-        """True when nothing would be checked (``ignore_case`` alone checks nothing)."""
-        return not (
-            self.contains
-            or self.all_of
-            or self.any_of
-            or self.not_contains
-            or self.regex
-            or self.max_seconds is not None
-            or self.max_new_tokens is not None
-        )
-
     def merge(self, other: Expectations) -> Expectations:
         """Combine defaults (``self``) with more specific expectations (``other``).
 

@@ -13,7 +13,7 @@ def gate_failures(results: SessionResults, settings: Settings) -> list[str]:
         for model in results.models.values():
             decided = model.decided
             if decided and model.pass_rate < settings.min_pass_rate:
-                passed = sum(c.verdict == "pass" for c in decided)
+                passed = model.passed
                 errors = sum(c.verdict == "error" for c in decided)
                 detail = f"{passed}/{len(decided)} questions passed"
                 if errors:

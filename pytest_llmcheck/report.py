@@ -75,9 +75,13 @@ def _question_info(results: SessionResults) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for model in results.models.values():
         for cid, case in model.cases.items():
-            row = rows.setdefault(cid, {"id": cid, "prompt": case.prompt, "reference": case.reference})
+            row = rows.setdefault(
+                cid, {"id": cid, "prompt": case.prompt, "reference": case.reference, "checks": case.checks}
+            )
             if row["reference"] is None and case.reference is not None:
                 row["reference"] = case.reference
+            if not row["checks"]:
+                row["checks"] = case.checks
     return [rows[cid] for cid in results.case_ids]
 
 
@@ -126,8 +130,7 @@ def _fmt_rate(model: ModelResult) -> str:
     decided = model.decided
     if not decided:
         return "–"
-    passed = sum(c.verdict == "pass" for c in decided)
-    return f"{model.pass_rate * 100:.0f}% ({passed}/{len(decided)})"
+    return f"{model.pass_rate * 100:.0f}% ({model.passed}/{len(decided)})"
 
 
 def _verdict_word(case: CaseResult) -> str:
@@ -438,6 +441,7 @@ details > summary { cursor: pointer; color: #0969da; }
 #grid .qid { font-weight: 600; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
 #grid .prompt { margin-top: .2rem; white-space: pre-wrap; word-break: break-word; }
 #grid .reference { margin-top: .3rem; color: #57606a; font-size: 12px; white-space: pre-wrap; }
+#grid .checks { margin-top: .3rem; color: #57606a; font-size: 12px; font-family: ui-monospace, monospace; }
 #grid td.cell { min-width: 16rem; max-width: 26rem; }
 #grid td.cell-fail { background: #fff5f5; }
 #grid td.cell-error { background: #faf5ff; }
@@ -602,6 +606,8 @@ def _grid_html(results: SessionResults) -> str:
         ref = q["reference"]
         problem_attr = ' class="has-problem"' if problem else ""
         ref_html = f'<div class="reference">reference: {_e(ref)}</div>' if ref else ""
+        if q["checks"]:
+            ref_html += f'<div class="checks">checks: {_e("; ".join(q["checks"]))}</div>'
         rows.append(
             f'<tr data-case="{_e(qid)}"{problem_attr}>'
             f'<th scope="row"><div class="qhead"><div class="qid">{_e(qid)}</div>'

@@ -30,6 +30,7 @@ class CaseResult:
     snapshot: str = "none"  # "new", "unchanged", "changed", "none"
     snapshot_diff: str | None = None
     reference: str | None = None  # a person's reference answer, from the suite
+    checks: list[str] = field(default_factory=list)  # the expectations, one human line each
     soft: bool = False  # failure recorded without failing the test
 
     @property
@@ -71,9 +72,13 @@ class ModelResult:
         return [c for c in self.cases.values() if c.verdict in ("pass", "fail", "error")]
 
     @property
+    def passed(self) -> int:
+        return sum(c.verdict == "pass" for c in self.decided)
+
+    @property
     def pass_rate(self) -> float:
         decided = self.decided
-        return sum(c.verdict == "pass" for c in decided) / len(decided) if decided else 1.0
+        return self.passed / len(decided) if decided else 1.0
 
     @property
     def median_seconds(self) -> float:

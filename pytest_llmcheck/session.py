@@ -10,9 +10,8 @@ import contextlib
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -60,11 +59,11 @@ class LlmcheckSession:
                     ref = resolve(spec, root=self.rootpath)
                 except ModelRefError as exc:
                     raise pytest.UsageError(f"--llm-model: {exc}") from None
-                ref = _with(ref, trust_remote_code=self.settings.trusts(ref.name))
+                ref = replace(ref, trust_remote_code=self.settings.trusts(ref.name))
                 count = names.get(ref.name, 0)
                 names[ref.name] = count + 1
                 if count:  # two folders named alike: keep test ids unique
-                    ref = _with(ref, name=f"{ref.name}-{count + 1}")
+                    ref = replace(ref, name=f"{ref.name}-{count + 1}")
                 refs.append(ref)
             self._refs = refs
         return self._refs
@@ -123,9 +122,7 @@ class LlmcheckSession:
             case.verdict, case.failed_expectation = "error", reason
             item.stash[CASES_KEY] = [case]
             result = self.results.model(model)
-            result.source = result.source or next(
-                (r.spec for r in self.resolve_models() if r.name == model), ""
-            )
+            result.source = result.source or self.ref_named(model).spec
             item.user_properties.extend([("llm_model", model), ("llm_verdict", "error")])
             return
         for case in cases:
@@ -156,12 +153,6 @@ class LlmcheckSession:
             with open(summary_file, "a", encoding="utf-8") as fh:  # capped below GitHub's 1 MiB
                 fh.write(step_summary(self.results, report_dir=self.settings.report_dir) + "\n")
         return gate_failures(self.results, self.settings)
-
-
-def _with(ref: ModelRef, **changes: Any) -> ModelRef:
-    from dataclasses import replace
-
-    return replace(ref, **changes)
 
 
 def group_by_model(items: list[pytest.Item], model_of: Callable[[pytest.Item], str | None]) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from .cache import default_cache_dir
-from .hub import offline_from_env
 
 QUANT_CHOICES = ("int4", "bf16", "none")
 DEFAULT_MODEL = "smollm2"
@@ -188,6 +187,10 @@ class Settings:
                 return value
             return parse(where, str(value))
 
+        def flag(name: str) -> bool:
+            """A store_true option (None when absent) or a bool ini value."""
+            return bool(values[name][1])
+
         models_where, models_raw = values["model"]
         models = parse_list(str(models_raw or ""))
         if models_raw and not models:
@@ -217,12 +220,11 @@ class Settings:
             threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), 2),
             seed=get("seed", lambda w, v: parse_int(w, v, minimum=0), 0),
             cache_dir=cache if cache is not None else default_cache_dir(),
-            offline=bool(get("offline", lambda w, v: v.lower() in ("1", "true", "yes"), False))
-            or offline_from_env(),
-            no_cache=bool(get("no-cache", lambda w, v: v.lower() in ("1", "true", "yes"), False)),
+            offline=flag("offline"),  # LLMCHECK_OFFLINE / HF_HUB_OFFLINE are honoured by hub.download
+            no_cache=flag("no-cache"),
             trust_remote_code=get("trust-remote-code", lambda w, v: parse_list(v), ()),
             report_dir=report,
-            soft=bool(get("soft", lambda w, v: v.lower() in ("1", "true", "yes"), False)),
+            soft=flag("soft"),
             min_pass_rate=get("min-pass-rate", lambda w, v: parse_float(w, v, low=0.0, high=1.0), None),
             repeat=repeat,
             temperature=temperature,

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from pytest_llmcheck.expect import ExpectationError, Expectations, parse_expectations
+from pytest_llmcheck.expect import ExpectationError, Expectations, _show, parse_expectations
 
-SUITE_GLOB = "*.llm.yaml"
 SUITE_SUFFIXES: tuple[str, ...] = (".llm.yaml", ".llm.yml")
 
 _TOP_KEYS = ("expect", "questions", "suite", "system")
@@ -233,11 +232,6 @@ def _check_keys(data: Mapping[object, object], allowed: tuple[str, ...], where: 
 
 def _kind(value: object) -> str:
     return "a list" if isinstance(value, list) else _show(value)
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _one_line(text: str) -> str:

@@ -46,7 +46,7 @@ def summary_lines(results: SessionResults) -> list[str]:
         if decided:
             lines.append(
                 f"  pass rate {model.pass_rate:.0%} "
-                f"({sum(c.verdict == 'pass' for c in model.decided)}/{decided}), "
+                f"({model.passed}/{decided}), "
                 f"median {model.median_seconds:.2f}s, total {model.total_seconds:.2f}s, "
                 f"{model.median_tokens_per_second:.1f} tok/s"
             )

@@ -26,7 +26,7 @@ from typing import Any
 
 from .cache import Cache
 from .engines.base import QuantReport
-from .quantize import NoQuant, Quantizer, is_quantized_weight
+from .quantize import NoQuant, Quantizer, count_quantized
 from .registry import ModelRef
 
 WEIGHTS_FILE = "weights.pt"
@@ -54,15 +54,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _weight_files(ref: ModelRef, folder: Path) -> list[Path]:
+    return [folder / ref.gguf_file] if ref.gguf_file else sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def source_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
     """What identifies the weights on disk: file names, sizes and modification times.
 
     Cheap (no hashing of multi-GB files) and it changes whenever a file is replaced;
     downloads additionally carry their revision in ``download.json`` next to them.
     """
-    files = [folder / ref.gguf_file] if ref.gguf_file else sorted(p for p in folder.rglob("*") if p.is_file())
     digest = hashlib.sha256()
-    for path in files:
+    for path in _weight_files(ref, folder):
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     info = folder.parent / "download.json"
@@ -80,9 +83,8 @@ def weights_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
     File names and sizes, the hub commit of a download, the package of the embedded model:
     when any of these changes, a changed answer is not the same model answering differently.
     """
-    files = [folder / ref.gguf_file] if ref.gguf_file else sorted(p for p in folder.rglob("*") if p.is_file())
     digest = hashlib.sha256()
-    for path in files:
+    for path in _weight_files(ref, folder):
         digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}\n".encode())
     identity: dict[str, Any] = {"files": digest.hexdigest()[:16]}
     info = folder.parent / "download.json"
@@ -181,8 +183,7 @@ def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[
     # Nothing was quantized in this session; keep what the build took, and recount what the
     # file really holds rather than trusting the record.
     report.details["built_seconds"], report.seconds = report.seconds, 0.0
-    done = sum(is_quantized_weight(m.weight) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    _, done = count_quantized(model)
     if done != report.layers_quantized:
         raise RuntimeError(f"cached INT4 model in {folder} holds {done} quantized layers, its record says "
                            f"{report.layers_quantized}; clear it with: llmcheck clear --kind quantized")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
+def write_fake_ini(pytester: pytest.Pytester, extra: str = "") -> Path:
+    """Write the `fake` fixture's ini (fake engine, private cache), plus `extra` ini lines."""
+    lines = [
+        "[pytest]",
+        "addopts = -p tests.fake_engine -p no:cacheprovider",
+        f"llmcheck_cache_dir = {pytester.path / 'cache'}",
+        "filterwarnings = ignore::pytest.PytestAssertRewriteWarning",
+        *textwrap.dedent(extra).strip().splitlines(),
+    ]
+    return pytester.makeini("\n".join(lines) + "\n")
+
+
 @pytest.fixture
 def fake(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester whose inner sessions use the fake engine and a private cache."""
@@ -49,12 +62,5 @@ def fake(pytester: pytest.Pytester) -> pytest.Pytester:
 
     fake_engine.LOADS.clear()
     fake_engine.EVENTS.clear()
-    pytester.makeini(
-        f"""
-        [pytest]
-        addopts = -p tests.fake_engine -p no:cacheprovider
-        llmcheck_cache_dir = {pytester.path / "cache"}
-        filterwarnings = ignore::pytest.PytestAssertRewriteWarning
-        """
-    )
+    write_fake_ini(pytester)
     return pytester

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests import fake_engine
+from tests.conftest import write_fake_ini
 
 TWO_TESTS = """
     def test_one(llm):
@@ -62,14 +63,7 @@ def test_plain_tests_keep_their_slots(fake: pytest.Pytester) -> None:
 
 
 def test_models_from_ini(fake: pytest.Pytester) -> None:
-    fake.makeini(
-        """
-        [pytest]
-        addopts = -p tests.fake_engine -p no:cacheprovider
-        llmcheck_model = fake:one, fake:two
-        filterwarnings = ignore::pytest.PytestAssertRewriteWarning
-        """
-    )
+    write_fake_ini(fake, "llmcheck_model = fake:one, fake:two")
     fake.makepyfile(TWO_TESTS)
     result = fake.runpytest("-v")
     result.assert_outcomes(passed=4)
@@ -77,13 +71,7 @@ def test_models_from_ini(fake: pytest.Pytester) -> None:
 
 
 def test_command_line_overrides_ini(fake: pytest.Pytester) -> None:
-    fake.makeini(
-        """
-        [pytest]
-        addopts = -p tests.fake_engine -p no:cacheprovider
-        llmcheck_model = fake:one
-        """
-    )
+    write_fake_ini(fake, "llmcheck_model = fake:one")
     fake.makepyfile(TWO_TESTS)
     result = fake.runpytest("--llmcheck-model=fake:three", "-v")
     result.assert_outcomes(passed=2)
@@ -215,14 +203,12 @@ def test_plugin_import_does_not_import_torch() -> None:
 def test_ini_paths_are_relative_to_the_ini_file(
     fake: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake.makeini(
+    write_fake_ini(
+        fake,
         """
-        [pytest]
-        addopts = -p tests.fake_engine -p no:cacheprovider
         llmcheck_model = fake:a
         llmcheck_report = reports/latest
-        filterwarnings = ignore::pytest.PytestAssertRewriteWarning
-        """
+        """,
     )
     sub = fake.mkdir("sub")
     (sub / "test_sub.py").write_text(TWO_TESTS.replace("\n    ", "\n"), encoding="utf-8")

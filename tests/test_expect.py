@@ -317,13 +317,6 @@ def test_merge_ignore_case_specific_wins() -> None:
     assert unset.merge(strict).case_insensitive is False
 
 
-def test_is_empty() -> None:
-    assert parse_expectations({}).is_empty
-    assert parse_expectations({"ignore_case": False}).is_empty
-    assert not parse_expectations({"max_new_tokens": 3}).is_empty
-    assert not parse_expectations({"any_of": ["a"]}).is_empty
-
-
 def test_describe() -> None:
     expect = parse_expectations(
         {

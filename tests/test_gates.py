@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_llmcheck.report import validate_json
+from tests.conftest import write_fake_ini
 
 # alpha answers everything right; beta gets the capital wrong (pass rate 2/3).
 ANSWERS = {
@@ -103,15 +104,7 @@ def test_report_written_for_two_models(fake: pytest.Pytester) -> None:
 
 
 def test_report_folder_from_ini(fake: pytest.Pytester) -> None:
-    fake.makeini(
-        f"""
-        [pytest]
-        addopts = -p tests.fake_engine -p no:cacheprovider
-        llmcheck_cache_dir = {fake.path / "cache"}
-        llmcheck_report = from-ini
-        filterwarnings = ignore::pytest.PytestAssertRewriteWarning
-        """
-    )
+    write_fake_ini(fake, "llmcheck_report = from-ini")
     setup_project(fake)
     result = run(fake, "--llm-model=fake:alpha")
     result.assert_outcomes(passed=3)
@@ -157,14 +150,7 @@ def test_strict_by_default(fake: pytest.Pytester) -> None:
 
 
 def test_soft_from_ini(fake: pytest.Pytester) -> None:
-    fake.makeini(
-        f"""
-        [pytest]
-        addopts = -p tests.fake_engine -p no:cacheprovider
-        llmcheck_cache_dir = {fake.path / "cache"}
-        llmcheck_soft = true
-        """
-    )
+    write_fake_ini(fake, "llmcheck_soft = true")
     setup_project(fake)
     result = run(fake, "--llm-model=fake:beta")
     assert result.ret == pytest.ExitCode.OK
@@ -408,7 +394,7 @@ def test_no_step_summary_without_models(fake: pytest.Pytester, monkeypatch: pyte
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     fake.makepyfile("def test_plain():\n    pass\n")
     fake.runpytest().assert_outcomes(passed=1)
-    assert not summary.exists() or summary.read_text(encoding="utf-8") == ""
+    assert not summary.exists()
 
 
 # -- models that fail to load -------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.cache import Cache, CacheError
-from pytest_llmcheck.hub import HubError, download_key
+from pytest_llmcheck.hub import ENDPOINT_ENV, HubError, download_key
 from pytest_llmcheck.quantize import get_quantizer
 from pytest_llmcheck.registry import ModelRef, ModelRefError, resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
@@ -28,7 +28,6 @@ from tests.hubserver import HF_REPO, MS_REPO, HubServer
 pytest_plugins = ["tests.conftest_hub"]
 
 SPECS = {"modelscope": f"modelscope:{MS_REPO}", "hf": f"hf:{HF_REPO}"}
-ENDPOINT_ENV = {"modelscope": "LLMCHECK_MODELSCOPE_ENDPOINT", "hf": "LLMCHECK_HF_ENDPOINT"}
 SOURCES = sorted(SPECS)
 
 ANSWER_TEST = """
@@ -75,6 +74,13 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, hub_env: P
     return pytester
 
 
+@pytest.fixture
+def hub_cache(source: str, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point `source`'s endpoint at the stand-in hub; the (not yet created) cache folder."""
+    monkeypatch.setenv(ENDPOINT_ENV[source], hub_server.url)
+    return tmp_path / "llm-cache"
+
+
 def run(pytester: pytest.Pytester, cache: Path, *args: str) -> pytest.RunResult:
     return pytester.runpytest(
         "-p", "no:cacheprovider", f"--llm-cache-dir={cache}", "--llm-threads=1", "--llm-max-new-tokens=12",
@@ -100,14 +106,9 @@ def failed_lines(result: pytest.RunResult) -> list[str]:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_second_session_uses_the_cache_without_the_hub(
-    source: str,
-    inner: pytest.Pytester,
-    hub_server: HubServer,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    source: str, inner: pytest.Pytester, hub_server: HubServer, hub_cache: Path
 ) -> None:
-    monkeypatch.setenv(ENDPOINT_ENV[source], hub_server.url)
-    cache = tmp_path / "llm-cache"
+    cache = hub_cache
     inner.makepyfile(test_answer=ANSWER_TEST)
 
     result = run(inner, cache, f"--llm-model={SPECS[source]}")
@@ -130,11 +131,11 @@ def test_second_session_uses_the_cache_without_the_hub(
     result.stdout.fnmatch_lines([f"Tiny ({SPECS[source]}): loaded 1x in *s*; int4: * linear layers*"])
 
 
+@pytest.mark.parametrize("source", ["hf"])
 def test_offline_uses_the_cache_with_the_server_stopped(
-    inner: pytest.Pytester, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    inner: pytest.Pytester, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, hub_cache: Path
 ) -> None:
-    monkeypatch.setenv("LLMCHECK_HF_ENDPOINT", hub_server.url)
-    cache = tmp_path / "llm-cache"
+    cache = hub_cache
     inner.makepyfile(test_answer=ANSWER_TEST)
     run(inner, cache, f"--llm-model={SPECS['hf']}").assert_outcomes(passed=1)
     expected = answers(inner)[0]["text"]
@@ -149,14 +150,14 @@ def test_offline_uses_the_cache_with_the_server_stopped(
         assert got == [{"text": expected, "from_cache": True}], how
 
 
+@pytest.mark.parametrize("source", ["modelscope"])
 @pytest.mark.parametrize("how", ["--llm-offline", "LLMCHECK_OFFLINE", "HF_HUB_OFFLINE"])
 def test_offline_not_cached_fails_every_test_with_one_line(
-    how: str, inner: pytest.Pytester, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    how: str, inner: pytest.Pytester, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, hub_cache: Path
 ) -> None:
-    monkeypatch.setenv("LLMCHECK_MODELSCOPE_ENDPOINT", hub_server.url)
     if how != "--llm-offline":
         monkeypatch.setenv(how, "1")
-    cache = tmp_path / "llm-cache"
+    cache = hub_cache
     inner.makepyfile(test_two=TWO_TESTS)
     result = run(inner, cache, f"--llm-model={SPECS['modelscope']}", *([how] if how.startswith("--") else []))
     result.assert_outcomes(errors=2)
@@ -171,15 +172,10 @@ def test_offline_not_cached_fails_every_test_with_one_line(
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_missing_model_is_one_line_per_test(
-    source: str,
-    inner: pytest.Pytester,
-    hub_server: HubServer,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    source: str, inner: pytest.Pytester, hub_server: HubServer, hub_cache: Path
 ) -> None:
-    monkeypatch.setenv(ENDPOINT_ENV[source], hub_server.url)
     hub_server.missing.update({MS_REPO, HF_REPO})
-    cache = tmp_path / "llm-cache"
+    cache = hub_cache
     inner.makepyfile(test_two=TWO_TESTS)
     result = run(inner, cache, f"--llm-model={SPECS[source]}")
     result.assert_outcomes(errors=2)
@@ -192,15 +188,10 @@ def test_missing_model_is_one_line_per_test(
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_corrupted_download_leaves_no_ready_entry(
-    source: str,
-    inner: pytest.Pytester,
-    hub_server: HubServer,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    source: str, inner: pytest.Pytester, hub_server: HubServer, hub_cache: Path
 ) -> None:
-    monkeypatch.setenv(ENDPOINT_ENV[source], hub_server.url)
     hub_server.corrupt.add((MS_REPO if source == "modelscope" else HF_REPO, "model.safetensors"))
-    cache = tmp_path / "llm-cache"
+    cache = hub_cache
     inner.makepyfile(test_two=TWO_TESTS)
     result = run(inner, cache, f"--llm-model={SPECS[source]}")
     result.assert_outcomes(errors=2)

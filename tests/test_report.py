@@ -20,13 +20,30 @@ from pytest_llmcheck.report import (
     validate_json,
     write_report,
 )
-from pytest_llmcheck.results import SessionResults
+from pytest_llmcheck.results import CaseResult, SessionResults
 
 RIDDLE = "什么东西越洗越脏？"
 RIDDLE_ANSWER = "水。<script>alert('x')</script> 因为水越洗越脏 | 答案"
 LONG_ANSWER = "这是一个很长的回答。" * 60 + "END-OF-LONG-ANSWER"
 FAILED_EXPECTATION = "expected the answer to contain '水' or '清水'"
 DIFF = "--- snapshot\n+++ answer\n-旧答案：水\n+新答案：墨水"
+
+
+def _case(
+    res: SessionResults,
+    model: str,
+    case_id: str,
+    nodeid: str,
+    prompt: str,
+    answers: list[str],
+    verdict: str,
+    seconds: list[float],
+    tokens_per_second: list[float],
+) -> CaseResult:
+    """Record one (model, question) cell with its answers, verdict and timings."""
+    c = res.case(model, case_id, nodeid=nodeid, prompt=prompt)
+    c.answers, c.verdict, c.seconds, c.tokens_per_second = answers, verdict, seconds, tokens_per_second
+    return c
 
 
 def sample_results() -> SessionResults:
@@ -45,60 +62,32 @@ def sample_results() -> SessionResults:
     b.source, b.load_seconds = "embedded", 0.4
     b.fingerprint = {"file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
-    c = res.case("qwen-0.5b", "riddle-1", nodeid="t::riddle[qwen-1]", prompt=RIDDLE)
-    c.answers, c.verdict, c.seconds, c.tokens_per_second = (
-        [RIDDLE_ANSWER],
-        "pass",
-        [1.25],
-        [42.0],
+    c = _case(
+        res, "qwen-0.5b", "riddle-1", "t::riddle[qwen-1]", RIDDLE,
+        [RIDDLE_ANSWER], "pass", [1.25], [42.0],
     )
     c.passes, c.reference, c.snapshot = 1, "水", "unchanged"
-    c = res.case("smollm2", "riddle-1", nodeid="t::riddle[smollm2-1]", prompt=RIDDLE)
-    c.answers, c.verdict, c.seconds, c.tokens_per_second = (
-        ["A towel."],
-        "fail",
-        [0.31],
-        [120.5],
+    c = _case(
+        res, "smollm2", "riddle-1", "t::riddle[smollm2-1]", RIDDLE,
+        ["A towel."], "fail", [0.31], [120.5],
     )
-    c.failed_expectation, c.snapshot, c.snapshot_diff = (
-        FAILED_EXPECTATION,
-        "changed",
-        DIFF,
-    )
+    c.failed_expectation, c.snapshot, c.snapshot_diff = FAILED_EXPECTATION, "changed", DIFF
 
-    c = res.case(
-        "qwen-0.5b",
-        "riddle-2",
-        nodeid="t::riddle[qwen-2]",
-        prompt="一口咬掉牛尾巴，打一字",
-    )
-    c.answers, c.verdict, c.seconds, c.tokens_per_second = (
-        [LONG_ANSWER],
-        "pass",
-        [4.0],
-        [35.5],
+    riddle_2 = "一口咬掉牛尾巴，打一字"
+    c = _case(
+        res, "qwen-0.5b", "riddle-2", "t::riddle[qwen-2]", riddle_2,
+        [LONG_ANSWER], "pass", [4.0], [35.5],
     )
     c.passes, c.snapshot = 1, "new"
-    c = res.case(
-        "smollm2",
-        "riddle-2",
-        nodeid="t::riddle[smollm2-2]",
-        prompt="一口咬掉牛尾巴，打一字",
-    )
-    c.answers, c.verdict, c.seconds, c.tokens_per_second = (
-        ["告", "午", "告"],
-        "pass",
-        [0.2, 0.3, 0.25],
-        [90, 95, 99],
+    c = _case(
+        res, "smollm2", "riddle-2", "t::riddle[smollm2-2]", riddle_2,
+        ["告", "午", "告"], "pass", [0.2, 0.3, 0.25], [90, 95, 99],
     )
     c.passes, c.required_passes = 2, 2
 
-    c = res.case("qwen-0.5b", "capital", nodeid="t::capital[qwen]", prompt="Capital of France?")
-    c.answers, c.verdict, c.seconds, c.tokens_per_second = (
-        ["Paris"],
-        "pass",
-        [0.5],
-        [50.0],
+    _case(
+        res, "qwen-0.5b", "capital", "t::capital[qwen]", "Capital of France?",
+        ["Paris"], "pass", [0.5], [50.0],
     )
     # smollm2 never ran "capital": its cell must still exist (empty) in the grid.
     return res
@@ -345,14 +334,14 @@ def test_step_summary_keeps_failures_and_leaves_out_passes() -> None:
     assert "| question | model | verdict | failed expectation | answer |" in lines
     rows = [line for line in lines if line.startswith("| **")]
     by_model = [re.split(r"(?<!\\)\|", row)[2].strip() for row in rows]
-    assert "smollm2" in by_model
+    assert by_model == ["smollm2"]
     smol = next(row for row in rows if "| smollm2 |" in row and "riddle-1" in row)
-    for part in ("❌ fail", FAILED_EXPECTATION, "A towel."):
+    for part in ("❌ fail", "snapshot changed", FAILED_EXPECTATION, "A towel."):
         assert part in smol
     # the passing riddle answer of qwen (unchanged snapshot) is left out; a changed one is kept
     assert "&lt;script&gt;" not in md
     assert "<script>" not in md
-    assert all("snapshot changed" in row or "| qwen-0.5b |" not in row for row in rows)
+    assert not any("| qwen-0.5b |" in row for row in rows)  # all of qwen passed, none changed
     assert re.search(r"^\d+ passing cells? left out; the full report is in the report folder", md, re.M)
     assert md.endswith("\n")
     _table_rows_are_well_formed(md)

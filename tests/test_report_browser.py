@@ -4,16 +4,15 @@ no console errors. Leaves a screenshot as a CI artifact (and for the README)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from pytest_llmcheck.report import write_report
+from tests.test_report import sample_results
 
 CHROMIUM = os.environ.get("LLMCHECK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,18 +30,6 @@ DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "report.png"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
-def _sample_module() -> ModuleType:
-    """The hand-built results of test_report.py, loaded by path so this works under any
-    pytest import mode."""
-    path = Path(__file__).with_name("test_report.py")
-    spec = importlib.util.spec_from_file_location("_llmcheck_report_sample", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _sync_playwright() -> Any:
     try:
         from playwright.sync_api import sync_playwright
@@ -55,8 +42,7 @@ def _sync_playwright() -> Any:
 
 def test_report_in_chromium(tmp_path: Path) -> None:
     sync_playwright = _sync_playwright()
-    sample = _sample_module()
-    results = sample.sample_results()
+    results = sample_results()
     html_path = write_report(results, tmp_path / "report", title="pytest-llmcheck report · 谜语")["html"]
     artifacts = Path(os.environ.get("LLMCHECK_ARTIFACTS") or ARTIFACTS)
     artifacts.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ import pytest
 from pytest_llmcheck.engines.base import Answer
 from pytest_llmcheck.expect import Expectations
 from pytest_llmcheck.suite import (
-    SUITE_GLOB,
     Suite,
     SuiteError,
     is_suite_file,
@@ -133,7 +132,6 @@ def test_suite_objects_are_frozen(tmp_path: Path) -> None:
 
 
 def test_glob_and_is_suite_file() -> None:
-    assert SUITE_GLOB == "*.llm.yaml"
     assert is_suite_file(Path("a/riddles.llm.yaml"))
     assert is_suite_file("riddles.llm.yml")
     assert not is_suite_file(Path("riddles.yaml"))

@@ -72,7 +72,7 @@ def _first_token_streamer() -> Any:
 
 
 class TransformersEngine:
-    """One loaded, quantized model answering chat prompts greedily."""
+    """One loaded (and usually quantized) model answering chat prompts."""
 
     name = "transformers"
 
@@ -96,6 +96,7 @@ class TransformersEngine:
         self.threads = threads
         self.from_cache = False
         self.weights_id: dict[str, Any] = {}
+        self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
     def load(
@@ -195,17 +196,18 @@ class TransformersEngine:
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            "engine": self.name,
-            "source": self.ref.source,
-            "model": self.ref.spec,
-            "revision": self.ref.revision,
-            "quantization": self.recipe,
-            "threads": self.threads,
-            "cpu": cpu_capability(),
-            "weights": self.weights_id,
-            "versions": library_versions(),
-        }
+        if self._fingerprint is None:  # built once: every snapshot check asks for it
+            self._fingerprint = {
+                "engine": self.name,
+                "source": self.ref.source,
+                "model": self.ref.spec,
+                "revision": self.ref.revision,
+                "quantization": self.recipe,
+                "cpu": cpu_capability(),
+                "weights": self.weights_id,
+                "versions": library_versions(),
+            }
+        return dict(self._fingerprint)
 
     def close(self) -> None:
         self.model = None
