@@ -43,8 +43,8 @@ def speed_table(tokens: int, repeats: int) -> str:
     import torch
 
     from pytest_llmcheck.engines.base import GenerationConfig
-    from pytest_llmcheck.engines.transformers_engine import TransformersEngine
-    from pytest_llmcheck.quantize import get_quantizer
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import get_quantizer
     from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
@@ -64,7 +64,7 @@ def speed_table(tokens: int, repeats: int) -> str:
                     str(threads),
                     f"{statistics.median(a.tokens_per_second for a in answers):.1f}",
                     f"{statistics.median(a.ttft for a in answers):.3f}",
-                    f"{engine.load_seconds:.2f}",
+                    f"{engine.facts.seconds:.2f}",
                     f"{engine.quant.seconds:.2f}",
                     f"{engine.quant.layers_quantized}/{engine.quant.layers_total}",
                     f"{engine.quant.bytes_after / 2**20:.0f}",
@@ -80,7 +80,7 @@ process_start = time.perf_counter()
 import torch, transformers, torchao.quantization  # imports cost the same in every session
 from pathlib import Path
 from pytest_llmcheck.engines.base import GenerationConfig
-from pytest_llmcheck.loader import load_transformers
+from pytest_llmcheck.engines.transformers.loader import load_transformers
 from pytest_llmcheck.registry import resolve
 from pytest_llmcheck.settings import Settings
 settings = Settings(cache_dir=Path(sys.argv[2]), quant="int4", threads=2)
@@ -91,7 +91,7 @@ answer = engine.generate(
     "What is the capital of France?", system=None, config=GenerationConfig(max_new_tokens=16)
 )
 print(json.dumps({"load": load, "process": time.perf_counter() - process_start,
-                  "from_cache": engine.from_cache, "answer": answer.text}))
+                  "from_cache": engine.facts.from_cache, "answer": answer.text}))
 """
 
 
@@ -116,10 +116,10 @@ LOAD_RATIO_TARGET = 0.1
 def cache_table() -> str:
     import os
 
-    from pytest_llmcheck.engines.transformers_engine import TransformersEngine
-    from pytest_llmcheck.quantize import get_quantizer
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+    from pytest_llmcheck.engines.transformers.weights import forget_gguf
     from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.weights import forget_gguf
     from tests.hubserver import HubServer
 
     header = ["model", "1st load s", "2nd load s", "ratio", f"target ≤ {LOAD_RATIO_TARGET}"]

@@ -54,7 +54,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .quantize import QUANTIZERS
+    from .engines.transformers.quantize import QUANTIZERS
 
     parser = _Parser(
         prog=PROG,
@@ -220,6 +220,7 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
         threads=args.threads,
         cache_dir=root,
         trust_remote_code=("all",) if args.trust_remote_code else (),
+        progress=sys.stderr.isatty(),
     )
     print(f"cache: {root}")
     failed = 0
@@ -239,7 +240,7 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
 
 def _pull_one(ref: ModelRef, settings: Settings) -> None:
     from .cache import Cache
-    from .loader import load_transformers
+    from .engines.transformers.loader import load_transformers
 
     print(f"{ref.name} ({ref.spec}):")
     start = time.perf_counter()
@@ -250,7 +251,7 @@ def _pull_one(ref: ModelRef, settings: Settings) -> None:
         where = default_endpoint(ref.source) or f"the {ref.source} hub"
         # Download (or find) the files first, so the two steps are timed apart; the
         # load below then finds the download ready without asking the hub.
-        from .loader import model_files
+        from .engines.transformers.loader import model_files
 
         folder = model_files(ref, settings, progress=sys.stderr.isatty())
         how = "cached, no hub request" if was_ready else f"downloaded from {where}"
@@ -259,14 +260,14 @@ def _pull_one(ref: ModelRef, settings: Settings) -> None:
         print(f"  files: {ref.location} ({ref.source})")
 
     start = time.perf_counter()
-    engine = load_transformers(ref, settings, progress=sys.stderr.isatty())
+    engine = load_transformers(ref, settings)
     try:
         seconds = time.perf_counter() - start
         labels = {"int4": "quantized (INT4)", "bf16": "converted (bf16)", "none": "converted (fp32)"}
         what = labels.get(settings.quant, settings.quant)
         if settings.quant != "int4" and ref.gguf_file is None:
             how = "nothing to convert (a transformers folder loads as is)"
-        elif engine.from_cache:
+        elif engine.facts.from_cache:
             how = "from cache"
         else:
             how = "built and cached"

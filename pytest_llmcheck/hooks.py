@@ -7,16 +7,28 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .engines.base import Engine
+    from .engines.registry import EngineSpec
     from .registry import ModelRef
     from .settings import Settings
 
 
+@pytest.hookspec
+def pytest_llmcheck_engines() -> Sequence[EngineSpec]:
+    """Engines this plugin adds to the engine axis (``--llm-engine``, ``model@engine``).
+
+    Called once at configure time. An ``EngineSpec`` names the engine, the callable that
+    loads a ``ModelRef`` on it, and the reference schemes it owns (``myengine:...``).
+    """
+    return ()
+
+
 @pytest.hookspec(firstresult=True)
 def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> Engine | None:
-    """Load ``ref`` and return a ready Engine, or None to leave it to the next implementation.
+    """Load ``ref`` and return a ready Engine, or None to leave it to its registered engine.
 
-    The built-in implementation (tried last) downloads, converts and quantizes with
-    transformers + torch. A plugin can serve its own schemes (``myengine:...``) or
-    engines here.
+    A first chance to take over any model's loading (tests use it to wrap an engine);
+    new engines are better added with ``pytest_llmcheck_engines``.
     """

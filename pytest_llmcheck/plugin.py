@@ -16,8 +16,9 @@ from . import hooks
 from .case import LLM
 from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
+from .engines.registry import EngineError, EngineRegistry
 from .registry import ModelRef
-from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, default_engine, group_by_model, model_of
+from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options
 from .suite import Question, SuiteError, is_suite_file, load_suite
 
@@ -60,10 +61,20 @@ def pytest_configure(config: pytest.Config) -> None:
             ),
             stacklevel=2,
         )
+    engines = EngineRegistry()
+    try:
+        for specs in config.hook.pytest_llmcheck_engines():
+            for spec in specs:
+                engines.add(spec)
+    except EngineError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+    def make_engine(ref: ModelRef) -> Engine:
+        engine: Engine | None = config.hook.pytest_llmcheck_make_engine(ref=ref, settings=session.settings)
+        return engine if engine is not None else engines.load(ref, session.settings)
+
     session = LlmcheckSession(
-        settings=Settings.from_config(config),
-        make_engine=lambda ref: config.hook.pytest_llmcheck_make_engine(ref=ref, settings=session.settings),
-        rootpath=config.rootpath,
+        Settings.from_config(config), make_engine, config.rootpath, engines=engines
     )
     session.notify = lambda line: _progress_line(config, line)
     session.uncaptured = lambda: _uncaptured(config)
@@ -89,11 +100,6 @@ def _progress_line(config: pytest.Config, line: str) -> None:
 def _uncaptured(config: pytest.Config) -> contextlib.AbstractContextManager[object]:
     capman = config.pluginmanager.get_plugin("capturemanager")
     return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> Engine:
-    return default_engine(ref, settings)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

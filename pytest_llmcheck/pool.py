@@ -54,7 +54,7 @@ class ModelPool:
         if not isinstance(engine, Engine):
             record.error = (
                 f"model {ref.name!r}: the engine {type(engine).__name__} lacks part of the Engine protocol "
-                "(name, load_seconds, quant, generate, fingerprint, close)"
+                "(name, facts, generate, fingerprint, close)"
             )
             raise ModelUnavailable(record.error)
         record.seconds = time.perf_counter() - start

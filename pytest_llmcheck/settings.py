@@ -31,6 +31,7 @@ class OptionSpec:
     default: str | None = None
     flag: bool = False
     ini_type: str = "string"
+    engine: str | None = None  # an engine's own option: kept raw in Settings.engine_options
 
     @property
     def canonical(self) -> str:
@@ -53,7 +54,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("model", "models to test, a comma list of aliases, hub references "
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
-    OptionSpec("quant", f"weight quantization: {', '.join(QUANT_CHOICES)} (default: int4)", "int4"),
+    OptionSpec("engine", "engine for models without an @engine suffix: transformers, or one a plugin adds "
+               "(default: transformers)", "transformers"),
+    OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
+               "(default: int4)", "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
     OptionSpec("threads", "CPU threads for inference; fixed so answers are reproducible (default: 2)", "2"),
     OptionSpec("seed", "random seed set before every generation (default: 0)", "0"),
@@ -71,6 +75,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("repeat", "answers per question, for sampled decoding (default: 1)", "1"),
     OptionSpec("temperature", "sampling temperature; 0 means greedy (default: 0)", "0"),
 )
+ENGINE_OPTIONS: tuple[OptionSpec, ...] = ()  # each engine's own options (OptionSpec.engine set)
+
+
+def all_options() -> tuple[OptionSpec, ...]:
+    return OPTIONS + ENGINE_OPTIONS
 
 
 def _option_taken(parser: pytest.Parser, name: str) -> bool:
@@ -82,7 +91,7 @@ def _option_taken(parser: pytest.Parser, name: str) -> bool:
 def add_options(parser: pytest.Parser) -> None:
     """Register the canonical options and ini keys."""
     group = parser.getgroup("llmcheck", "pytest-llmcheck: regression tests for local LLMs")
-    for spec in OPTIONS:
+    for spec in all_options():
         if spec.flag:
             group.addoption(spec.canonical, action="store_true", default=None, dest=spec.dest, help=spec.help)
         else:
@@ -94,7 +103,7 @@ def add_aliases(parser: pytest.Parser) -> list[str]:
     """Add each free ``--llm-*`` alias; return the ones another plugin holds."""
     group = parser.getgroup("llmcheck")
     clashes = []
-    for spec in OPTIONS:
+    for spec in all_options():
         if _option_taken(parser, spec.alias):
             clashes.append(spec.alias)
             continue
@@ -145,6 +154,8 @@ class Settings:
     """Everything the plugin was told, validated once."""
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
+    engine: str = "transformers"  # checked against the engine registry when models resolve
+    engine_options: dict[str, str] = field(default_factory=dict)  # raw values of engines' own options
     quant: str = "int4"
     max_new_tokens: int = 128
     threads: int = 2
@@ -177,7 +188,7 @@ class Settings:
                 return spec.alias, value
             return f"ini {spec.ini}", config.getini(spec.ini)
 
-        values = {spec.name: raw(spec) for spec in OPTIONS}
+        values = {spec.name: raw(spec) for spec in all_options()}
 
         def get(name: str, parse: Callable[[str, str], Any], fallback: Any = None) -> Any:
             where, value = values[name]
@@ -215,6 +226,12 @@ class Settings:
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),
             progress=config.get_verbosity() >= 0 and sys.stderr.isatty() and not os.environ.get("CI"),
+            engine=str(values["engine"][1] or "transformers").strip(),
+            engine_options={
+                spec.name: str(values[spec.name][1])
+                for spec in ENGINE_OPTIONS
+                if values[spec.name][1] not in (None, "", [])
+            },
             quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
             max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
             threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), 2),

@@ -56,7 +56,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
 from .engines.base import Answer
-from .quantize import LlmcheckWarning
+from .errors import LlmcheckWarning
 from .session import model_of
 
 if TYPE_CHECKING:

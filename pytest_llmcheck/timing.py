@@ -62,7 +62,7 @@ def annotate(request: pytest.FixtureRequest, llm: LLM, answers: Sequence[Answer]
         {
             "model": llm.ref.name,
             "source": llm.ref.spec,
-            "quantization": llm.session.settings.quant,
+            "quantization": llm.engine.facts.quant,
             "engine": llm.engine.name,
             "prompt_tokens": last.prompt_tokens,
             "new_tokens": last.new_tokens,

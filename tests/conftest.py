@@ -25,7 +25,7 @@ def _preimport_heavy_modules() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from pytest_llmcheck.quantize import quiet_loggers
+    from pytest_llmcheck.engines.transformers.quantize import quiet_loggers
 
     with quiet_loggers("torchao", "torch.utils._pytree"):
         import torchao.quantization  # noqa: F401

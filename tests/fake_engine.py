@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_llmcheck.engines.base import Answer, GenerationConfig, QuantReport
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.engines.registry import EngineSpec
 from pytest_llmcheck.registry import ModelRef
 from pytest_llmcheck.settings import Settings
 
@@ -31,9 +32,8 @@ class FakeEngine:
     def __init__(self, model: str, answers: dict[str, Any]) -> None:
         self.model = model
         self.answers = answers
-        self.load_seconds = 0.01
-        self.quant = QuantReport(method="fake-int4", layers_total=4, layers_quantized=4, bytes_before=4096,
-                                 bytes_after=1024, seconds=0.02)
+        summary = "fake-int4: 4/4 linear layers, weights 0.0 MiB -> 0.0 MiB, 0.02s"
+        self.facts = LoadFacts(seconds=0.01, summary=summary, quant="int4", prepare_seconds=0.02)
         self.closed = False
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
@@ -65,9 +65,11 @@ class FakeEngine:
         EVENTS.append(f"close {self.model}")
 
 
-def pytest_llmcheck_make_engine(ref: ModelRef, settings: Settings) -> FakeEngine | None:
-    if ref.source != "plugin" or ref.extra.get("scheme") != "fake":
-        return None
+def pytest_llmcheck_engines() -> list[EngineSpec]:
+    return [EngineSpec("fake", "answers from fake_answers.json", load_fake, schemes=("fake",))]
+
+
+def load_fake(ref: ModelRef, settings: Settings) -> FakeEngine:
     name = ref.location.split(":", 1)[1]
     if name == "broken":
         raise RuntimeError("fake weights are corrupt")

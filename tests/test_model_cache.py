@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.cache import Cache, CacheError
+from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.hub import ENDPOINT_ENV, HubError, download_key
-from pytest_llmcheck.quantize import get_quantizer
 from pytest_llmcheck.registry import ModelRef, ModelRefError, resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 
@@ -36,7 +36,7 @@ import json, os
 def test_answer(llm):
     answer = llm.ask("What is the capital of France?")
     with open(os.environ["LLMCHECK_TEST_OUT"], "a", encoding="utf-8") as f:
-        row = {"text": answer.text, "from_cache": getattr(llm.engine, "from_cache", None)}
+        row = {"text": answer.text, "from_cache": llm.engine.facts.from_cache}
         f.write(json.dumps(row) + "\\n")
 """
 
@@ -127,7 +127,7 @@ def test_second_session_uses_the_cache_without_the_hub(
     assert second[0]["from_cache"] is True  # INT4 weights reloaded, not re-quantized
     assert second[0]["text"] == first[0]["text"]
     assert len(str(first[0]["text"])) > 0
-    result.stdout.fnmatch_lines(["llmcheck: Tiny ready in *s (from cache)"])
+    result.stdout.fnmatch_lines(["llmcheck: Tiny ready in *s (from cache); int4: 14/14 linear layers*"])
     result.stdout.fnmatch_lines([f"Tiny ({SPECS[source]}): loaded 1x in *s*; int4: * linear layers*"])
 
 
@@ -267,8 +267,8 @@ LOADER = textwrap.dedent(
     from pathlib import Path
 
     from pytest_llmcheck.cache import Cache
-    from pytest_llmcheck.engines.transformers_engine import TransformersEngine
-    from pytest_llmcheck.quantize import TorchaoInt4, get_quantizer
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import TorchaoInt4, get_quantizer
     from pytest_llmcheck.registry import resolve
 
     folder, cache, work, mode = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
@@ -290,7 +290,7 @@ LOADER = textwrap.dedent(
     engine = TransformersEngine.load(
         resolve(folder), Path(folder), get_quantizer("int4"), threads=1, cache=Cache(cache)
     )
-    print(json.dumps({"from_cache": engine.from_cache}))
+    print(json.dumps({"from_cache": engine.facts.from_cache}))
     """
 )
 
@@ -315,14 +315,14 @@ def wait_for(predicate: object, what: str, timeout: float = 60) -> None:
 
 
 def load_here(folder: Path, cache: Path) -> bool:
-    from pytest_llmcheck.engines.transformers_engine import TransformersEngine
-    from pytest_llmcheck.quantize import get_quantizer
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 
     engine = TransformersEngine.load(
         resolve(str(folder)), folder, get_quantizer("int4"), threads=1, cache=Cache(cache)
     )
     engine.close()
-    return bool(engine.from_cache)
+    return bool(engine.facts.from_cache)
 
 
 def test_sigkill_mid_quantization_leaves_no_ready_entry(tiny_model: Path, tmp_path: Path) -> None:
@@ -439,12 +439,12 @@ def test_entries_are_keyed_by_the_weights_not_the_name(tiny_model: Path, tmp_pat
     """An alias and the reference it stands for share one INT4 entry."""
     import dataclasses
 
-    from pytest_llmcheck.engines.transformers_engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 
     cache = Cache(tmp_path / "cache")
     ref = resolve(str(tiny_model))
     first = TransformersEngine.load(ref, tiny_model, get_quantizer("int4"), threads=1, cache=cache)
     alias = dataclasses.replace(ref, name="my-alias")
     second = TransformersEngine.load(alias, tiny_model, get_quantizer("int4"), threads=1, cache=cache)
-    assert (first.from_cache, second.from_cache) == (False, True)
+    assert (first.facts.from_cache, second.facts.from_cache) == (False, True)
     assert len([e for e in cache.list() if e["kind"] == "quantized"]) == 1

@@ -10,8 +10,8 @@ import pytest
 
 from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.engines.base import GenerationConfig
-from pytest_llmcheck.engines.transformers_engine import TransformersEngine
-from pytest_llmcheck.quantize import LlmcheckWarning, QuantizationError, get_quantizer
+from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+from pytest_llmcheck.engines.transformers.quantize import LlmcheckWarning, QuantizationError, get_quantizer
 from pytest_llmcheck.registry import resolve
 from tests.tiny_model import build_tiny_model
 
@@ -96,7 +96,7 @@ def test_smollm2_knows_the_capital_of_france(quant: str, tmp_path: Path) -> None
     ref = resolve("smollm2")
     cache = Cache(tmp_path / "cache")  # GGUF -> converted (fp32, bf16) or INT4 entry, written once
     engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=2, cache=cache)
-    assert not engine.from_cache
+    assert not engine.facts.from_cache
     assert [e["kind"] for e in cache.list()] == ["quantized" if quant == "int4" else "converted"]
     try:
         answer = engine.generate(
@@ -121,7 +121,7 @@ def test_smollm2_converted_cache_reloads_without_the_gguf(tmp_path: Path) -> Non
     expected = first.generate("What is the capital of France?", system=None, config=config).text
     first.close()
     again = TransformersEngine.load(ref, Path(ref.location), get_quantizer("bf16"), threads=2, cache=cache)
-    assert again.from_cache
+    assert again.facts.from_cache
     assert again.generate("What is the capital of France?", system=None, config=config).text == expected
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import Answer, Engine, GenerationConfig, QuantReport
+from .base import Answer, Engine, GenerationConfig, LoadFacts
 
-__all__ = ["Answer", "Engine", "GenerationConfig", "QuantReport"]
+__all__ = ["Answer", "Engine", "GenerationConfig", "LoadFacts"]

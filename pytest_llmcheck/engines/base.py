@@ -52,35 +52,20 @@ class Answer:
         return self.text
 
 
-@dataclass
-class QuantReport:
-    """What a quantizer did, shown in the session summary."""
+@dataclass(frozen=True)
+class LoadFacts:
+    """How a model got ready, in terms every engine can fill: no torch types here.
 
-    method: str
-    layers_total: int = 0
-    layers_quantized: int = 0
-    bytes_before: int = 0
-    bytes_after: int = 0
-    seconds: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
+    An in-process engine, a worker in another Python and a remote server all report
+    the same four facts; the summary line says the engine-specific part.
+    """
 
-    def summary(self) -> str:
-        if self.layers_quantized == 0 and self.method in ("none", "bf16"):
-            dtype = "fp32" if self.method == "none" else "bf16"
-            return f"not quantized ({dtype}), {_mib(self.bytes_before)} weights"
-        when = (
-            f"{self.seconds:.2f}s"
-            if self.seconds
-            else f"from cache (built in {self.details.get('built_seconds', 0):.2f}s)"
-        )
-        return (
-            f"{self.method}: {self.layers_quantized}/{self.layers_total} linear layers, "
-            f"weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}, {when}"
-        )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    seconds: float  # time to get the model ready, excluding ``prepare_seconds``
+    summary: str  # one line, e.g. "int4: 210/210 linear layers" or "llama.cpp Q4_K_M, 2 threads"
+    quant: str = ""  # the weights' form, e.g. "int4", "bf16", "Q4_K_M"; "" when the engine cannot tell
+    from_cache: bool = False  # converted/quantized weights came from the per-machine cache
+    prepare_seconds: float = 0.0  # quantizing or converting in this session (0 when cached)
+    details: dict[str, Any] = field(default_factory=dict)  # JSON-able, for reports
 
 
 @runtime_checkable
@@ -88,8 +73,7 @@ class Engine(Protocol):
     """A loaded model that answers prompts; one instance per model per session."""
 
     name: str  # engine name, e.g. "transformers"
-    load_seconds: float
-    quant: QuantReport
+    facts: LoadFacts
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         """Answer one prompt; must be deterministic for a greedy config."""

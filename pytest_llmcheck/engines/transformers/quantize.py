@@ -14,21 +14,48 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .engines.base import QuantReport
+from ...errors import LlmcheckError, LlmcheckWarning
 
 if TYPE_CHECKING:
     import torch
 
 
-class QuantizationError(RuntimeError):
+@dataclass
+class QuantReport:
+    """What a quantizer did, shown in the session summary."""
+
+    method: str
+    layers_total: int = 0
+    layers_quantized: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.layers_quantized == 0 and self.method in ("none", "bf16"):
+            dtype = "fp32" if self.method == "none" else "bf16"
+            return f"not quantized ({dtype}), {_mib(self.bytes_before)} weights"
+        when = (
+            f"{self.seconds:.2f}s"
+            if self.seconds
+            else f"from cache (built in {self.details.get('built_seconds', 0):.2f}s)"
+        )
+        return (
+            f"{self.method}: {self.layers_quantized}/{self.layers_total} linear layers, "
+            f"weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}, {when}"
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+class QuantizationError(LlmcheckError):
     """The recipe could not be applied in a way worth testing."""
-
-
-class LlmcheckWarning(UserWarning):
-    """Something the user should see but that need not stop the session."""
 
 
 class Quantizer(Protocol):

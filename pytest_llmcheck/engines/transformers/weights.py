@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache
-from .engines.base import QuantReport
-from .quantize import NoQuant, Quantizer, count_quantized
-from .registry import ModelRef
+from ...cache import Cache
+from ...registry import ModelRef
+from .quantize import NoQuant, Quantizer, QuantReport, count_quantized
 
 WEIGHTS_FILE = "weights.pt"
 QUANT_FILE = "quant.json"

@@ -13,17 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cache import Cache
-from ..quantize import Quantizer, quiet_loggers
-from ..registry import ModelRef
-from ..weights import cpu_capability, library_versions, load_model, weights_identity
-from .base import Answer, GenerationConfig, QuantReport
+from ...cache import Cache
+from ...errors import LlmcheckError
+from ...registry import ModelRef
+from ..base import Answer, GenerationConfig, LoadFacts
+from .quantize import Quantizer, QuantReport, quiet_loggers
+from .weights import cpu_capability, library_versions, load_model, weights_identity
 
 if TYPE_CHECKING:
     import torch
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LlmcheckError):
     """The model files are there but transformers cannot load them as asked."""
 
 
@@ -86,15 +87,22 @@ class TransformersEngine:
         recipe: dict[str, Any],
         load_seconds: float,
         threads: int,
+        from_cache: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.ref = ref
         self.quant = quant
         self.recipe = recipe
-        self.load_seconds = load_seconds
         self.threads = threads
-        self.from_cache = False
+        self.facts = LoadFacts(
+            seconds=load_seconds,
+            summary=quant.summary(),
+            quant=quant.method,
+            from_cache=from_cache,
+            prepare_seconds=quant.seconds,
+            details={"quantization": recipe, "threads": threads},
+        )
         self.weights_id: dict[str, Any] = {}
         self._fingerprint: dict[str, Any] | None = None
 
@@ -134,8 +142,8 @@ class TransformersEngine:
             recipe=quantizer.recipe(),
             load_seconds=loaded.load_seconds,
             threads=threads,
+            from_cache=loaded.from_cache,
         )
-        engine.from_cache = loaded.from_cache
         engine.weights_id = weights_identity(ref, folder)
         return engine
 

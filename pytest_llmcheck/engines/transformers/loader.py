@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cache import Cache
-from .engines.transformers_engine import TransformersEngine
+from ...cache import Cache
+from ...registry import ModelRef
+from ...settings import Settings
+from .engine import TransformersEngine
 from .quantize import get_quantizer
-from .registry import ModelRef
-from .settings import Settings
 
 
 def model_files(ref: ModelRef, settings: Settings, *, progress: bool = False) -> Path:
     """A local folder holding the model (downloaded from a hub when needed)."""
     if ref.source in ("modelscope", "hf"):
-        from .hub import download
+        from ...hub import download
 
         return download(ref, Cache(settings.cache_dir), offline=settings.offline, progress=progress)
     return Path(ref.location)
 
 
-def load_transformers(ref: ModelRef, settings: Settings, *, progress: bool = False) -> TransformersEngine:
-    folder = model_files(ref, settings, progress=progress)
+def load_transformers(ref: ModelRef, settings: Settings) -> TransformersEngine:
+    """The transformers engine's loader: files onto disk, then load and quantize."""
+    folder = model_files(ref, settings, progress=settings.progress)
     return TransformersEngine.load(
         ref,
         folder,

@@ -1,0 +1,104 @@
+"""The engine axis: which engines exist, and which one a model reference asks for.
+
+A model runs on one engine, named by ``--llm-engine`` for all models or by a suffix on
+one reference (``qwen@itrex``). Built-in engines are listed here by import path, so
+nothing heavy is imported until a model of that engine loads; other plugins add theirs
+through the ``pytest_llmcheck_engines`` hook. An engine may also own a reference scheme
+(``openai:...``): such references need no ``@engine`` suffix.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import LlmcheckError
+
+if TYPE_CHECKING:
+    from ..registry import ModelRef
+    from ..settings import Settings
+    from .base import Engine
+
+DEFAULT_ENGINE = "transformers"
+HUB_SCHEMES = ("modelscope", "hf", "ms", "huggingface")
+
+Loader = Callable[["ModelRef", "Settings"], "Engine"]
+
+
+class EngineError(LlmcheckError):
+    """An engine name or scheme that nothing provides."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine: its name, what it is for, and how to load a model on it.
+
+    ``load`` is a callable or an import path ``"package.module:function"`` resolved on
+    first use, so listing an engine costs nothing.
+    """
+
+    name: str
+    description: str
+    load: Loader | str
+    schemes: tuple[str, ...] = ()  # reference schemes this engine owns, e.g. ("openai",)
+
+    def loader(self) -> Loader:
+        if not isinstance(self.load, str):
+            return self.load
+        module, _, attr = self.load.partition(":")
+        func: Loader = getattr(importlib.import_module(module), attr)
+        return func
+
+
+BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
+    EngineSpec(
+        "transformers",
+        "transformers + torch in this process; --llm-quant int4 (torchao), bf16 or none",
+        "pytest_llmcheck.engines.transformers.loader:load_transformers",
+    ),
+)
+
+
+class EngineRegistry:
+    """Engines by name, and reference schemes by the engine that owns them."""
+
+    def __init__(self, specs: Iterable[EngineSpec] = BUILTIN_ENGINES) -> None:
+        self._specs: dict[str, EngineSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: EngineSpec) -> None:
+        if not spec.name or "@" in spec.name or ":" in spec.name:
+            raise EngineError(f"engine name {spec.name!r} must be a plain word (no '@' or ':')")
+        if spec.name in self._specs:
+            raise EngineError(f"engine {spec.name!r} is registered twice")
+        for scheme in spec.schemes:
+            owner = self.scheme_owner(scheme)
+            if owner is not None or scheme in HUB_SCHEMES:
+                raise EngineError(f"scheme {scheme!r} of engine {spec.name!r} is already taken")
+        self._specs[spec.name] = spec
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def get(self, name: str) -> EngineSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise EngineError(f"unknown engine {name!r}; allowed: {', '.join(self._specs)}") from None
+
+    def scheme_owner(self, scheme: str) -> EngineSpec | None:
+        return next((s for s in self._specs.values() if scheme in s.schemes), None)
+
+    @property
+    def schemes(self) -> list[str]:
+        return ["modelscope", "hf", *(s for spec in self._specs.values() for s in spec.schemes)]
+
+    def load(self, ref: ModelRef, settings: Settings) -> Engine:
+        return self.get(ref.engine).loader()(ref, settings)

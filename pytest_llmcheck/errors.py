@@ -1,0 +1,16 @@
+"""The plugin's own error and warning classes.
+
+``LlmcheckError`` marks errors the user caused or can fix (a bad reference, a missing
+environment, a recipe that does not fit): they are shown as one line. Anything else
+is a bug somewhere and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LlmcheckError(Exception):
+    """A problem the user can fix; ``str()`` is the one line to show."""
+
+
+class LlmcheckWarning(UserWarning):
+    """Something the user should see but that need not stop the session."""
