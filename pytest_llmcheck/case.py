@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,8 @@ class LLM:
             case.tokens_per_second.append(answer.tokens_per_second)
             case.ttft.append(answer.ttft)
             case.new_tokens.append(answer.new_tokens)
+            if answer.cpu_seconds is not None:
+                case.cpu_seconds.append(answer.cpu_seconds)
         return case, earlier_failed
 
     def _generate(self, prompt: str, system: str | None) -> list[Answer]:
@@ -164,11 +167,17 @@ class LLM:
         config = self.session.generation
         answers: list[Answer] = []
 
+        in_process = self.engine.facts.in_process
+
         def once() -> None:
             # Each repeat samples with its own seed (seed, seed+1, ...): reproducible, yet N
             # different samples; a greedy answer does not depend on the seed.
             nth = dataclasses.replace(config, seed=config.seed + len(answers))
-            answers.append(self.engine.generate(prompt, system=system, config=nth))
+            cpu = time.process_time()
+            answer = self.engine.generate(prompt, system=system, config=nth)
+            if answer.cpu_seconds is None and in_process:
+                answer = dataclasses.replace(answer, cpu_seconds=time.process_time() - cpu)
+            answers.append(answer)
 
         used = run_timed(
             self.request,

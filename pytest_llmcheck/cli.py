@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache_dir(p_pull)
     p_pull.add_argument("--trust-remote-code", action="store_true",
                         help="allow these models to run their own modeling code")
-    p_pull.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    p_pull.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads (default: the CPUs this process may use)")
 
     p_clear = sub.add_parser("clear", help="remove cache entries")
     p_clear.add_argument(
@@ -211,13 +212,13 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
             raise UsageError(f"{spec!r} belongs to another plugin's engine; llmcheck pull cannot fetch it")
         refs.append(replace(ref, trust_remote_code=bool(args.trust_remote_code)))
 
-    from .settings import Settings
+    from .settings import Settings, default_threads
 
     settings = Settings(
         models=tuple(args.models),
         models_given=True,
         quant=args.quant,
-        threads=args.threads,
+        threads=args.threads or default_threads(),
         cache_dir=root,
         trust_remote_code=("all",) if args.trust_remote_code else (),
         progress=sys.stderr.isatty(),

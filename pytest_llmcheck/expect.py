@@ -28,6 +28,7 @@ EXPECTATION_KEYS: tuple[str, ...] = (
     "not_contains",
     "regex",
     "max_seconds",
+    "max_cpu_seconds",
     "max_new_tokens",
     "ignore_case",
 )
@@ -86,6 +87,7 @@ class Expectations:
     not_contains: tuple[str, ...] = ()
     regex: tuple[str, ...] = ()
     max_seconds: float | None = None
+    max_cpu_seconds: float | None = None
     max_new_tokens: int | None = None
     ignore_case: bool | None = None
 
@@ -108,6 +110,7 @@ class Expectations:
             not_contains=_union(self.not_contains, other.not_contains),
             regex=_union(self.regex, other.regex),
             max_seconds=_stricter(self.max_seconds, other.max_seconds),
+            max_cpu_seconds=_stricter(self.max_cpu_seconds, other.max_cpu_seconds),
             max_new_tokens=_stricter(self.max_new_tokens, other.max_new_tokens),
             ignore_case=self.ignore_case if other.ignore_case is None else other.ignore_case,
         )
@@ -145,6 +148,19 @@ class Expectations:
                     f"max_seconds {self.max_seconds} exceeded: took {answer.seconds:.2f}s",
                 )
             )
+        if self.max_cpu_seconds is not None:
+            if answer.cpu_seconds is None:
+                failures.append(
+                    Failure("max_cpu_seconds", "max_cpu_seconds: this engine does not report CPU time")
+                )
+            elif answer.cpu_seconds > self.max_cpu_seconds:
+                failures.append(
+                    Failure(
+                        "max_cpu_seconds",
+                        f"max_cpu_seconds {self.max_cpu_seconds} exceeded: "
+                        f"used {answer.cpu_seconds:.2f}s of CPU",
+                    )
+                )
         if self.max_new_tokens is not None and answer.new_tokens > self.max_new_tokens:
             failures.append(
                 Failure(
@@ -165,6 +181,8 @@ class Expectations:
         lines.extend(f"regex {p!r}" for p in self.regex)
         if self.max_seconds is not None:
             lines.append(f"max_seconds <= {self.max_seconds}")
+        if self.max_cpu_seconds is not None:
+            lines.append(f"max_cpu_seconds <= {self.max_cpu_seconds}")
         if self.max_new_tokens is not None:
             lines.append(f"max_new_tokens <= {self.max_new_tokens}")
         if self.ignore_case is False:
@@ -180,6 +198,8 @@ class Expectations:
                 out[key] = list(values)
         if self.max_seconds is not None:
             out["max_seconds"] = self.max_seconds
+        if self.max_cpu_seconds is not None:
+            out["max_cpu_seconds"] = self.max_cpu_seconds
         if self.max_new_tokens is not None:
             out["max_new_tokens"] = self.max_new_tokens
         if self.ignore_case is not None:
@@ -216,8 +236,9 @@ def parse_expectations(data: Mapping[str, object], *, where: str = "llm_expect()
         if key in data
     }
     patterns = _patterns(data["regex"], where) if "regex" in data else ()
-    max_seconds = (
-        _positive_number(data["max_seconds"], where) if "max_seconds" in data else None
+    max_seconds, max_cpu_seconds = (
+        _positive_number(data[key], where, key) if key in data else None
+        for key in ("max_seconds", "max_cpu_seconds")
     )
     max_new_tokens = (
         _positive_int(data["max_new_tokens"], where) if "max_new_tokens" in data else None
@@ -229,6 +250,7 @@ def parse_expectations(data: Mapping[str, object], *, where: str = "llm_expect()
         not_contains=lists.get("not_contains", ()),
         regex=patterns,
         max_seconds=max_seconds,
+        max_cpu_seconds=max_cpu_seconds,
         max_new_tokens=max_new_tokens,
         ignore_case=ignore_case,
     )
@@ -311,7 +333,7 @@ def _patterns(value: object, where: str) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _positive_number(value: object, where: str) -> float:
+def _positive_number(value: object, where: str, key: str) -> float:
     ok = (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -320,7 +342,7 @@ def _positive_number(value: object, where: str) -> float:
     )
     if not ok:
         raise ExpectationError(
-            f"{_label(where, 'max_seconds')} must be a positive number, got {_show(value)}"
+            f"{_label(where, key)} must be a positive number, got {_show(value)}"
         )
     assert isinstance(value, (int, float))
     return value

@@ -17,9 +17,10 @@ from .case import LLM
 from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
 from .engines.registry import EngineError, EngineRegistry
+from .errors import LlmcheckWarning
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
-from .settings import Settings, add_aliases, add_options
+from .settings import Settings, add_aliases, add_options, oversubscribed
 from .suite import Question, SuiteError, is_suite_file, load_suite
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 MARKERS = (
     "llm_expect(**expectations): check every answer of this test: contains, all_of, any_of, "
-    "not_contains, regex, max_seconds, max_new_tokens, ignore_case",
+    "not_contains, regex, max_seconds, max_cpu_seconds, max_new_tokens, ignore_case",
     "llm_suite(path): parametrize the test's llm_question fixture with the questions of a *.llm.yaml suite",
     "llm_snapshot: compare every answer of this test with its stored syrupy snapshot",
 )
@@ -80,6 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session.uncaptured = lambda: _uncaptured(config)
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
+    if not hasattr(config, "workerinput") and (busy := oversubscribed()) is not None:
+        config.issue_config_time_warning(LlmcheckWarning(busy), stacklevel=2)
     config.stash[SESSION_KEY] = session
     if config.pluginmanager.hasplugin("syrupy"):
         from .snapshots import GUARD_KEY, SnapshotGuard

@@ -23,6 +23,7 @@ class CaseResult:
     seconds: list[float] = field(default_factory=list)
     tokens_per_second: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # per answer, when the engine's CPU time is known
     prompt_tokens: int = 0
     new_tokens: list[int] = field(default_factory=list)
     passes: int = 0  # answers that met all expectations (repeats)
@@ -44,6 +45,10 @@ class CaseResult:
     @property
     def median_tokens_per_second(self) -> float:
         return statistics.median(self.tokens_per_second) if self.tokens_per_second else 0.0
+
+    @property
+    def median_cpu_seconds(self) -> float | None:
+        return statistics.median(self.cpu_seconds) if self.cpu_seconds else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,6 +100,21 @@ class ModelResult:
         tps = [t for c in self.cases.values() for t in c.tokens_per_second]
         return statistics.median(tps) if tps else 0.0
 
+    @property
+    def median_cpu_seconds(self) -> float | None:
+        cpu = [s for c in self.cases.values() for s in c.cpu_seconds]
+        return statistics.median(cpu) if cpu else None
+
+    @property
+    def tokens_per_cpu_second(self) -> float | None:
+        """New tokens per CPU-second over every answer whose CPU time is known."""
+        pairs = [
+            (n, s) for c in self.cases.values() if len(c.cpu_seconds) == len(c.new_tokens)
+            for n, s in zip(c.new_tokens, c.cpu_seconds, strict=True)
+        ]
+        cpu = sum(s for _, s in pairs)
+        return sum(n for n, _ in pairs) / cpu if pairs and cpu > 0 else None
+
     def to_dict(self, *, with_cases: bool = True) -> dict[str, Any]:
         data = {
             "name": self.name,
@@ -108,6 +128,8 @@ class ModelResult:
             "median_seconds": self.median_seconds,
             "total_seconds": self.total_seconds,
             "median_tokens_per_second": self.median_tokens_per_second,
+            "median_cpu_seconds": self.median_cpu_seconds,
+            "tokens_per_cpu_second": self.tokens_per_cpu_second,
             "from_cache": self.from_cache,
             "loads": self.loads,
         }

@@ -59,7 +59,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
                "(default: int4)", "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
-    OptionSpec("threads", "CPU threads for inference; fixed so answers are reproducible (default: 2)", "2"),
+    OptionSpec("threads", "CPU threads per model; fixed so answers are reproducible (default: the CPUs this "
+               "process may use, divided among xdist workers)"),
     OptionSpec("seed", "random seed set before every generation (default: 0)", "0"),
     OptionSpec("cache-dir", "per-machine model cache (default: the user cache dir, or $LLMCHECK_CACHE_DIR)"),
     OptionSpec("no-cache", "load, convert and quantize from the source in every session "
@@ -114,6 +115,40 @@ def add_aliases(parser: pytest.Parser) -> list[str]:
     return clashes
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """One share of the usable CPUs per xdist worker, at least 1.
+
+    Two workers each running 2 threads on 2 cores is the 14x slowdown the default
+    used to cause; a share each keeps the cores busy without oversubscribing them.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    return max(1, usable_cpus() // max(1, int(workers) if workers.isdigit() else 1))
+
+
+def oversubscribed() -> str | None:
+    """A warning when other work already keeps the CPUs busy (1-minute load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cpus = usable_cpus()
+    if load <= cpus + 0.5:
+        return None
+    return (
+        f"the load average ({load:.1f}) exceeds the {cpus} CPU(s) this process may use: wall-clock "
+        "latencies will be noisy; compare CPU time instead (max_cpu_seconds, tok/CPU-s, "
+        "--benchmark-timer=time.process_time)"
+    )
+
+
 # -- validators: each raises pytest.UsageError with one line naming value and what is allowed
 
 
@@ -158,7 +193,7 @@ class Settings:
     engine_options: dict[str, str] = field(default_factory=dict)  # raw values of engines' own options
     quant: str = "int4"
     max_new_tokens: int = 128
-    threads: int = 2
+    threads: int = field(default_factory=lambda: default_threads())
     seed: int = 0
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     offline: bool = False
@@ -234,7 +269,7 @@ class Settings:
             },
             quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
             max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
-            threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), 2),
+            threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), None) or default_threads(),
             seed=get("seed", lambda w, v: parse_int(w, v, minimum=0), 0),
             cache_dir=cache if cache is not None else default_cache_dir(),
             offline=flag("offline"),  # LLMCHECK_OFFLINE / HF_HUB_OFFLINE are honoured by hub.download

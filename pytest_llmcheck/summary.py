@@ -27,14 +27,17 @@ def summary_lines(results: SessionResults) -> list[str]:
             )
         else:  # failed to load: its cases are errors with the reason
             lines.append(f"{model.name}{f' ({model.source})' if model.source else ''}: not loaded")
-        rows = [("question", "verdict", "seconds", "tok/s", "snapshot")]
+        rows = [("question", "verdict", "seconds", "cpu s", "tok/s", "snapshot")]
         for case in model.cases.values():
+            answered = bool(case.seconds)  # a case whose model never loaded has no figures
+            cpu = case.median_cpu_seconds
             rows.append(
                 (
                     case.case_id,
                     _verdict(case),
-                    f"{case.median_seconds:.2f}",
-                    f"{case.median_tokens_per_second:.1f}",
+                    f"{case.median_seconds:.2f}" if answered else "-",
+                    f"{cpu:.2f}" if cpu is not None else "-",
+                    f"{case.median_tokens_per_second:.1f}" if answered else "-",
                     case.snapshot,
                 )
             )
@@ -44,10 +47,13 @@ def summary_lines(results: SessionResults) -> list[str]:
             lines.append("  " + "  ".join(cells).rstrip())
         decided = len(model.decided)
         if decided:
-            lines.append(
-                f"  pass rate {model.pass_rate:.0%} "
-                f"({model.passed}/{decided}), "
-                f"median {model.median_seconds:.2f}s, total {model.total_seconds:.2f}s, "
-                f"{model.median_tokens_per_second:.1f} tok/s"
-            )
+            line = f"  pass rate {model.pass_rate:.0%} ({model.passed}/{decided})"
+            if any(c.seconds for c in model.cases.values()):
+                line += (
+                    f", median {model.median_seconds:.2f}s, total {model.total_seconds:.2f}s, "
+                    f"{model.median_tokens_per_second:.1f} tok/s"
+                )
+                if (cpu_rate := model.tokens_per_cpu_second) is not None:
+                    line += f", {cpu_rate:.1f} tok/CPU-s"
+            lines.append(line)
     return lines

@@ -68,6 +68,7 @@ def annotate(request: pytest.FixtureRequest, llm: LLM, answers: Sequence[Answer]
             "new_tokens": last.new_tokens,
             "tokens_per_second": round(last.tokens_per_second, 3),
             "ttft_seconds": round(last.ttft, 4),
+            "cpu_seconds": None if last.cpu_seconds is None else round(last.cpu_seconds, 4),
             "load_seconds": round(model.load_seconds, 3),
             "quantize_seconds": round(model.quantize_seconds, 3),
         }

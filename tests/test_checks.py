@@ -170,7 +170,10 @@ def test_several_failures_are_counted_in_the_first_line(fake: pytest.Pytester) -
 
 # -- 2. marker validation and merging ---------------------------------------------------
 
-ALLOWED = "allowed: all_of, any_of, contains, ignore_case, max_new_tokens, max_seconds, not_contains, regex"
+ALLOWED = (
+    "allowed: all_of, any_of, contains, ignore_case, max_cpu_seconds, max_new_tokens, max_seconds, "
+    "not_contains, regex"
+)
 BAD_MARKERS = [
     ("unknown", "bogus=1", f"unknown expectation 'bogus' in llm_expect(); {ALLOWED}"),
     ("typo", "contain='Paris'", f"unknown expectation 'contain' in llm_expect(); {ALLOWED}"),
@@ -582,7 +585,7 @@ def test_benchmark_disable_still_runs_and_reports_latency(bench_project: pytest.
     result = run(bench_project, "--snapshot-update", "--benchmark-disable")
     result.assert_outcomes(passed=3)
     assert len(fake_engine.GENERATES) == 3
-    result.stdout.re_match_lines([r"  q2 +PASS +3\.50 +0\.3 +new$"])
+    result.stdout.re_match_lines([r"  q2 +PASS +3\.50 +\d+\.\d\d +0\.3 +new$"])
     out = result.stdout.str()
     assert "benchmark 'a'" not in out
     assert "Benchmark fixture was not used" not in out
@@ -661,16 +664,16 @@ def test_terminal_summary_per_model_and_question(bench_project: pytest.Pytester)
     load = r"loaded 1x in 0\.01s; fake-int4: 4/4 linear layers, weights 0\.0 MiB -> 0\.0 MiB, 0\.02s"
     expected = [
         rf"a \(fake:a\): {load}",
-        r"  question +verdict +seconds +tok/s +snapshot",
-        r"  q1 +PASS +0\.00 +4000\.0 +new",
-        r"  q2 +PASS +3\.50 +0\.3 +new",
-        r"  test_plain_llm +PASS +0\.00 +4000\.0 +none",
-        r"  pass rate 100% \(3/3\), median 0\.00s, total 3\.50s, 4000\.0 tok/s",
+        r"  question +verdict +seconds +cpu s +tok/s +snapshot",
+        r"  q1 +PASS +0\.00 +\d+\.\d\d +4000\.0 +new",
+        r"  q2 +PASS +3\.50 +\d+\.\d\d +0\.3 +new",
+        r"  test_plain_llm +PASS +0\.00 +\d+\.\d\d +4000\.0 +none",
+        r"  pass rate 100% \(3/3\), median 0\.00s, total 3\.50s, 4000\.0 tok/s(, [\d.]+ tok/CPU-s)?",
         rf"b \(fake:b\): {load}",
-        r"  question +verdict +seconds +tok/s +snapshot",
-        r"  q1 +FAIL +0\.00 +1000\.0 +new",
-        r"  q2 +PASS +3\.50 +0\.3 +new",
-        r"  test_plain_llm +PASS +0\.00 +1000\.0 +none",
+        r"  question +verdict +seconds +cpu s +tok/s +snapshot",
+        r"  q1 +FAIL +0\.00 +\d+\.\d\d +1000\.0 +new",
+        r"  q2 +PASS +3\.50 +\d+\.\d\d +0\.3 +new",
+        r"  test_plain_llm +PASS +0\.00 +\d+\.\d\d +1000\.0 +none",
         r"  pass rate 67% \(2/3\).*",
     ]
     pos = 0
@@ -682,7 +685,10 @@ def test_terminal_summary_per_model_and_question(bench_project: pytest.Pytester)
     # second run: snapshots are compared, and the summary says so
     result = run(bench_project, "--benchmark-disable", models="fake:a,fake:b")
     result.stdout.re_match_lines(
-        [r"  q1 +PASS +0\.00 +4000\.0 +unchanged", r"  q2 +PASS +3\.50 +0\.3 +unchanged"]
+        [
+            r"  q1 +PASS +0\.00 +\d+\.\d\d +4000\.0 +unchanged",
+            r"  q2 +PASS +3\.50 +\d+\.\d\d +0\.3 +unchanged",
+        ]
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -179,7 +180,21 @@ def test_failures_follow_key_order() -> None:
         "max_seconds",
         "max_new_tokens",
     ]
-    assert list(EXPECTATION_KEYS[:7]) == [f.key for f in failures]
+    assert [k for k in EXPECTATION_KEYS if k in {f.key for f in failures}] == [f.key for f in failures]
+
+
+def test_max_cpu_seconds_checks_cpu_time_not_wall_time() -> None:
+    expect = parse_expectations({"max_cpu_seconds": 1.0})
+    slow_wall = dataclasses.replace(make_answer("a", seconds=30), cpu_seconds=0.5)
+    busy = dataclasses.replace(make_answer("a", seconds=0.5), cpu_seconds=2.0)
+    assert expect.check(slow_wall) == []
+    assert [f.message for f in expect.check(busy)] == ["max_cpu_seconds 1.0 exceeded: used 2.00s of CPU"]
+    unknown = expect.check(make_answer("a", seconds=0.5))  # an engine that cannot tell
+    assert [f.message for f in unknown] == ["max_cpu_seconds: this engine does not report CPU time"]
+    assert expect.merge(parse_expectations({"max_cpu_seconds": 0.25})).max_cpu_seconds == 0.25
+    bad = r"llm_expect\(max_cpu_seconds=\.\.\.\) must be a positive number"
+    with pytest.raises(ExpectationError, match=bad):
+        parse_expectations({"max_cpu_seconds": "fast"})
 
 
 # -- validation errors ---------------------------------------------------------------
@@ -196,7 +211,7 @@ def error_for(data: dict[str, object], where: str = "llm_expect()") -> str:
 def test_unknown_key_lists_allowed() -> None:
     assert error_for({"contain": "x"}) == (
         "unknown expectation 'contain' in llm_expect(); allowed: all_of, any_of, contains, "
-        "ignore_case, max_new_tokens, max_seconds, not_contains, regex"
+        "ignore_case, max_cpu_seconds, max_new_tokens, max_seconds, not_contains, regex"
     )
 
 

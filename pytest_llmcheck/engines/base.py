@@ -43,10 +43,21 @@ class Answer:
     seconds: float
     ttft: float  # time to first token, seconds
     system: str | None = None
+    # CPU time spent on this answer (all threads). Unlike wall time it barely moves when
+    # other processes compete for the cores, so CPU-based limits hold on shared CI runners.
+    # In-process engines leave it None and the plugin measures the process; engines that
+    # compute elsewhere (a worker, a server) report their own figure or leave it None.
+    cpu_seconds: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_cpu_second(self) -> float | None:
+        if self.cpu_seconds is None or self.cpu_seconds <= 0:
+            return None
+        return self.new_tokens / self.cpu_seconds
 
     def __str__(self) -> str:
         return self.text
@@ -65,6 +76,7 @@ class LoadFacts:
     quant: str = ""  # the weights' form, e.g. "int4", "bf16", "Q4_K_M"; "" when the engine cannot tell
     from_cache: bool = False  # converted/quantized weights came from the per-machine cache
     prepare_seconds: float = 0.0  # quantizing or converting in this session (0 when cached)
+    in_process: bool = True  # computes in pytest's process: its CPU time is the answer's
     details: dict[str, Any] = field(default_factory=dict)  # JSON-able, for reports
 
 
