@@ -100,7 +100,7 @@ class LLM:
         case.required_passes += required
         first_bad = next(((f, a) for f, a in zip(failures_per_answer, answers, strict=True) if f), None)
         if first_bad is not None and not earlier_failed:
-            case.failed_expectation = first_bad[0][0].message
+            case.failed_expectation = "; ".join(f.message for f in first_bad[0])
         met = passes >= required
         case.verdict = "pass" if met and not problems and not earlier_failed else "fail"
         if not met:

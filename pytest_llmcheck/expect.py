@@ -140,7 +140,7 @@ class Expectations:
             nfkc = unicodedata.normalize("NFKC", answer.text)
             for pattern in self.regex:
                 if re.search(pattern, nfkc) is None:
-                    failures.append(Failure("regex", f"regex {pattern!r} did not match"))
+                    failures.append(Failure("regex", f"regex /{pattern}/ did not match"))
         if self.max_seconds is not None and answer.seconds > self.max_seconds:
             failures.append(
                 Failure(
@@ -178,7 +178,7 @@ class Expectations:
         if self.any_of:
             lines.append(f"any_of {list(self.any_of)!r}")
         lines.extend(f"not_contains {n!r}" for n in self.not_contains)
-        lines.extend(f"regex {p!r}" for p in self.regex)
+        lines.extend(f"regex /{p}/" for p in self.regex)  # as written: repr() would double backslashes
         if self.max_seconds is not None:
             lines.append(f"max_seconds <= {self.max_seconds}")
         if self.max_cpu_seconds is not None:

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from . import hooks
-from .case import LLM
+from .case import LLM, marker_expectations
 from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
 from .engines.registry import EngineError, EngineRegistry
-from .errors import LlmcheckWarning
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options, oversubscribed
@@ -81,13 +80,17 @@ def pytest_configure(config: pytest.Config) -> None:
     session.uncaptured = lambda: _uncaptured(config)
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
-    if not hasattr(config, "workerinput") and (busy := oversubscribed()) is not None:
-        config.issue_config_time_warning(LlmcheckWarning(busy), stacklevel=2)
     config.stash[SESSION_KEY] = session
     if config.pluginmanager.hasplugin("syrupy"):
         from .snapshots import GUARD_KEY, SnapshotGuard
 
         config.stash[GUARD_KEY] = SnapshotGuard()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    # A header line, not a Python warning: it describes the machine, not the code under test.
+    busy = oversubscribed()
+    return [f"llmcheck: WARNING: {busy}"] if busy is not None else []
 
 
 def _progress_line(config: pytest.Config, line: str) -> None:
@@ -212,6 +215,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 def llm(request: pytest.FixtureRequest) -> LLM:
     """The model under test; parametrized over ``--llm-model``: ``llm.ask("...")``."""
     session = request.config.stash[SESSION_KEY]
+    marker_expectations(request.node)  # a bad llm_expect marker errors here, before any model loads
     ref = session.ref_named(model_of(request.node) or "")
     return LLM(ref=ref, engine=session.engine(ref), session=session, request=request)
 

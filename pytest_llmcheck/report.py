@@ -192,10 +192,15 @@ _MD_MODELS_HEAD = (
 )
 
 
+def _prepare(model: ModelResult, unit: str = "") -> str:
+    """Quantize/convert time in this session; "cached" rather than a misleading 0.00 s."""
+    return "cached" if model.from_cache else f"{model.quantize_seconds:.2f}{unit}"
+
+
 def _md_model_rows(models: Iterable[ModelResult]) -> list[str]:
     return [
         f"| {_md(m.name)} | {_md(m.source or '–')} | {m.load_seconds:.2f} | "
-        f"{m.quantize_seconds:.2f} | {_md(_fmt_rate(m))} | {m.median_seconds:.2f} | "
+        f"{_prepare(m)} | {_md(_fmt_rate(m))} | {m.median_seconds:.2f} | "
         f"{m.total_seconds:.2f} | {m.median_tokens_per_second:.1f} |"
         for m in models
     ]
@@ -575,7 +580,7 @@ def _models_html(models: Iterable[ModelResult]) -> str:
             f'<th scope="row">{_e(m.name)}</th>'
             f"<td>{_e(m.source or '–')}</td>"
             f'<td class="num">{m.load_seconds:.2f} s</td>'
-            f'<td class="num">{m.quantize_seconds:.2f} s</td>'
+            f'<td class="num">{_prepare(m, " s")}</td>'
             f'<td class="quant">{_e(m.quant_summary or "–")}</td>'
             f'<td><span class="rate"><span style="width:{pct:.0f}%"></span></span>'
             f'{_e(_fmt_rate(m))}<div class="summary">{_e(counts)}</div></td>'

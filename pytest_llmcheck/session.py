@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from .engines.base import Engine, GenerationConfig
-from .engines.registry import EngineRegistry
+from .engines.registry import DEFAULT_ENGINE, EngineRegistry
 from .pool import ModelPool, ModelUnavailable
 from .registry import ModelRef, ModelRefError, resolve
 from .results import CaseResult, SessionResults
-from .settings import Settings
+from .settings import QUANT_LABELS, Settings
 
 
 @dataclass
@@ -62,6 +62,10 @@ class LlmcheckSession:
                 except ModelRefError as exc:
                     raise pytest.UsageError(f"--llm-model: {exc}") from None
                 ref = replace(ref, trust_remote_code=self.settings.trusts(ref.name))
+                if ref.engine == DEFAULT_ENGINE and self.settings.quant != "int4":
+                    # another quantization is another model under test: its own test ids,
+                    # snapshot files and report column, never the INT4 ones
+                    ref = replace(ref, name=f"{ref.name}-{QUANT_LABELS[self.settings.quant]}")
                 count = names.get(ref.name, 0)
                 names[ref.name] = count + 1
                 if count:  # two folders named alike: keep test ids unique

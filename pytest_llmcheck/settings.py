@@ -19,6 +19,7 @@ import pytest
 from .cache import default_cache_dir
 
 QUANT_CHOICES = ("int4", "bf16", "none")
+QUANT_LABELS = {"int4": "int4", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
 DEFAULT_MODEL = "smollm2"
 
 

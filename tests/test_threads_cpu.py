@@ -63,7 +63,7 @@ def test_a_busy_machine_is_named_in_a_warning(fake: pytest.Pytester, monkeypatch
     result = fake.runpytest("--llm-model=fake:a")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["*LlmcheckWarning: the load average (5.0) exceeds the 2 CPU(s)*max_cpu_seconds*"]
+        ["llmcheck: WARNING: the load average (5.0) exceeds the 2 CPU(s)*max_cpu_seconds*"]
     )
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     assert "load average" not in fake.runpytest("--llm-model=fake:a").stdout.str()
