@@ -100,7 +100,7 @@ def test_smollm2_knows_the_capital_of_france(quant: str, tmp_path: Path) -> None
     assert [e["kind"] for e in cache.list()] == ["quantized" if quant == "int4" else "converted"]
     try:
         answer = engine.generate(
-            "What is the capital of France?",
+            "What is the capital of France? Answer in one word.",
             system=None,
             config=GenerationConfig(max_new_tokens=24, threads=2),
         )

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.mark.llm_expect(contains="Paris", max_new_tokens=64)
 def test_capital_of_france(llm):
-    answer = llm.ask("What is the capital of France?")
+    answer = llm.ask("What is the capital of France? Answer in one word.")
     assert answer.tokens_per_second > 0
 
 

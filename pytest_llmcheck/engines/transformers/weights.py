@@ -98,12 +98,18 @@ def weights_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
 
 
 def cpu_capability() -> str:
-    """The SIMD level torch dispatches to (e.g. AVX512). torch's CPU INT4 packing and its
-    kernels depend on it, so INT4 cache entries and answer fingerprints carry it."""
+    """The SIMD level torch dispatches to, with the extensions its kernels pick paths by
+    (e.g. ``AVX512 BF16 VNNI AMX``). torch's INT4 packing and its bf16 matmuls depend on
+    them: on SmolLM2 INT4 an AMX machine and an AVX512-only one break a bf16 logit tie
+    differently and answer differently, so cache keys and fingerprints carry them all."""
     import torch
 
     try:
-        return str(torch.backends.cpu.get_cpu_capability())
+        level = str(torch.backends.cpu.get_cpu_capability())
+        probes = [("BF16", "_is_avx512_bf16_supported"), ("VNNI", "_is_vnni_supported"),
+                  ("AMX", "_is_amx_tile_supported")]
+        extras = [name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
+        return " ".join([level, *extras])
     except Exception:  # informational; never stop a load for it
         return "unknown"
 
