@@ -18,7 +18,7 @@ from ...errors import LlmcheckError
 from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
 from .quantize import Quantizer, QuantReport, quiet_loggers
-from .conversions import remote_code_message, unknown_architecture_message
+from .conversions import code_problem, remote_code_message, unknown_architecture_message
 from .weights import cpu_capability, library_versions, load_model, weights_identity
 
 if TYPE_CHECKING:
@@ -136,6 +136,11 @@ class TransformersEngine:
         import torch
 
         torch.set_num_threads(threads)
+        problem = None if ref.gguf_file else code_problem(folder)
+        if problem == "unknown":
+            raise ModelLoadError(unknown_architecture_message(ref.name, ref.spec, folder))
+        if problem == "remote" and not trust_remote_code:
+            raise ModelLoadError(remote_code_message(ref.name, ref.spec, folder, None))
         try:
             with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers():
                 loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)

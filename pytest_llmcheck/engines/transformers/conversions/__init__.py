@@ -225,6 +225,24 @@ _MISSING_PACKAGES = re.compile(r"requires the following packages that were not f
 _CANNOT_IMPORT = re.compile(r"cannot import name '([^']+)' from '([^']+)'")
 
 
+def code_problem(folder: Path) -> str | None:
+    """Why a model folder cannot load with transformers' built-in classes alone, or None.
+
+    ``"remote"``: its config maps to its own code (``auto_map``) for a model_type that
+    transformers does not have; ``"unknown"``: such a model_type and no code at all.
+    Folders with a native conversion, GGUF files and built-in types have no problem.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    if not config or not isinstance(model_type, str) or detect(folder) is not None:
+        return None
+    if model_type in CONFIG_MAPPING_NAMES:
+        return None
+    return "remote" if config.get("auto_map") else "unknown"
+
+
 def _transformers_version() -> str:
     from importlib.metadata import version
 

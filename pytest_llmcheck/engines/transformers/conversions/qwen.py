@@ -81,8 +81,10 @@ def target_config(config: dict[str, Any]) -> Any:
 
     _check(config)
     heads = int(config["num_attention_heads"])
+    vocab = int(config["vocab_size"])
+    special = SPECIAL_START_ID if vocab > SPECIAL_START_ID else None  # <|endoftext|>, in any real Qwen v1
     return Qwen2Config(
-        vocab_size=int(config["vocab_size"]),
+        vocab_size=vocab,
         hidden_size=int(config["hidden_size"]),
         intermediate_size=int(config["intermediate_size"]) // 2,  # Qwen v1 counts w1 and w2 together
         num_hidden_layers=int(config["num_hidden_layers"]),
@@ -96,8 +98,8 @@ def target_config(config: dict[str, Any]) -> Any:
         use_sliding_window=False,
         attention_dropout=0.0,
         bos_token_id=None,
-        eos_token_id=SPECIAL_START_ID,
-        pad_token_id=SPECIAL_START_ID,
+        eos_token_id=special,
+        pad_token_id=special,
     )
 
 
