@@ -68,13 +68,18 @@ def seed_dir() -> Path:
     folder = seed_models_dir()
     missing = [name for name in FIXTURES.values() if not (folder / name / "reference.json").is_file()]
     if missing:  # fail, never skip: these fixtures are the proof that the conversion is exact
-        pytest.fail(f"seed model fixtures missing in {folder}: {', '.join(missing)}; set {SEED_ENV} "
-                    "to the folder holding qwen-7b-chat-tiny/ and chatglm3-6b-tiny/", pytrace=False)
+        pytest.fail(
+            f"seed model fixtures missing in {folder}: {', '.join(missing)}; set {SEED_ENV} "
+            "to the folder holding qwen-7b-chat-tiny/ and chatglm3-6b-tiny/",
+            pytrace=False,
+        )
     return folder
 
 
 def reference(seed_dir: Path, model: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((seed_dir / FIXTURES[model] / "reference.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(
+        (seed_dir / FIXTURES[model] / "reference.json").read_text(encoding="utf-8")
+    )
     return data
 
 
@@ -93,6 +98,7 @@ def converted(seed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 # -- exactness on the shared fixtures ------------------------------------------------
 
+
 @pytest.mark.parametrize("model", sorted(FIXTURES))
 def test_detects_by_model_type(seed_dir: Path, model: str) -> None:
     conversion = detect(seed_dir / FIXTURES[model])
@@ -106,8 +112,9 @@ def test_prompt_ids_exact(converted: dict[str, Path], seed_dir: Path, model: str
 
     tokenizer = AutoTokenizer.from_pretrained(str(converted[model]))
     for riddle in reference(seed_dir, model)["riddles"]:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": riddle["prompt"]}],
-                                            add_generation_prompt=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": riddle["prompt"]}], add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         assert ids == riddle["prompt_ids"], riddle["prompt"]
 
 
@@ -126,7 +133,7 @@ def test_greedy_ids_and_top5_logits_exact(converted: dict[str, Path], seed_dir: 
         top = torch.topk(logits, 5)
         assert top.indices.tolist() == [i for i, _ in riddle["last_top5"]]
         assert top.values.tolist() == pytest.approx([v for _, v in riddle["last_top5"]], abs=1e-4)
-        assert out[0, ids.shape[1]:].tolist() == riddle["greedy_ids"]
+        assert out[0, ids.shape[1] :].tolist() == riddle["greedy_ids"]
 
 
 @pytest.mark.parametrize("model", sorted(FIXTURES))
@@ -146,22 +153,27 @@ def test_engine_answers_like_the_original_and_caches_the_conversion(
             assert answer.text == riddle["greedy_text"].strip()  # the engine strips answers
         fingerprint = engine.fingerprint()
         assert fingerprint["conversion"] == {
-            "converted": True, "from": detect(Path(spec.location)).model_type,  # type: ignore[union-attr]
-            "to": {"qwen": "Qwen2ForCausalLM", "chatglm3": "GlmForCausalLM"}[model], "mapping": 1,
+            "converted": True,
+            "from": detect(Path(spec.location)).model_type,  # type: ignore[union-attr]
+            "to": {"qwen": "Qwen2ForCausalLM", "chatglm3": "GlmForCausalLM"}[model],
+            "mapping": 1,
         }
         assert "converted" in engine.facts.summary
         assert engine.facts.details["conversion"]["seconds"] > 0
     finally:
         engine.close()
     entries = [e for e in cache.list() if e["kind"] == "converted"]
-    assert len(entries) == 1 and entries[0]["ready"]
+    assert len(entries) == 1
+    assert entries[0]["ready"]
     assert not list(Path(str(entries[0]["path"])).glob("*.py"))
     again = TransformersEngine.load(spec, Path(spec.location), get_quantizer("none"), threads=1, cache=cache)
     try:
         assert again.facts.from_cache is True
         assert again.facts.details["conversion"]["seconds"] == 0.0
         first = ref_["riddles"][0]
-        assert again.generate(first["prompt"], system=None, config=config).text == first["greedy_text"].strip()
+        assert (
+            again.generate(first["prompt"], system=None, config=config).text == first["greedy_text"].strip()
+        )
     finally:
         again.close()
 
@@ -199,6 +211,7 @@ def test_chatglm_tokenizer_keeps_words_that_contain_special_names(converted: dic
 
 # -- own variants: random checkpoints in the original layouts vs a plain-torch forward ----
 
+
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
@@ -220,16 +233,21 @@ def qwen_v1_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     for i in range(cfg["num_hidden_layers"]):
         p = f"transformer.h.{i}."
         shapes |= {
-            p + "ln_1.weight": (hidden,), p + "attn.c_attn.weight": (3 * proj, hidden),
-            p + "attn.c_attn.bias": (3 * proj,), p + "attn.c_proj.weight": (hidden, proj),
-            p + "ln_2.weight": (hidden,), p + "mlp.w1.weight": (ff, hidden), p + "mlp.w2.weight": (ff, hidden),
+            p + "ln_1.weight": (hidden,),
+            p + "attn.c_attn.weight": (3 * proj, hidden),
+            p + "attn.c_attn.bias": (3 * proj,),
+            p + "attn.c_proj.weight": (hidden, proj),
+            p + "ln_2.weight": (hidden,),
+            p + "mlp.w1.weight": (ff, hidden),
+            p + "mlp.w2.weight": (ff, hidden),
             p + "mlp.c_proj.weight": (hidden, ff),
         }
     return shapes | {"transformer.ln_f.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
 
 
-def qwen_v1_forward(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch.Tensor,
-                    *, rotary: str = "half") -> torch.Tensor:
+def qwen_v1_forward(
+    sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch.Tensor, *, rotary: str = "half"
+) -> torch.Tensor:
     """Logits [T, vocab] the way modeling_qwen.py computes them (fp32, eager)."""
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     dim, eps, t = hidden // heads, cfg["layer_norm_epsilon"], ids.shape[0]
@@ -241,7 +259,7 @@ def qwen_v1_forward(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch
         if rotary == "interleaved":  # a negative control: the wrong rotary layout
             x1, x2 = x[..., 0::2], x[..., 1::2]
             return x * cos + torch.stack((-x2, x1), -1).flatten(-2) * sin
-        x1, x2 = x[..., : dim // 2], x[..., dim // 2:]
+        x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
         return x * cos + torch.cat((-x2, x1), -1) * sin
 
     x = sd["transformer.wte.weight"][ids]
@@ -272,9 +290,12 @@ def chatglm_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     for i in range(cfg["num_layers"]):
         p = f"transformer.encoder.layers.{i}."
         shapes |= {
-            p + "input_layernorm.weight": (hidden,), p + "self_attention.query_key_value.weight": (qkv, hidden),
-            p + "self_attention.query_key_value.bias": (qkv,), p + "self_attention.dense.weight": (hidden, heads * dim),
-            p + "post_attention_layernorm.weight": (hidden,), p + "mlp.dense_h_to_4h.weight": (2 * ffn, hidden),
+            p + "input_layernorm.weight": (hidden,),
+            p + "self_attention.query_key_value.weight": (qkv, hidden),
+            p + "self_attention.query_key_value.bias": (qkv,),
+            p + "self_attention.dense.weight": (hidden, heads * dim),
+            p + "post_attention_layernorm.weight": (hidden,),
+            p + "mlp.dense_h_to_4h.weight": (2 * ffn, hidden),
             p + "mlp.dense_4h_to_h.weight": (hidden, ffn),
         }
     return shapes | {
@@ -284,8 +305,14 @@ def chatglm_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     }
 
 
-def chatglm_forward(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch.Tensor,
-                    *, rotary: str = "interleaved", kv_split: str = "blocks") -> torch.Tensor:
+def chatglm_forward(
+    sd: dict[str, torch.Tensor],
+    cfg: dict[str, Any],
+    ids: torch.Tensor,
+    *,
+    rotary: str = "interleaved",
+    kv_split: str = "blocks",
+) -> torch.Tensor:
     """Logits [T, vocab] the way modeling_chatglm.py computes them (fp32)."""
     heads, groups, dim = chatglm_geometry(cfg)
     eps, t, rot_dim = cfg["layernorm_epsilon"], ids.shape[0], dim // 2
@@ -297,7 +324,7 @@ def chatglm_forward(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch
     def rot(x: torch.Tensor) -> torch.Tensor:  # apply_rotary_pos_emb: pairs (x0, x1) of the first half
         part, rest = x[..., :rot_dim], x[..., rot_dim:]
         if rotary == "half":  # a negative control: Llama's rotate_half instead of pairs
-            x0, x1 = part[..., : rot_dim // 2], part[..., rot_dim // 2:]
+            x0, x1 = part[..., : rot_dim // 2], part[..., rot_dim // 2 :]
             c, s = cos, sin
             return torch.cat((x0 * c - x1 * s, x1 * c + x0 * s, rest), -1)
         pairs = part.reshape(*part.shape[:-1], rot_dim // 2, 2)
@@ -314,7 +341,10 @@ def chatglm_forward(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch
     for i in range(cfg["num_layers"]):
         p = f"transformer.encoder.layers.{i}."
         h = _rms(x, sd[p + "input_layernorm.weight"], eps)
-        qkv = h @ sd[p + "self_attention.query_key_value.weight"].T + sd[p + "self_attention.query_key_value.bias"]
+        qkv = (
+            h @ sd[p + "self_attention.query_key_value.weight"].T
+            + sd[p + "self_attention.query_key_value.bias"]
+        )
         q, k, v = qkv.split([heads * dim, groups * dim, groups * dim], -1)
         q, k, v = q.reshape(t, heads, dim), k.reshape(t, groups, dim), v.reshape(t, groups, dim)
         ctx = _causal_attention(rot(q), expand(rot(k)), expand(v))
@@ -326,22 +356,58 @@ def chatglm_forward(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch
     return x @ sd["transformer.output_layer.weight"].T
 
 
-def qwen_cfg(hidden: int, heads: int, layers: int, ff: int, vocab: int, base: float = 10000.0) -> dict[str, Any]:
-    return {"model_type": "qwen", "hidden_size": hidden, "num_attention_heads": heads, "kv_channels": hidden // heads,
-            "num_hidden_layers": layers, "intermediate_size": 2 * ff, "vocab_size": vocab, "no_bias": True,
-            "rotary_pct": 1.0, "rotary_emb_base": base, "layer_norm_epsilon": 1e-6, "seq_length": 8192}
+def qwen_cfg(
+    hidden: int, heads: int, layers: int, ff: int, vocab: int, base: float = 10000.0
+) -> dict[str, Any]:
+    return {
+        "model_type": "qwen",
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "kv_channels": hidden // heads,
+        "num_hidden_layers": layers,
+        "intermediate_size": 2 * ff,
+        "vocab_size": vocab,
+        "no_bias": True,
+        "rotary_pct": 1.0,
+        "rotary_emb_base": base,
+        "layer_norm_epsilon": 1e-6,
+        "seq_length": 8192,
+    }
 
 
-def chatglm_cfg(hidden: int, heads: int, dim: int, groups: int | None, layers: int, ffn: int, vocab: int,
-                rope_ratio: float = 1.0) -> dict[str, Any]:
-    return {"model_type": "chatglm", "hidden_size": hidden, "num_attention_heads": heads, "kv_channels": dim,
-            "multi_query_attention": groups is not None, "multi_query_group_num": groups or heads,
-            "num_layers": layers, "ffn_hidden_size": ffn, "padded_vocab_size": vocab, "add_qkv_bias": True,
-            "add_bias_linear": False, "rmsnorm": True, "post_layer_norm": True, "layernorm_epsilon": 1e-5,
-            "seq_length": 8192, "rope_ratio": rope_ratio}
+def chatglm_cfg(
+    hidden: int,
+    heads: int,
+    dim: int,
+    groups: int | None,
+    layers: int,
+    ffn: int,
+    vocab: int,
+    rope_ratio: float = 1.0,
+) -> dict[str, Any]:
+    return {
+        "model_type": "chatglm",
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "kv_channels": dim,
+        "multi_query_attention": groups is not None,
+        "multi_query_group_num": groups or heads,
+        "num_layers": layers,
+        "ffn_hidden_size": ffn,
+        "padded_vocab_size": vocab,
+        "add_qkv_bias": True,
+        "add_bias_linear": False,
+        "rmsnorm": True,
+        "post_layer_norm": True,
+        "layernorm_epsilon": 1e-5,
+        "seq_length": 8192,
+        "rope_ratio": rope_ratio,
+    }
 
 
-VARIANTS: dict[str, tuple[dict[str, Any], Callable[..., torch.Tensor], Callable[..., dict[str, tuple[int, ...]]]]] = {
+VARIANTS: dict[
+    str, tuple[dict[str, Any], Callable[..., torch.Tensor], Callable[..., dict[str, tuple[int, ...]]]]
+] = {
     "qwen-96x6h-3l": (qwen_cfg(96, 6, 3, 80, 300), qwen_v1_forward, qwen_v1_shapes),
     "qwen-128x2h-1l-base5e5": (qwen_cfg(128, 2, 1, 200, 257, 500000.0), qwen_v1_forward, qwen_v1_shapes),
     "chatglm-6h-2groups-3l": (chatglm_cfg(96, 6, 16, 2, 3, 120, 300), chatglm_forward, chatglm_shapes),
@@ -369,8 +435,12 @@ def converted_model(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> Any:
 
     conversion = detect_from(cfg)
     tensors = dict(convert_tensors(conversion, cfg, iter(sd.items())))
-    check_complete(conversion, {k: tuple(v.shape) for k, v in tensors.items()},
-                   expected_shapes(conversion, cfg), "variant")
+    check_complete(
+        conversion,
+        {k: tuple(v.shape) for k, v in tensors.items()},
+        expected_shapes(conversion, cfg),
+        "variant",
+    )
     model = getattr(transformers, conversion.target)(conversion.target_config(cfg)).eval()
     model.load_state_dict(tensors, strict=True)
     return model
@@ -393,19 +463,28 @@ def test_variant_matches_the_original_math(variant: str) -> None:
         assert expected.std() > 0.5  # large weights: the logits are far from uniform
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
         # greedy decoding with the KV cache: positions past the prompt rotate right too
-        out = model.generate(ids[None, :9], attention_mask=torch.ones(1, 9, dtype=torch.long), max_new_tokens=12,
-                             do_sample=False, eos_token_id=None, pad_token_id=0)[0].tolist()
+        out = model.generate(
+            ids[None, :9],
+            attention_mask=torch.ones(1, 9, dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0].tolist()
         seq = ids[:9].tolist()
         for _ in range(12):
             seq.append(int(forward(sd, cfg, torch.tensor(seq))[-1].argmax()))
         assert out == seq
 
 
-@pytest.mark.parametrize(("variant", "wrong"), [
-    ("qwen-96x6h-3l", {"rotary": "interleaved"}),
-    ("chatglm-6h-2groups-3l", {"rotary": "half"}),
-    ("chatglm-6h-2groups-3l", {"kv_split": "tiled"}),
-])
+@pytest.mark.parametrize(
+    ("variant", "wrong"),
+    [
+        ("qwen-96x6h-3l", {"rotary": "interleaved"}),
+        ("chatglm-6h-2groups-3l", {"rotary": "half"}),
+        ("chatglm-6h-2groups-3l", {"kv_split": "tiled"}),
+    ],
+)
 def test_a_wrong_layout_would_be_caught(variant: str, wrong: dict[str, str]) -> None:
     """Negative controls: the variants' logits tell the real rotary and head split from wrong ones."""
     cfg, forward, shapes = VARIANTS[variant]
@@ -432,7 +511,9 @@ def test_a_checkpoint_that_does_not_fit_fails_with_one_line() -> None:
     cfg, _forward, shapes = VARIANTS["chatglm-6h-2groups-3l"]
     sd = random_checkpoint(shapes(cfg), seed=0, std=0.02)
     sd["transformer.encoder.layers.0.self_attention.extra.weight"] = torch.zeros(2)
-    with pytest.raises(ConversionError, match=r"unexpected tensor transformer\.encoder\.layers\.0\.self_attention"):
+    with pytest.raises(
+        ConversionError, match=r"unexpected tensor transformer\.encoder\.layers\.0\.self_attention"
+    ):
         converted_model(cfg, sd)
     del sd["transformer.encoder.layers.0.self_attention.extra.weight"]
     del sd["transformer.encoder.layers.2.mlp.dense_4h_to_h.weight"]
@@ -462,8 +543,9 @@ def test_real_size_mapping_on_the_meta_device(model: str) -> None:
         sd = {name: torch.empty(shape, dtype=torch.bfloat16) for name, shape in shapes(cfg).items()}
     tensors = dict(convert_tensors(conversion, cfg, iter(sd.items())))
     assert all(t.is_meta for t in tensors.values())  # nothing was allocated
-    check_complete(conversion, {k: tuple(v.shape) for k, v in tensors.items()},
-                   expected_shapes(conversion, cfg), model)
+    check_complete(
+        conversion, {k: tuple(v.shape) for k, v in tensors.items()}, expected_shapes(conversion, cfg), model
+    )
     assert sum(t.numel() for t in tensors.values()) == params
     if model == "chatglm3":  # 2 key/value groups of 128 dims beside 32 query heads
         assert tuple(tensors["model.layers.27.self_attn.k_proj.weight"].shape) == (256, 4096)
@@ -476,13 +558,16 @@ def test_real_size_mapping_on_the_meta_device(model: str) -> None:
 
 # -- other remote-code models: one line, not a traceback ------------------------------------
 
+
 def _remote_folder(tmp_path: Path, code: str, *, auto_map: bool = True) -> Path:
     folder = tmp_path / "remote-model"
     folder.mkdir()
     config: dict[str, Any] = {"model_type": "oldstyle", "transformers_version": "4.30.2", "hidden_size": 8}
     if auto_map:
-        config["auto_map"] = {"AutoConfig": "modeling_oldstyle.OldConfig",
-                              "AutoModelForCausalLM": "modeling_oldstyle.OldModel"}
+        config["auto_map"] = {
+            "AutoConfig": "modeling_oldstyle.OldConfig",
+            "AutoModelForCausalLM": "modeling_oldstyle.OldModel",
+        }
         (folder / "modeling_oldstyle.py").write_text(code, encoding="utf-8")
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
@@ -558,7 +643,8 @@ def test_seed_command_through_the_stand_in_hub(
     seed_hub: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     server, marker = seed_hub
-    assert resolve("qwen").location == HUB_IDS["qwen"] and resolve("chatglm3").location == HUB_IDS["chatglm3"]
+    assert resolve("qwen").location == HUB_IDS["qwen"]
+    assert resolve("chatglm3").location == HUB_IDS["chatglm3"]
     monkeypatch.setenv(ENDPOINT_ENV["modelscope"], server.url)
     riddles = pytester.path / "examples" / "riddles"
     riddles.mkdir(parents=True)
@@ -567,8 +653,14 @@ def test_seed_command_through_the_stand_in_hub(
     cache = tmp_path / "llm-cache"
     before = set(sys.modules)
     result = pytester.runpytest(
-        "examples/riddles", "--llm-model=qwen,chatglm3", "--llm-report=out",
-        "-p", "no:cacheprovider", f"--llm-cache-dir={cache}", "--llm-threads=1", "--llm-max-new-tokens=16",
+        "examples/riddles",
+        "--llm-model=qwen,chatglm3",
+        "--llm-report=out",
+        "-p",
+        "no:cacheprovider",
+        f"--llm-cache-dir={cache}",
+        "--llm-threads=1",
+        "--llm-max-new-tokens=16",
     )
     outcomes = result.parseoutcomes()
     assert outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
@@ -582,9 +674,11 @@ def test_seed_command_through_the_stand_in_hub(
     kinds = sorted(str(e["kind"]) for e in Cache(cache).list() if e["ready"])
     assert kinds == ["converted", "converted", "download", "download", "quantized", "quantized"]
     requested = {path for _method, path in server.calls()}
-    assert any(HUB_IDS["qwen"] in p for p in requested) and any(HUB_IDS["chatglm3"] in p for p in requested)
+    assert any(HUB_IDS["qwen"] in p for p in requested)
+    assert any(HUB_IDS["chatglm3"] in p for p in requested)
     out = result.stdout.str()
-    assert "converted qwen -> Qwen2ForCausalLM" in out and "converted chatglm -> GlmForCausalLM" in out
+    assert "converted qwen -> Qwen2ForCausalLM" in out
+    assert "converted chatglm -> GlmForCausalLM" in out
     downloaded = [Path(str(e["path"])) / "model" for e in Cache(cache).list() if e["kind"] == "download"]
     served = sorted(p.name for d in downloaded for p in d.glob("*.py"))
     assert served == sorted(f for files in REPO_CODE.values() for f in files)  # there, and left alone

@@ -17,8 +17,8 @@ from ...cache import Cache
 from ...errors import LlmcheckError
 from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
-from .quantize import Quantizer, QuantReport, quiet_loggers
 from .conversions import code_problem, remote_code_message, unknown_architecture_message
+from .quantize import Quantizer, QuantReport, quiet_loggers
 from .weights import cpu_capability, library_versions, load_model, weights_identity
 
 if TYPE_CHECKING:

@@ -207,9 +207,9 @@ def converted_folder(
     """
     start = time.perf_counter()
     if cache is None:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmcheck-convert-")))
-        convert(folder, tmp, conversion)
-        return tmp, time.perf_counter() - start
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmcheck-convert-")))
+        convert(folder, scratch, conversion)
+        return scratch, time.perf_counter() - start
     entry = cache.entry("converted", {**source_identity(ref, folder), **conversion.tag})
     if entry.ready:
         return entry.path, 0.0

@@ -90,6 +90,7 @@ def detect(folder: Path) -> Conversion | None:
 
 # -- reading the source checkpoint -------------------------------------------------
 
+
 def _shards(folder: Path) -> list[Path]:
     """The weight files in load order, from the index when there is one."""
     for index_name in (INDEX_FILE, "pytorch_model.bin.index.json"):
@@ -125,6 +126,7 @@ def read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 # -- writing the converted folder --------------------------------------------------
 
+
 def expected_shapes(conversion: Conversion, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every parameter the target model has, with its shape, built on the meta device."""
     import torch
@@ -146,8 +148,12 @@ def convert_tensors(
         yield from conversion.map_tensor(config, name, tensor)
 
 
-def check_complete(conversion: Conversion, produced: dict[str, tuple[int, ...]],
-                   expected: dict[str, tuple[int, ...]], where: str) -> None:
+def check_complete(
+    conversion: Conversion,
+    produced: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    where: str,
+) -> None:
     """The converted tensors are exactly the target model's parameters, shape for shape."""
     missing = sorted(set(expected) - set(produced))
     extra = sorted(set(produced) - set(expected))
@@ -178,7 +184,9 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
     start = time.perf_counter()
     conversion = conversion or detect(src)
     if conversion is None:
-        raise ConversionError(f"{src}: no native conversion for model_type {read_config(src).get('model_type')!r}")
+        raise ConversionError(
+            f"{src}: no native conversion for model_type {read_config(src).get('model_type')!r}"
+        )
     config = read_config(src)
     expected = expected_shapes(conversion, config)
     shards = _shards(src)
@@ -202,7 +210,9 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
         del part
     check_complete(conversion, produced, expected, str(src))
     (out / INDEX_FILE).write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=1),
+        json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=1
+        ),
         encoding="utf-8",
     )
     target_config = conversion.target_config(config)
@@ -212,16 +222,23 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
     target_config.save_pretrained(str(out))
     tokenizer = conversion.build_tokenizer(src, config)
     tokenizer.save_pretrained(str(out))
-    GenerationConfig(**conversion.generation(config, tokenizer)).save_pretrained(str(out))
-    record = {**conversion.tag, "seconds": round(time.perf_counter() - start, 3), "tensors": len(produced),
-              "bytes": total}
+    generation: Any = GenerationConfig  # untyped in transformers 5
+    generation(**conversion.generation(config, tokenizer)).save_pretrained(str(out))
+    record = {
+        **conversion.tag,
+        "seconds": round(time.perf_counter() - start, 3),
+        "tensors": len(produced),
+        "bytes": total,
+    }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
 
 
 # -- models whose own code cannot run here -------------------------------------------
 
-_MISSING_PACKAGES = re.compile(r"requires the following packages that were not found in your environment: ([^.]+)")
+_MISSING_PACKAGES = re.compile(
+    r"requires the following packages that were not found in your environment: ([^.]+)"
+)
 _CANNOT_IMPORT = re.compile(r"cannot import name '([^']+)' from '([^']+)'")
 
 
@@ -232,13 +249,15 @@ def code_problem(folder: Path) -> str | None:
     transformers does not have; ``"unknown"``: such a model_type and no code at all.
     Folders with a native conversion, GGUF files and built-in types have no problem.
     """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto import configuration_auto
+
+    builtin: Any = getattr(configuration_auto, "CONFIG_MAPPING_NAMES")  # noqa: B009  (not re-exported)
 
     config = read_config(folder)
     model_type = config.get("model_type")
     if not config or not isinstance(model_type, str) or detect(folder) is not None:
         return None
-    if model_type in CONFIG_MAPPING_NAMES:
+    if model_type in builtin:
         return None
     return "remote" if config.get("auto_map") else "unknown"
 
@@ -307,4 +326,3 @@ def _frames(exc: BaseException) -> list[Any]:
 def _first_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[0].strip() if lines else "error"
-

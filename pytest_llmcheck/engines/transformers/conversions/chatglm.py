@@ -32,12 +32,22 @@ if TYPE_CHECKING:
     import torch
 
 VOCAB_FILE = "tokenizer.model"
-SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>",
-                  "<|observation|>")
+SPECIAL_TOKENS = (
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+)
 SINGLE_WORD = ("sop", "eop")  # plain words too: never cut them out of "people" or "desktop"
 STOP_TOKENS = ("<|user|>", "<|observation|>")  # with </s>: what ChatGLM3's chat() stops on
 
-# build_chat_input: [gMASK] sop, then per message <|role|> + encode("\n") + encode(content), then <|assistant|>.
+# build_chat_input: [gMASK] sop, then per message <|role|> + encode("\n") + encode(content),
+# then <|assistant|>.
 CHAT_TEMPLATE = (
     "{{ '[gMASK]sop' }}"
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n ' + m['content'] }}{% endfor %}"
@@ -137,12 +147,15 @@ def map_tensor(config: dict[str, Any], name: str, tensor: torch.Tensor) -> list[
         if tensor.shape[0] != sum(sizes):
             raise ConversionError(f"{name} has {tensor.shape[0]} rows, expected {sizes} = {sum(sizes)}")
         kind = rest.rsplit(".", 1)[1]
-        q, k, v = tensor.split(sizes, dim=0)
+        import torch
+
+        q, k, v = torch.split(tensor, sizes, dim=0)
         return [(f"{prefix}self_attn.{p}_proj.{kind}", t) for p, t in (("q", q), ("k", k), ("v", v))]
     raise ConversionError(f"unexpected tensor {name} in a ChatGLM checkpoint")
 
 
 # -- the sentencepiece model file ----------------------------------------------------
+
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
     value = shift = 0
@@ -167,12 +180,12 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
+            value, i = buf[i : i + 8], i + 8
         elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
+            value, i = buf[i : i + 4], i + 4
         elif wire == 2:
             size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
+            value, i = buf[i : i + size], i + size
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         yield field, wire, value
@@ -224,13 +237,15 @@ def build_tokenizer(folder: Path, config: dict[str, Any]) -> Any:
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise ConversionError(f"{path} is not a sentencepiece model: {exc}") from None
     unsupported = [
-        what for what, bad in (
+        what
+        for what, bad in (
             (f"model type {spm['model_type']} (only BPE, 2)", spm["model_type"] != 2),
             (f"normalizer {spm['normalizer']!r} (only identity)", spm["normalizer"] != "identity"),
             ("remove_extra_whitespaces", spm["remove_extra_whitespaces"]),
             ("no escape_whitespaces", not spm["escape_whitespaces"]),
             ("no add_dummy_prefix", not spm["add_dummy_prefix"]),
-        ) if bad
+        )
+        if bad
     ]
     if unsupported:
         raise ConversionError(f"{path}: unsupported sentencepiece settings: {', '.join(unsupported)}")
@@ -247,29 +262,47 @@ def build_tokenizer(folder: Path, config: dict[str, Any]) -> Any:
             if left in normal and right in normal:
                 ranked.append((-score, i, left, right))
     merges = [(left, right) for _s, _i, left, right in sorted(ranked)]
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=spm["unk_piece"], fuse_unk=True,
-                        byte_fallback=spm["byte_fallback"]))
-    tok.normalizer = normalizers.Sequence([
-        normalizers.Replace(" ", "▁"),
-        # sentencepiece adds its dummy "▁" even before a text that starts with one; Metaspace would not
-        normalizers.Replace(Regex(r"\A▁"), "▁▁"),
-    ])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        # every chunk between special tokens is a separate sentencepiece encode() in build_chat_input
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False),
-        # sentencepiece's words (SplitIntoWords, whitespace-only pieces allowed): a run of ▁ and what follows
-        pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated"),
-    ])
-    tok.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1),
-    ])
-    tok.add_special_tokens([
-        AddedToken(t, special=True, normalized=False, single_word=t in SINGLE_WORD) for t in SPECIAL_TOKENS
-    ])
+    tok = Tokenizer(
+        BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=spm["unk_piece"],
+            fuse_unk=True,
+            byte_fallback=spm["byte_fallback"],
+        )
+    )
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(" ", "▁"),
+            # sentencepiece adds its dummy "▁" even before a text that starts with one; Metaspace would not
+            normalizers.Replace(Regex(r"\A▁"), "▁▁"),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            # every chunk between special tokens is a separate sentencepiece encode() in build_chat_input
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False),
+            # sentencepiece's words (SplitIntoWords, whitespace-only pieces allowed): a run of ▁ and
+            # what follows it
+            pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated"),
+        ]
+    )
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(content=" ", left=1),
+        ]
+    )
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False, single_word=t in SINGLE_WORD) for t in SPECIAL_TOKENS]
+    )
     for offset, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != len(pieces) + offset:
             raise ConversionError(f"{path}: special token {token} did not land on id {len(pieces) + offset}")
-    return PreTrainedTokenizerFast(
+    fast: Any = PreTrainedTokenizerFast  # untyped in transformers 5
+    return fast(
         tokenizer_object=tok,
         eos_token="</s>",
         pad_token=spm["unk_piece"],

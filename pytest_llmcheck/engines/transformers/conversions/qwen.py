@@ -116,9 +116,13 @@ def map_tensor(config: dict[str, Any], name: str, tensor: torch.Tensor) -> list[
     if rest in ("attn.c_attn.weight", "attn.c_attn.bias"):
         hidden = int(config["hidden_size"])
         if tensor.shape[0] != 3 * hidden:
-            raise ConversionError(f"{name} has {tensor.shape[0]} rows, expected 3 x hidden_size = {3 * hidden}")
+            raise ConversionError(
+                f"{name} has {tensor.shape[0]} rows, expected 3 x hidden_size = {3 * hidden}"
+            )
         kind = rest.rsplit(".", 1)[1]
-        q, k, v = tensor.split(hidden, dim=0)
+        import torch
+
+        q, k, v = torch.split(tensor, hidden, dim=0)
         return [(f"{prefix}self_attn.{p}_proj.{kind}", t) for p, t in (("q", q), ("k", k), ("v", v))]
     raise ConversionError(f"unexpected tensor {name} in a Qwen v1 checkpoint")
 
@@ -183,16 +187,21 @@ def build_tokenizer(folder: Path, config: dict[str, Any]) -> Any:
     vocab, merges = bpe_from_ranks(ranks)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=True))
     tok.normalizer = normalizers.NFC()  # QWenTokenizer.tokenize normalizes to NFC first
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     for offset, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != SPECIAL_START_ID + offset:
-            raise ConversionError(f"{path}: special token {token} did not land on id {SPECIAL_START_ID + offset}")
-    return PreTrainedTokenizerFast(
+            raise ConversionError(
+                f"{path}: special token {token} did not land on id {SPECIAL_START_ID + offset}"
+            )
+    fast: Any = PreTrainedTokenizerFast  # untyped in transformers 5
+    return fast(
         tokenizer_object=tok,
         eos_token=IMEND,
         pad_token=ENDOFTEXT,
