@@ -191,6 +191,16 @@ def pytest_testnodedown(node: object, error: object) -> None:
         config.stash[SESSION_KEY].results.absorb(output)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist controller: all tests of a model on one worker, so each model loads once."""
+    from .xdist import make_scheduler
+
+    llm_session = config.stash.get(SESSION_KEY, None)
+    models = [ref.name for ref in llm_session.resolve_models()] if llm_session is not None else []
+    return make_scheduler(config, log, models)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     llm_session = config.stash.get(SESSION_KEY, None)
     if llm_session is None or not llm_session.results.models:
