@@ -3,7 +3,8 @@
 - ``llmcheck list``: the model registry and what the cache holds;
 - ``llmcheck pull MODEL...``: download, convert and quantize ahead of time (e.g. in a CI
   image), through the same code the plugin runs, so a test session starts from the cache;
-- ``llmcheck clear``: remove cache entries and say how many bytes that freed.
+- ``llmcheck clear``: remove cache entries and say how many bytes that freed;
+- ``llmcheck report merge A/ B/ -o OUT/``: one report from the reports of ``--llm-shard`` jobs.
 
 Bad input is one line on stderr and exit status 2; a model that cannot be fetched or
 loaded is one line and status 1. torch, transformers and the hub clients are imported
@@ -99,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_dir(p_clear)
     p_clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    p_report = sub.add_parser("report", help="work with report folders (--llm-report)")
+    report_sub = p_report.add_subparsers(dest="report_command", metavar="ACTION", parser_class=_Parser)
+    report_sub.required = True
+    p_merge = report_sub.add_parser(
+        "merge", help="one report from the reports of --llm-shard jobs",
+        description="Merge the report folders (or report.json files) of --llm-shard jobs into one "
+        "report.json, report.md and report.html.",
+    )
+    p_merge.add_argument("reports", nargs="+", type=Path, metavar="REPORT", help="a report folder")
+    p_merge.add_argument("-o", "--output", type=Path, required=True, help="folder for the merged report")
     return parser
 
 
@@ -113,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     from .cache import CacheError, default_cache_dir
 
-    root: Path = args.cache_dir.expanduser() if args.cache_dir is not None else default_cache_dir()
-    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear}
+    given: Path | None = getattr(args, "cache_dir", None)  # `report` has no cache
+    root: Path = given.expanduser() if given is not None else default_cache_dir()
+    from .errors import LlmcheckError
+
+    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "report": cmd_report}
     try:
         return commands[args.command](args, root)
-    except (UsageError, CacheError) as exc:
+    except (UsageError, CacheError, LlmcheckError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -300,6 +315,21 @@ def cmd_clear(args: argparse.Namespace, root: Path) -> int:
           f"from {root}; freed {freed} bytes ({human_size(freed)})")
     if left:
         print(f"{len(left)} entr{'y' if len(left) == 1 else 'ies'} in use by a running build were kept")
+    return 0
+
+
+# -- report merge
+
+
+def cmd_report(args: argparse.Namespace, root: Path) -> int:
+    from .merge import merge_reports
+    from .report import write_report
+
+    results = merge_reports(list(args.reports))
+    paths = write_report(results, args.output)
+    cases = sum(len(m.cases) for m in results.models.values())
+    print(f"merged {len(args.reports)} reports: {len(results.models)} models, {cases} results -> "
+          f"{paths['html']} (and report.md, report.json)")
     return 0
 
 

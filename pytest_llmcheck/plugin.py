@@ -81,6 +81,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
     config.stash[SESSION_KEY] = session
+    if session.settings.shard is not None:
+        from .shard import ShardSelector
+
+        selector = ShardSelector(
+            session.settings.shard, lambda: [ref.name for ref in session.resolve_models()], model_of
+        )
+        config.pluginmanager.register(selector, "llmcheck-shard")
     if config.pluginmanager.hasplugin("syrupy"):
         from .snapshots import GUARD_KEY, SnapshotGuard
 
