@@ -5,6 +5,10 @@ it is built in a temporary sibling folder under a file lock and renamed into pla
 only after its ``.complete`` marker was written. A crash mid-build (even SIGKILL)
 therefore leaves at most a temporary folder, which is never taken as ready and is
 removed by the next build once its process is gone.
+
+Asking for a ready entry (``Cache.entry``) counts as using it: the marker's modification
+time is set to now, so ``Cache.gc`` can remove what no session used for a while, or the
+least recently used entries above a size cap.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ _TMP = ".tmp-"
 _LOCK = ".lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_Rows = list[dict[str, object]]  # Cache.list() rows (``list`` is a method name inside Cache)
 
 
 class CacheError(RuntimeError):
@@ -181,7 +186,10 @@ class Cache:
         return f"Cache({str(self.root)!r})"
 
     def entry(self, kind: str, key: Mapping[str, object]) -> CacheEntry:
-        """The entry for ``key`` (ready or not); the key decides the folder, nothing else."""
+        """The entry for ``key`` (ready or not); the key decides the folder, nothing else.
+
+        A ready entry is marked as used now (its marker's mtime), for ``gc``.
+        """
         if not _KIND.match(kind):
             raise CacheError(f"bad cache kind {kind!r}: use letters, digits, '_' and '-'")
         digest = hashlib.sha256(canonical_key(key).encode("utf-8")).hexdigest()[:16]
@@ -190,7 +198,10 @@ class Cache:
         resolved = path.resolve()
         if resolved == root or not resolved.is_relative_to(root):
             raise CacheError(f"cache entry {path} would lie outside {root}")
-        return CacheEntry(path, kind, key)
+        entry = CacheEntry(path, kind, key)
+        with contextlib.suppress(OSError):  # absent (not ready), or a read-only cache
+            os.utime(path / MARKER)
+        return entry
 
     def scratch(self, name: str) -> Path:
         """A folder for a tool's own files (e.g. a hub client's cache); not an entry, never listed."""
@@ -208,7 +219,8 @@ class Cache:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and _KIND.match(p.name))
 
     def list(self) -> list[dict[str, object]]:
-        """Every entry folder: kind, path, key (None if unreadable), size in bytes, ready."""
+        """Every entry folder: kind, path, key (None if unreadable), size in bytes, ready,
+        last_used (a timestamp; None when not ready)."""
         found: list[dict[str, object]] = []
         for kind_dir in self._kind_dirs(None):
             for path in sorted(kind_dir.iterdir()):
@@ -217,6 +229,9 @@ class Cache:
                 key: object = None
                 with contextlib.suppress(OSError, ValueError):
                     key = json.loads((path / KEY_FILE).read_text(encoding="utf-8"))
+                last_used: float | None = None
+                with contextlib.suppress(OSError):
+                    last_used = (path / MARKER).stat().st_mtime
                 found.append(
                     {
                         "kind": kind_dir.name,
@@ -224,6 +239,7 @@ class Cache:
                         "key": key,
                         "size": _size(path),
                         "ready": (path / MARKER).is_file(),
+                        "last_used": last_used,
                     }
                 )
         return found
@@ -253,3 +269,45 @@ class Cache:
         if kind is None:
             freed += _remove(self.root / SCRATCH)
         return freed
+
+    def gc(
+        self, *, older_than: float | None = None, max_size: int | None = None, dry_run: bool = False
+    ) -> tuple[_Rows, _Rows]:
+        """Remove entries unused for ``older_than`` seconds, then the least recently used
+        until the ready ones fit in ``max_size`` bytes; and incomplete leftovers of dead builds.
+
+        Returns (removed, kept because in use). An entry whose lock is held (being built
+        right now) is never removed; ``dry_run`` only says what would go.
+        """
+        now = time.time()
+        removed: _Rows = []
+        busy: _Rows = []
+        for kind_dir in self._kind_dirs(None):
+            for path in sorted(kind_dir.glob(f"*{_TMP}*")):
+                pid = _tmp_pid(path.name)
+                if (pid is None or not _pid_alive(pid)) and not dry_run:
+                    _remove(path)
+        entries = self.list()
+        doomed = [e for e in entries if not e["ready"]]  # half-built leftovers of a crash
+        ready = sorted((e for e in entries if e["ready"]), key=lambda e: float(str(e["last_used"])))
+        if older_than is not None:
+            doomed += [e for e in ready if now - float(str(e["last_used"])) > older_than]
+        if max_size is not None:
+            kept = [e for e in ready if e not in doomed]
+            total = sum(int(str(e["size"])) for e in kept)
+            for e in kept:  # least recently used first
+                if total <= max_size:
+                    break
+                doomed.append(e)
+                total -= int(str(e["size"]))
+        for e in doomed:
+            path = Path(str(e["path"]))
+            lock = FileLock(str(path.with_name(path.name + _LOCK)), timeout=0)
+            try:
+                with lock:
+                    if not dry_run:
+                        _remove(path)
+                removed.append(e)
+            except Timeout:
+                busy.append(e)
+        return removed, busy

@@ -3,7 +3,10 @@
 - ``llmcheck list``: the model registry and what the cache holds;
 - ``llmcheck pull MODEL...``: download, convert and quantize ahead of time (e.g. in a CI
   image), through the same code the plugin runs, so a test session starts from the cache;
-- ``llmcheck clear``: remove cache entries and say how many bytes that freed.
+- ``llmcheck clear``: remove cache entries and say how many bytes that freed;
+- ``llmcheck gc --older-than DAYS --max-size GB``: remove entries unused for a while, or the
+  least recently used ones above a size;
+- ``llmcheck report merge A/ B/ -o OUT/``: one report from the reports of ``--llm-shard`` jobs.
 
 Bad input is one line on stderr and exit status 2; a model that cannot be fetched or
 loaded is one line and status 1. torch, transformers and the hub clients are imported
@@ -50,6 +53,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is too small; expected a whole number >= 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; expected a number >= 0")
     return value
 
 
@@ -100,6 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_dir(p_clear)
     p_clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    p_gc = sub.add_parser(
+        "gc", help="remove cache entries not used for a while, or the least recently used above a size",
+        description="Remove cache entries that no session used for DAYS days, then the least recently "
+        "used ones until the cache fits in GB; and leftovers of crashed builds. An entry being built "
+        "is never removed.",
+    )
+    p_gc.add_argument("--older-than", type=_non_negative, metavar="DAYS", help="not used for DAYS days")
+    p_gc.add_argument("--max-size", type=_non_negative, metavar="GB", help="keep the cache within GB")
+    p_gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cache_dir(p_gc)
+
+    p_report = sub.add_parser("report", help="work with report folders (--llm-report)")
+    report_sub = p_report.add_subparsers(dest="report_command", metavar="ACTION", parser_class=_Parser)
+    report_sub.required = True
+    p_merge = report_sub.add_parser(
+        "merge", help="one report from the reports of --llm-shard jobs",
+        description="Merge the report folders (or report.json files) of --llm-shard jobs into one "
+        "report.json, report.md and report.html.",
+    )
+    p_merge.add_argument("reports", nargs="+", type=Path, metavar="REPORT", help="a report folder")
+    p_merge.add_argument("-o", "--output", type=Path, required=True, help="folder for the merged report")
     return parser
 
 
@@ -114,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     from .cache import CacheError, default_cache_dir
 
-    root: Path = args.cache_dir.expanduser() if args.cache_dir is not None else default_cache_dir()
-    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear}
+    given: Path | None = getattr(args, "cache_dir", None)  # `report` has no cache
+    root: Path = given.expanduser() if given is not None else default_cache_dir()
+    from .errors import LlmcheckError
+
+    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "gc": cmd_gc, "report": cmd_report}
     try:
         return commands[args.command](args, root)
-    except (UsageError, CacheError) as exc:
+    except (UsageError, CacheError, LlmcheckError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -184,14 +222,65 @@ def cmd_list(args: argparse.Namespace, root: Path) -> int:
     print(f"Cache {root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
           f"{human_size(sum(int(str(e['size'])) for e in entries))}")
     if entries:
-        rows = [("kind", "name", "detail", "size", "ready")]
-        for e in entries:
+        rows = [("kind", "name", "detail", "source", "size", "last used", "ready", "differs in")]
+        differs = distinctions(entries)
+        for e, differ in zip(entries, differs, strict=True):
             name, detail = entry_name(str(e["kind"]), e["key"], Path(str(e["path"])))
-            rows.append((str(e["kind"]), name, detail, human_size(int(str(e["size"]))),
-                         "yes" if e["ready"] else "no (incomplete)"))
+            size = human_size(int(str(e["size"])))
+            ready = "yes" if e["ready"] else "no (incomplete)"
+            rows.append((str(e["kind"]), name, detail, entry_source(e["key"]), size, ago(e["last_used"]),
+                         ready, differ))
         for line in table(rows):
             print("  " + line)
     return 0
+
+
+def entry_source(key: object) -> str:
+    """The source's identity in a key: the content digest of local files, a hub commit."""
+    if not isinstance(key, dict):
+        return "-"
+    for field in ("content", "files"):  # "files": names+mtimes, from before content keys
+        if key.get(field):
+            return f"{'sha256' if field == 'content' else 'mtime'}:{str(key[field])[:12]}"
+    return "-"
+
+
+def ago(timestamp: object, now: float | None = None) -> str:
+    if not isinstance(timestamp, (int, float)):
+        return "-"
+    seconds = max(0.0, (time.time() if now is None else now) - timestamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def _leaves(value: object, prefix: str = "") -> dict[str, object]:
+    """A nested key as dotted leaves: {"versions.torch": "2.13.0", ...}."""
+    if not isinstance(value, dict):
+        return {prefix: value} if prefix else {}
+    out: dict[str, object] = {}
+    for name, item in value.items():
+        out.update(_leaves(item, f"{prefix}.{name}" if prefix else str(name)))
+    return out
+
+
+def distinctions(entries: list[dict[str, object]]) -> list[str]:
+    """For entries of one kind that look alike (same name), the key fields whose values differ."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, e in enumerate(entries):
+        name, detail = entry_name(str(e["kind"]), e["key"], Path(str(e["path"])))
+        groups.setdefault((str(e["kind"]), f"{name} {detail}"), []).append(i)
+    out = [""] * len(entries)
+    for members in groups.values():
+        keys = [_leaves(entries[i]["key"]) for i in members]
+        if len(members) < 2:
+            continue
+        fields = sorted({f for k in keys for f in k if len({str(other.get(f)) for other in keys}) > 1})
+        for i, key in zip(members, keys, strict=True):
+            out[i] = ", ".join(f"{f}={str(key.get(f, '-'))[:16]}" for f in fields[:3]) + (
+                f" (+{len(fields) - 3})" if len(fields) > 3 else "")
+    return out
 
 
 # -- pull
@@ -301,6 +390,48 @@ def cmd_clear(args: argparse.Namespace, root: Path) -> int:
           f"from {root}; freed {freed} bytes ({human_size(freed)})")
     if left:
         print(f"{len(left)} entr{'y' if len(left) == 1 else 'ies'} in use by a running build were kept")
+    return 0
+
+
+# -- gc
+
+
+def cmd_gc(args: argparse.Namespace, root: Path) -> int:
+    from .cache import Cache
+
+    if args.older_than is None and args.max_size is None:
+        raise UsageError("gc needs --older-than DAYS and/or --max-size GB")
+    removed, busy = Cache(root).gc(
+        older_than=None if args.older_than is None else args.older_than * 86400,
+        max_size=None if args.max_size is None else int(args.max_size * 1024**3),
+        dry_run=args.dry_run,
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    for e in removed:
+        name, detail = entry_name(str(e["kind"]), e["key"], Path(str(e["path"])))
+        state = f"last used {ago(e['last_used'])}" if e["ready"] else "incomplete"
+        what = " ".join(part for part in (str(e["kind"]), name, detail) if part)
+        print(f"{verb} {what} ({human_size(int(str(e['size'])))}, {state})")
+    freed = sum(int(str(e["size"])) for e in removed)
+    print(f"{verb} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} from {root}; "
+          f"{'would free' if args.dry_run else 'freed'} {freed} bytes ({human_size(freed)})")
+    if busy:
+        print(f"kept {len(busy)} entr{'y' if len(busy) == 1 else 'ies'} being built now")
+    return 0
+
+
+# -- report merge
+
+
+def cmd_report(args: argparse.Namespace, root: Path) -> int:
+    from .merge import merge_reports
+    from .report import write_report
+
+    results = merge_reports(list(args.reports))
+    paths = write_report(results, args.output)
+    cases = sum(len(m.cases) for m in results.models.values())
+    print(f"merged {len(args.reports)} reports: {len(results.models)} models, {cases} results -> "
+          f"{paths['html']} (and report.md, report.json)")
     return 0
 
 

@@ -81,6 +81,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
     config.stash[SESSION_KEY] = session
+    if session.settings.shard is not None:
+        from .shard import ShardSelector
+
+        selector = ShardSelector(
+            session.settings.shard, lambda: [ref.name for ref in session.resolve_models()], model_of
+        )
+        config.pluginmanager.register(selector, "llmcheck-shard")
     if config.pluginmanager.hasplugin("syrupy"):
         from .snapshots import GUARD_KEY, SnapshotGuard
 
@@ -195,6 +202,16 @@ def pytest_testnodedown(node: object, error: object) -> None:
     config = getattr(node, "config", None)
     if output and config is not None:
         config.stash[SESSION_KEY].results.absorb(output)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist controller: all tests of a model on one worker, so each model loads once."""
+    from .xdist import make_scheduler
+
+    llm_session = config.stash.get(SESSION_KEY, None)
+    models = [ref.name for ref in llm_session.resolve_models()] if llm_session is not None else []
+    return make_scheduler(config, log, models)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

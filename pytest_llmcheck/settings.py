@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .cache import default_cache_dir
+from .shard import Shard, parse_shard
 
 QUANT_CHOICES = ("int4", "bf16", "none")
 QUANT_LABELS = {"int4": "int4", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
@@ -76,6 +77,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("min-pass-rate", "fail the session when a model's pass rate is below this (0..1)"),
     OptionSpec("repeat", "answers per question, for sampled decoding (default: 1)", "1"),
     OptionSpec("temperature", "sampling temperature; 0 means greedy (default: 0)", "0"),
+    OptionSpec("shard", "run part K of N (K/N, e.g. 2/4) in one CI job: the models go round robin to the "
+               "parts, or the tests when there are fewer models than parts"),
 )
 ENGINE_OPTIONS: tuple[OptionSpec, ...] = ()  # each engine's own options (OptionSpec.engine set)
 
@@ -207,6 +210,7 @@ class Settings:
     temperature: float = 0.0
     progress: bool = False  # download bars on the terminal: not under -q, in CI or without a TTY
     models_given: bool = False  # the user chose models: resolve them at configure time (usage errors)
+    shard: Shard | None = None  # --llm-shard=K/N: this job runs part K of N
 
     @property
     def use_cache(self) -> bool:
@@ -281,4 +285,5 @@ class Settings:
             min_pass_rate=get("min-pass-rate", lambda w, v: parse_float(w, v, low=0.0, high=1.0), None),
             repeat=repeat,
             temperature=temperature,
+            shard=get("shard", parse_shard, None),
         )

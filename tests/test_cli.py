@@ -63,8 +63,8 @@ def test_list_shows_the_registry_and_the_cache(tmp_path: Path, capsys: pytest.Ca
     assert f"Cache {root}: 2 entries" in out
     download = rows["download"].split()
     assert download[1] == MS
-    assert download[-2:] == ["KiB", "yes"]
-    assert 2.9 <= float(download[-3]) < 3.5
+    assert download[-4:] == ["KiB", "just", "now", "yes"]  # size, last used, ready
+    assert 2.9 <= float(download[-5]) < 3.5
     assert rows["quantized"].split()[1:4] == [half.path.name, "(no", "key)"]  # no key.json yet
     assert rows["quantized"].endswith("no (incomplete)")
 
@@ -89,9 +89,11 @@ def test_pull_then_pull_again_then_clear(
     assert main(["pull", MS, HF, "--cache-dir", str(root), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count(f"download: downloaded from {endpoints.url} in ") == 2
-    assert out.count("quantized (INT4): built and cached; load ") == 2
+    # both hubs serve the same files: keyed by content, they share one INT4 entry
+    assert out.count("quantized (INT4): built and cached; load ") == 1
+    assert out.count("quantized (INT4): from cache; load ") == 1
     assert "int4: 14/14 linear layers" in out
-    assert kinds(root) == ["download", "download", "quantized", "quantized"]
+    assert kinds(root) == ["download", "download", "quantized"]
     assert kinds(root, ready=False) == []
     assert len(endpoints.requests) > 0
 
@@ -106,13 +108,13 @@ def test_pull_then_pull_again_then_clear(
 
     assert main(["list", "--cache-dir", str(root)]) == 0
     listed = capsys.readouterr().out
-    assert f"Cache {root}: 4 entries" in listed
+    assert f"Cache {root}: 3 entries" in listed
     assert sum(line.split()[:2] == ["download", MS] for line in listed.splitlines()) == 1
 
     quantized = sum(int(str(e["size"])) for e in Cache(root).list() if e["kind"] == "quantized")
     assert main(["clear", "--kind", "quantized", "--cache-dir", str(root), "--yes"]) == 0
     out = capsys.readouterr().out
-    assert f"removed 2 quantized entries from {root}; freed {quantized} bytes" in out
+    assert f"removed 1 quantized entry from {root}; freed {quantized} bytes" in out
     assert kinds(root) == ["download", "download"]
 
     assert main(["clear", "--cache-dir", str(root), "--yes"]) == 0

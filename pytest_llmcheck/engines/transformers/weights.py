@@ -64,23 +64,27 @@ def _weight_files(ref: ModelRef, folder: Path) -> list[Path]:
     return [folder / ref.gguf_file] if ref.gguf_file else sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def source_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
-    """What identifies the weights on disk: file names, sizes and modification times.
+def source_identity(ref: ModelRef, folder: Path, memo_root: Path | None = None) -> dict[str, Any]:
+    """What identifies the weights on disk: the sha256 of every file's content.
 
-    Cheap (no hashing of multi-GB files) and it changes whenever a file is replaced;
-    downloads additionally carry their revision in ``download.json`` next to them.
+    The same files anywhere (one GGUF in two virtual environments, a model downloaded
+    twice) share one cache entry, and any changed byte makes a new one. Digests are
+    memoized per file version in ``memo_root`` (see ``filehash``), so a file is read once
+    per machine, not once per session. Hidden files (hub clients' bookkeeping) are left out.
     """
+    from ...filehash import FileHashes
+
+    files = [p for p in _weight_files(ref, folder)
+             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    digests = FileHashes(memo_root).digests(files)
     digest = hashlib.sha256()
-    for path in _weight_files(ref, folder):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    info = folder.parent / "download.json"
-    if info.is_file():
-        digest.update(info.read_bytes())
+    for path in files:  # a folder's layout counts too: the same bytes under another name differ
+        name = "" if ref.gguf_file else path.relative_to(folder).as_posix()
+        digest.update(f"{name}:{digests[path]}\n".encode())
     # Keyed by the files, not by how the user named them: `qwen2.5` and
     # `modelscope:Qwen/Qwen2.5-0.5B-Instruct` share one entry. The name only labels it.
     label = Path(ref.gguf_file).stem if ref.gguf_file else (ref.location.rsplit("/", 1)[-1] or ref.name)
-    return {"name": label, "files": digest.hexdigest()[:32]}
+    return {"name": label, "content": digest.hexdigest()[:32]}
 
 
 def weights_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
@@ -216,7 +220,7 @@ def converted_folder(
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmcheck-convert-")))
         convert(folder, scratch, conversion)
         return scratch, time.perf_counter() - start
-    entry = cache.entry("converted", {**source_identity(ref, folder), **conversion.tag})
+    entry = cache.entry("converted", {**source_identity(ref, folder, cache.root), **conversion.tag})
     if entry.ready:
         return entry.path, 0.0
     with entry.build() as tmp:
@@ -242,9 +246,10 @@ def load_model(
     """
     start = time.perf_counter()
     conversion = None if ref.gguf_file else detect_conversion(folder)
+    memo = cache.root if cache is not None else None
     if conversion is None:
         return _load(ref, lambda: folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
-                     identity=source_identity(ref, folder), start=start)
+                     identity=source_identity(ref, folder, memo) if cache is not None else {}, start=start)
     with contextlib.ExitStack() as stack:
         spent: list[float] = []
 
@@ -253,7 +258,8 @@ def load_model(
             spent.append(seconds)
             return path
 
-        identity = {**source_identity(ref, folder), "conversion": conversion.tag}
+        # only a cache needs the key: without one, do not read every weight file for it
+        identity = {**source_identity(ref, folder, memo), "conversion": conversion.tag} if cache else {}
         loaded = _load(ref, source, quantizer, cache=cache, trust_remote_code=False, identity=identity,
                        start=start)
     if cache is not None and isinstance(quantizer, NoQuant):  # the converted entry is what was loaded

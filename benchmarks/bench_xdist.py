@@ -1,0 +1,96 @@
+"""Two models under pytest-xdist: loads and wall time, serial against ``-n 2``.
+
+    python benchmarks/bench_xdist.py            # the five riddles, 64 new tokens
+    python benchmarks/bench_xdist.py --quick    # 16 new tokens
+
+The two models are the embedded SmolLM2 GGUF under two references (the alias and the
+file's path), so they are two models to pytest (two names, two loads) sharing one INT4
+cache entry, which a first, untimed run fills. Each timed run is a fresh pytest process
+on the riddle suite with a report; "loads" is the sum over workers from report.json.
+Rows: serial at 2 threads; ``-n 2`` with the model scheduler (each model on one worker)
+at 1 thread per worker; ``-n 2 --dist load`` (xdist's own, each worker loads the models
+it meets) at 1 thread per worker. Both ``-n 2`` rows use the same 2 cores as serial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def cpu_name() -> str:
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def run(project: Path, cache: Path, models: str, args: list[str], tokens: int) -> tuple[float, int, str]:
+    report = project / f"report-{time.monotonic_ns()}"
+    cmd = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+        f"--llm-model={models}", f"--llm-cache-dir={cache}", f"--llm-max-new-tokens={tokens}",
+        "--llm-soft", "--snapshot-update", f"--llm-report={report}", *args,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env={**os.environ, "CI": "1"})
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        sys.exit(f"pytest failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    data = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    loads = sum(int(m["loads"]) for m in data["models"])
+    cases = sum(len(m["cases"]) for m in data["models"])
+    return seconds, loads, f"{cases} answers"
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--quick", action="store_true", help="16 new tokens instead of 64")
+    args = parser.parse_args()
+    tokens = 16 if args.quick else 64
+
+    from pytest_llmcheck.registry import resolve
+
+    ref = resolve("smollm2")
+    gguf = Path(ref.location) / str(ref.gguf_file)
+    with tempfile.TemporaryDirectory(prefix="llmcheck-xdist-") as tmp:
+        project, cache = Path(tmp) / "project", Path(tmp) / "cache"
+        project.mkdir()
+        shutil.copy(ROOT / "examples" / "riddles" / "riddles.llm.yaml", project)
+        models = f"smollm2,{gguf}"
+        run(project, cache, models, ["--llm-threads=2"], tokens)  # fill the INT4 cache entry
+        print(f"two models (SmolLM2 INT4 twice), riddle suite, {tokens} new tokens; {cpu_name()}, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before", flush=True)
+        widths = (24, 14, 6, 7, 10)
+        print(line(("run", "threads", "loads", "wall s", "answers"), widths))
+        print(line(tuple("-" * w for w in widths), widths), flush=True)
+        for label, extra in (
+            ("serial", ["--llm-threads=2"]),
+            ("-n 2 (model scheduler)", ["-n", "2", "--llm-threads=1"]),
+            ("-n 2 --dist load", ["-n", "2", "--dist", "load", "--llm-threads=1"]),
+        ):
+            seconds, loads, answers = run(project, cache, models, extra, tokens)
+            threads = extra[-1].split("=")[1] + (" per worker" if "-n" in extra else "")
+            print(line((label, threads, str(loads), f"{seconds:.1f}", answers), widths), flush=True)
+        print(f"load average {os.getloadavg()[0]:.1f} after")
+
+
+def line(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+
+
+if __name__ == "__main__":
+    main()
