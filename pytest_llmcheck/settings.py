@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .cache import default_cache_dir
+from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 QUANT_CHOICES = ("int4", "bf16", "none")
 DEFAULT_MODEL = "smollm2"
@@ -55,7 +56,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
     OptionSpec("engine", "engine for models without an @engine suffix: transformers, or one a plugin adds "
-               "(default: transformers)", "transformers"),
+               "(default: transformers; the replay engine with --llm-replay)"),
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
                "(default: int4)", "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
@@ -74,8 +75,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("min-pass-rate", "fail the session when a model's pass rate is below this (0..1)"),
     OptionSpec("repeat", "answers per question, for sampled decoding (default: 1)", "1"),
     OptionSpec("temperature", "sampling temperature; 0 means greedy (default: 0)", "0"),
+    OptionSpec("snapshot", "default answer snapshot tolerance: exact, normalized, or similar:0.9 "
+               "(default: exact)"),
+    OptionSpec("judge", "the model that grades judge: expectations (a model reference, as for --llm-model)"),
 )
-ENGINE_OPTIONS: tuple[OptionSpec, ...] = ()  # each engine's own options (OptionSpec.engine set)
+ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionSpec.engine set)
+    OptionSpec("replay", "answer from recorded answers instead of a model: a report.json (or its folder), "
+               "a recorded-answers YAML/JSON file or a folder of answer snapshots; implies --llm-engine=replay",
+               engine="replay"),
+)
 
 
 def all_options() -> tuple[OptionSpec, ...]:
@@ -169,6 +177,9 @@ class Settings:
     min_pass_rate: float | None = None
     repeat: int = 1
     temperature: float = 0.0
+    snapshot: Tolerance = field(default_factory=Tolerance)  # the default answer snapshot tolerance
+    judge: str | None = None  # the judge model's reference
+    judge_from_ini: bool = False  # a suite's judge_model overrides an ini judge, not a command-line one
     progress: bool = False  # download bars on the terminal: not under -q, in CI or without a TTY
     models_given: bool = False  # the user chose models: resolve them at configure time (usage errors)
 
@@ -220,13 +231,26 @@ class Settings:
                 result = config.inipath.parent / result
             return result
 
+        def tolerance(where: str, value: str) -> Tolerance:
+            try:
+                return parse_tolerance(value, where)
+            except ToleranceError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+        judge_where, judge = values["judge"]
+        engine = str(values["engine"][1] or "").strip()
+        if not engine:  # --llm-replay alone means: the replay engine
+            engine = "replay" if values["replay"][1] not in (None, "", []) else "transformers"
         cache = get("cache-dir", path, None)
         report = get("report", path, None)
         return cls(
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),
             progress=config.get_verbosity() >= 0 and sys.stderr.isatty() and not os.environ.get("CI"),
-            engine=str(values["engine"][1] or "transformers").strip(),
+            engine=engine,
+            snapshot=get("snapshot", tolerance, Tolerance()),
+            judge=str(judge).strip() or None if judge else None,
+            judge_from_ini=judge_where.startswith("ini "),
             engine_options={
                 spec.name: str(values[spec.name][1])
                 for spec in ENGINE_OPTIONS
