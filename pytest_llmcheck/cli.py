@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     from .cache import CacheError, default_cache_dir
 
-    root: Path = args.cache_dir.expanduser() if args.cache_dir is not None else default_cache_dir()
+    given: Path | None = getattr(args, "cache_dir", None)  # review has no cache
+    root: Path = given.expanduser() if given is not None else default_cache_dir()
     from .errors import LlmcheckError
 
     commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "review": cmd_review,

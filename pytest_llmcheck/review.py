@@ -77,12 +77,10 @@ def describe(candidate: Candidate, index: int, total: int, style: Style) -> list
 
 
 def read_key(stdin: IO[str], stdout: IO[str]) -> str:
-    """One answer: a single key press on a terminal, else a line; "" at the end of input."""
+    """One answer: a single key press on a terminal, else a line; "quit" at the end of input."""
     prompt = "  accept (a), reject (r), skip (s), quit (q)? "
     while True:
-        stdout.write(prompt)
-        stdout.flush()
-        text = _one_key(stdin) if stdin.isatty() else stdin.readline()
+        text = _one_key(stdin, stdout, prompt) if stdin.isatty() else _line(stdin, stdout, prompt)
         if not text:
             stdout.write("\n")
             return "quit"
@@ -94,7 +92,15 @@ def read_key(stdin: IO[str], stdout: IO[str]) -> str:
         stdout.write(f"  unknown key {text.strip()!r}; use a, r, s or q\n")
 
 
-def _one_key(stdin: IO[str]) -> str:
+def _line(stdin: IO[str], stdout: IO[str], prompt: str) -> str:
+    stdout.write(prompt)
+    stdout.flush()
+    return stdin.readline()
+
+
+def _one_key(stdin: IO[str], stdout: IO[str], prompt: str) -> str:
+    """The terminal goes to cbreak mode before the prompt shows, so a key pressed as soon
+    as it appears is read at once (not held back waiting for Enter)."""
     import termios
     import tty
 
@@ -102,6 +108,8 @@ def _one_key(stdin: IO[str]) -> str:
     saved = termios.tcgetattr(fd)
     try:
         tty.setcbreak(fd)
+        stdout.write(prompt)
+        stdout.flush()
         return stdin.read(1)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
@@ -121,17 +129,19 @@ def review(
     candidates: Sequence[Candidate],
     *,
     decide: Callable[[Candidate], str] | None = None,
-    stdin: IO[str] = sys.stdin,
-    stdout: IO[str] = sys.stdout,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
     color: bool | None = None,
 ) -> Tally:
     """Walk ``candidates``; ``decide`` (for --accept-all / --reject-all) replaces the question."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
     style = Style(stdout.isatty() if color is None else color)
     tally = Tally()
     for index, candidate in enumerate(candidates, 1):
         old = candidate.old()
         if old is not None and old.answer == candidate.answer:
-            candidate.discard() if candidate.candidate_file else None
+            candidate.discard()
             stdout.write(f"[{index}/{len(candidates)}] {candidate.snapshot}: already up to date\n")
             continue
         if decide is None:
