@@ -100,7 +100,9 @@ class LLM:
 
             review = ReviewFacts(case.case_id, self.ref.name,
                                  "fail" if failures_per_answer[-1] else "pass", verdict_of)
-            outcome = check_snapshot(self.request, last, self.fingerprint(), tolerance=tolerance, review=review)
+            outcome = check_snapshot(
+                self.request, last, self.fingerprint(), tolerance=tolerance, review=review
+            )
             case.snapshot, case.snapshot_diff = outcome.status, outcome.diff
             case.snapshot_similarity, case.pending = outcome.similarity, outcome.pending
             if outcome.failure:

@@ -117,7 +117,8 @@ def _from_report(path: Path, data: Any = None) -> Recorded:
             tokens = case.get("new_tokens") or []
             for i, text in enumerate(answers):
                 recordings.append(Recording(
-                    model=name, answer=str(text), question=case.get("case_id"), prompt=case.get("prompt") or None,
+                    model=name, answer=str(text), question=case.get("case_id"),
+                    prompt=case.get("prompt") or None,
                     seconds=seconds[i] if i < len(seconds) else None,
                     new_tokens=tokens[i] if i < len(tokens) else None,
                 ))
@@ -135,7 +136,8 @@ def _from_snapshots(root: Path) -> Recorded:
         stored = StoredAnswer.parse(file.read_text(encoding="utf-8"))
         params = match.group("params")
         question = match.group("test") if file.parent.name.endswith(".llm") else None
-        recordings.append(Recording(model=params, answer=stored.answer, question=question, prompt=stored.prompt,
+        recordings.append(Recording(model=params, answer=stored.answer, question=question,
+                                    prompt=stored.prompt,
                                     system=stored.system, from_snapshot=True))
     if not recordings:
         raise RecordingError(f"{root}: no report.json and no answer snapshots (__snapshots__/**/*.txt) in it")
@@ -144,7 +146,9 @@ def _from_snapshots(root: Path) -> Recorded:
 
 def _from_answers_file(path: Path, data: Any) -> Recorded:
     if not isinstance(data, Mapping) or not isinstance(data.get("answers"), list):
-        raise RecordingError(f"{path}: expected a mapping with an 'answers' list (or a pytest-llmcheck report)")
+        raise RecordingError(
+            f"{path}: expected a mapping with an 'answers' list (or a pytest-llmcheck report)"
+        )
     named = data.get("suite")
     suites = [(path.parent / str(s)).resolve() for s in ([] if named is None else
                                                          named if isinstance(named, list) else [named])]

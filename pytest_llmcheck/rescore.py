@@ -136,8 +136,8 @@ def report_lines(recorded: Recorded, scored: Sequence[Scored], suites: Sequence[
     from .cli import table
 
     judge_text = f"; judge {judge.name}" if judge is not None else ""
-    lines = [f"rescore: {len(scored)} recorded answers from {recorded.source}",
-             f"  expectations: {', '.join(str(s) for s in suites) or '(none)'}{judge_text}", ""]
+    lines = [f"rescore: {len(scored)} recorded answers from {_rel(recorded.source)}",
+             f"  expectations: {', '.join(_rel(s) for s in suites) or '(none)'}{judge_text}", ""]
     rows: list[tuple[str, ...]] = [("question", "model", "person", "checks", "agree", "why")]
     for s in scored:
         qid = s.question.id if s.question else (s.recording.question or "?")
@@ -147,8 +147,6 @@ def report_lines(recorded: Recorded, scored: Sequence[Scored], suites: Sequence[
         why = s.failures[0] if s.failures else ""
         if s.judgements:
             why = (why + "; " if why else "") + ", ".join(f"P(yes)={j.probability:.2f}" for j in s.judgements)
-        if s.ungraded:
-            why = (why + "; " if why else "") + "judge not graded (no --judge)"
         rows.append((qid, s.recording.model, person, s.verdict, agree, _short(why, 70)))
     lines += ["  " + line for line in table(rows)]
     tables = confusion(scored)
@@ -161,14 +159,22 @@ def report_lines(recorded: Recorded, scored: Sequence[Scored], suites: Sequence[
                  "person fail, check pass", "both fail")]
         for kind in [ALL, *sorted(k for k in tables if k != ALL)]:
             c = tables[kind]
-            rows.append((kind, str(c.total), f"{c.agree}/{c.total}", str(c.pp), str(c.pf), str(c.fp), str(c.ff)))
+            counts = (str(c.pp), str(c.pf), str(c.fp), str(c.ff))
+            rows.append((kind, str(c.total), f"{c.agree}/{c.total}", *counts))
         lines += ["  " + line for line in table(rows)]
     if any(s.ungraded for s in scored):
-        lines += ["", "judge: rubrics were not graded; pass --judge MODEL to grade them"]
+        lines += ["", "judge: rubrics not graded (no --judge MODEL); the table leaves them out"]
     if judge is not None:
         lines += ["", f"judge {judge.name}: {judge.asked} verdicts computed, "
                       f"{sum(len(s.judgements) for s in scored) - judge.asked} from the cache"]
     return lines
+
+
+def _rel(path: Path) -> str:
+    import os
+
+    text = os.path.relpath(path)
+    return text if not text.startswith("../..") else str(path)
 
 
 def _short(text: str, limit: int) -> str:

@@ -81,7 +81,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionSpec.engine set)
     OptionSpec("replay", "answer from recorded answers instead of a model: a report.json (or its folder), "
-               "a recorded-answers YAML/JSON file or a folder of answer snapshots; implies --llm-engine=replay",
+               "a recorded-answers YAML/JSON file or a folder of answer snapshots; "
+               "implies --llm-engine=replay",
                engine="replay"),
 )
 

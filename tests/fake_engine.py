@@ -6,7 +6,8 @@ Inner pytest sessions load it with ``-p tests.fake_engine`` and use models named
 without an entry the answer echoes the prompt. ``seconds`` is the latency the answer reports;
 ``sleep`` really waits that long (for wall-clock timers such as pytest-benchmark). A model
 named ``broken`` fails to load; one named ``plain...`` has no ``next_token_probs`` (cannot judge).
-As a judge, a fake model reads ``"__judge__": {"<text in the judge prompt>": P(yes)}``. ``GENERATES`` lists every generation as "<model>: <prompt>".
+As a judge, a fake model reads ``"__judge__": {"<text in the judge prompt>": P(yes)}``.
+``GENERATES`` lists every generation as "<model>: <prompt>".
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
@@ -71,7 +72,9 @@ class PlainFakeEngine:
 
 
 class FakeEngine(PlainFakeEngine):
-    def next_token_probs(self, prompt: str, *, system: str | None, candidates: Sequence[str]) -> dict[str, float]:
+    def next_token_probs(
+        self, prompt: str, *, system: str | None, candidates: Sequence[str]
+    ) -> dict[str, float]:
         """P(yes) is the value of the first ``__judge__`` entry whose text occurs in the
         judge's prompt (0.1 when none does); P(no) is the rest."""
         assert not self.closed, "next_token_probs() on a released model"

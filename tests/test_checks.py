@@ -170,7 +170,9 @@ def test_several_failures_are_counted_in_the_first_line(fake: pytest.Pytester) -
 
 # -- 2. marker validation and merging ---------------------------------------------------
 
-ALLOWED = "allowed: all_of, any_of, contains, ignore_case, judge, max_new_tokens, max_seconds, not_contains, regex"
+ALLOWED = (
+    "allowed: all_of, any_of, contains, ignore_case, judge, max_new_tokens, max_seconds, not_contains, regex"
+)
 BAD_MARKERS = [
     ("unknown", "bogus=1", f"unknown expectation 'bogus' in llm_expect(); {ALLOWED}"),
     ("typo", "contain='Paris'", f"unknown expectation 'contain' in llm_expect(); {ALLOWED}"),

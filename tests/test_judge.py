@@ -55,7 +55,8 @@ def test_verdicts_come_from_yes_no_probabilities(project: pytest.Pytester) -> No
     assert fake_engine.LOADS == ["a", "judge"]
     assert len(fake_engine.JUDGED) == 4  # one forward pass per (answer, rubric)
     zh_prompt = next(p for p in fake_engine.JUDGED if "白白" in p)
-    assert "只回答“是”或“否”" in zh_prompt and "标准：回答说白白喜欢明明。" in zh_prompt
+    assert "只回答“是”或“否”" in zh_prompt
+    assert "标准：回答说白白喜欢明明。" in zh_prompt
     report = json.loads((project.path / "out/report.json").read_text("utf-8"))
     cases = {c["case_id"]: c for c in report["models"][0]["cases"]}
     assert cases["capital"]["judgements"] == [{
@@ -127,7 +128,9 @@ def test_language_and_prompt() -> None:
     assert language("The answer is polite.") == "en"
     assert language("回答很礼貌。") == "zh"
     prompt, yes, no = judge_prompt("Q?", "A.", "回答很礼貌。")
-    assert "问题：Q?" in prompt and yes[0] == "是" and no[0] == "否"
+    assert "问题：Q?" in prompt
+    assert yes[0] == "是"
+    assert no[0] == "否"
 
 
 class _Probs:
@@ -161,7 +164,10 @@ def test_smollm2_judges_an_english_rubric(tmp_path: Path) -> None:
         again = judge.grade("Say hello.", "Hello!", "The answer is a greeting.")
     finally:
         judge.close()
-    assert hello.passed and not news.passed, (hello, news)
+    assert hello.passed, (hello, news)
+    assert not news.passed, (hello, news)
     assert hello.probability > news.probability + 0.1
-    assert again.cached and again.probability == hello.probability
-    assert judge.loads == 1 and judge.asked == 2
+    assert again.cached
+    assert again.probability == hello.probability
+    assert judge.loads == 1
+    assert judge.asked == 2

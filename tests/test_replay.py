@@ -41,20 +41,26 @@ def test_replay_rechecks_edited_expectations_without_the_model(recorded: pytest.
     suite = SUITE.replace('{contains: "Paris"}', '{contains: "Lyon", max_seconds: 2}')
     suite += '  - id: new\n    prompt: "A question nobody asked"\n'
     (recorded.path / "riddles.llm.yaml").write_text(suite, encoding="utf-8")
-    result = recorded.runpytest("--llm-model=replay:a", "--llm-replay=out/report.json", "-p", "no:syrupy",
-                                "-p", "no:randomly")
+    result = recorded.runpytest(
+        "--llm-model=replay:a", "--llm-replay=out/report.json", "-p", "no:syrupy", "-p", "no:randomly"
+    )
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines([
-        "LLM answer failed expectation: contains 'Lyon' not found (and 1 more)",
-        "*max_seconds 2 exceeded: took 3.50s",  # the recorded latency
-        "replay: out/report.json has no answer of model 'a' to the prompt 'A question nobody asked'",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "LLM answer failed expectation: contains 'Lyon' not found (and 1 more)",
+            "*max_seconds 2 exceeded: took 3.50s",  # the recorded latency
+            "replay: out/report.json has no answer of model 'a' to the prompt 'A question nobody asked'",
+        ]
+    )
     assert "capital[a]" in result.stdout.str()  # the test ids keep the recorded model's name
-    assert fake_engine.GENERATES == [] and fake_engine.LOADS == []  # no model ran
+    assert fake_engine.GENERATES == []
+    assert fake_engine.LOADS == []
 
 
 def test_replay_from_the_report_folder_and_from_snapshots(recorded: pytest.Pytester) -> None:
-    recorded.runpytest("--llm-model=replay:a", "--llm-replay=out", "-p", "no:syrupy").assert_outcomes(passed=2)
+    recorded.runpytest("--llm-model=replay:a", "--llm-replay=out", "-p", "no:syrupy").assert_outcomes(
+        passed=2
+    )
     recorded.runpytest("--llm-model=fake:a", "--snapshot-update").assert_outcomes(passed=2)
     shutil.rmtree(recorded.path / "out")
     result = recorded.runpytest("--llm-model=replay:a", "--llm-replay=.", "-p", "no:randomly")
@@ -73,11 +79,19 @@ def test_replay_of_an_unknown_model_or_source_is_one_line(recorded: pytest.Pytes
 def test_replay_the_seed_answers_through_the_riddle_suite(fake: pytest.Pytester) -> None:
     shutil.copy(RIDDLES / "riddles.llm.yaml", fake.path)
     shutil.copy(RIDDLES / "seed_answers.yaml", fake.path)
-    result = fake.runpytest("--llm-model=replay:chatglm3", "--llm-replay=seed_answers.yaml", "-p", "no:syrupy",
-                            "-p", "no:randomly")
-    # chatglm3's recorded riddle-2 answer passes, riddles 3-5 fail as the person said; riddle-1 was not recorded
+    result = fake.runpytest(
+        "--llm-model=replay:chatglm3",
+        "--llm-replay=seed_answers.yaml",
+        "-p",
+        "no:syrupy",
+        "-p",
+        "no:randomly",
+    )
+    # chatglm3: riddle-2 passes, riddles 3-5 fail as the person said; riddle-1 was not recorded
     result.assert_outcomes(passed=1, failed=4)
-    result.stdout.fnmatch_lines(["replay: seed_answers.yaml has no answer of model 'chatglm3' to the prompt*"])
+    result.stdout.fnmatch_lines(
+        ["replay: seed_answers.yaml has no answer of model 'chatglm3' to the prompt*"]
+    )
     assert "FAILED riddles.llm.yaml::riddle-2" not in result.stdout.str()
 
 
@@ -89,7 +103,11 @@ def test_rescore_the_seed_answers(capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     row = next(line for line in lines if line.split()[:2] == ["riddle-2", "qwen"])
     assert row.split()[2:5] == ["pass", "fail", "NO"]
-    kinds = {line.split()[0]: line.split()[1:3] for line in lines if line.startswith("  ") and len(line.split()) == 7}
+    kinds = {
+        line.split()[0]: line.split()[1:3]
+        for line in lines
+        if line.startswith("  ") and len(line.split()) == 7
+    }
     assert kinds["all"] == ["11", "10/11"]
     assert kinds["any_of"] == ["5", "4/5"]
 
@@ -98,13 +116,16 @@ def test_rescore_with_a_judge_grades_rubrics(tmp_path: Path) -> None:
     suite = tmp_path / "s.llm.yaml"
     suite.write_text(
         "questions:\n  - id: q\n    prompt: 'Say hello.'\n    expect: {judge: 'The answer is a greeting.'}\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     answers = tmp_path / "answers.yaml"
     answers.write_text(
         "suite: s.llm.yaml\nanswers:\n"
         "  - {question: q, model: m, answer: 'Hello!', person: pass}\n"
         "  - {question: q, model: m, answer: 'Go away.', person: fail}\n"
-        "  - {question: q, model: m, answer: 'Hi there', person: pass}\n", encoding="utf-8")
+        "  - {question: q, model: m, answer: 'Hi there', person: pass}\n",
+        encoding="utf-8",
+    )
     recorded = load_recordings(answers)
     questions = questions_of(recorded.suites)
     without = rescore(recorded, questions, judge=None)
@@ -117,26 +138,40 @@ def test_rescore_with_a_judge_grades_rubrics(tmp_path: Path) -> None:
     assert (table.pp, table.pf, table.fp, table.ff) == (1, 1, 0, 1)
     text = "\n".join(report_lines(recorded, scored, recorded.suites, judge))
     assert "agreement with the person: 2/3 (67%)" in text
-    assert "P(yes)=0.80" in text and "judge judge: 3 verdicts computed, 0 from the cache" in text
+    assert "P(yes)=0.80" in text
+    assert "judge judge: 3 verdicts computed, 0 from the cache" in text
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("answers: [{model: m}]", "answers[0]: 'answer' must be a non-empty string"),
-    ("answers: [{model: m, answer: x, person: maybe}]", "answers[0]: person must be pass or fail, got 'maybe'"),
-    ("answers: [{model: m, answer: x, colour: red}]", "answers[0]: unknown key 'colour'"),
-    ("just text", "expected a mapping with an 'answers' list"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("answers: [{model: m}]", "answers[0]: 'answer' must be a non-empty string"),
+        (
+            "answers: [{model: m, answer: x, person: maybe}]",
+            "answers[0]: person must be pass or fail, got 'maybe'",
+        ),
+        ("answers: [{model: m, answer: x, colour: red}]", "answers[0]: unknown key 'colour'"),
+        ("just text", "expected a mapping with an 'answers' list"),
+    ],
+)
 def test_bad_recorded_answers_are_one_line(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "a.yaml"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(RecordingError, match=None) as info:
         load_recordings(path)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
 
 
-def test_rescore_needs_a_suite_for_a_report(recorded: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rescore_needs_a_suite_for_a_report(
+    recorded: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["rescore", str(recorded.path / "out")]) == 2
     assert "names no suite; pass --suite PATH" in capsys.readouterr().err
-    assert cli.main(["rescore", str(recorded.path / "out"), "--suite", str(recorded.path / "riddles.llm.yaml")]) == 0
+    assert (
+        cli.main(["rescore", str(recorded.path / "out"), "--suite", str(recorded.path / "riddles.llm.yaml")])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "rescore: 2 recorded answers" in out and "agreement" not in out  # no person's verdicts
+    assert "rescore: 2 recorded answers" in out
+    assert "agreement" not in out

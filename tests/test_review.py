@@ -92,7 +92,9 @@ class Keys(io.StringIO):
         self.keys, self.root, self.states = keys, root, []
 
     def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
-        self.states.append((pending(self.root), {q: snapshot_answer(self.root, q) for q in ("q1", "q2", "q3")}))
+        self.states.append(
+            (pending(self.root), {q: snapshot_answer(self.root, q) for q in ("q1", "q2", "q3")})
+        )
         return self.keys.pop(0) + "\n" if self.keys else ""
 
 
@@ -104,13 +106,15 @@ def test_review_accept_reject_skip_through_stdin(
     monkeypatch.setattr(sys, "stdin", keys)
     assert cli.main(["review", str(root)]) == 0
     out = capsys.readouterr().out
-    states = keys.states + [(pending(root), {q: snapshot_answer(root, q) for q in ("q1", "q2", "q3")})]
+    states = [*keys.states, (pending(root), {q: snapshot_answer(root, q) for q in ("q1", "q2", "q3")})]
     all_new = {SNAP.format(q) + ".new" for q in ("q1", "q2", "q3")}
     # before the first key: nothing written
     assert states[0] == (all_new, {"q1": "明明喜欢白白。", "q2": "Paris", "q3": "4"})
     # after accept (q1): its snapshot holds the new answer and its candidate is gone
-    assert states[1] == (all_new - {SNAP.format("q1") + ".new"},
-                         {"q1": "白白喜欢明明。", "q2": "Paris", "q3": "4"})
+    assert states[1] == (
+        all_new - {SNAP.format("q1") + ".new"},
+        {"q1": "白白喜欢明明。", "q2": "Paris", "q3": "4"},
+    )
     # after reject (q2): only its candidate is deleted, the snapshot keeps the old answer
     assert states[2] == ({SNAP.format("q3") + ".new"}, {"q1": "白白喜欢明明。", "q2": "Paris", "q3": "4"})
     # after skip (q3): the candidate stays for later
@@ -132,7 +136,8 @@ def test_accept_all_reject_all_and_list(drifted: pytest.Pytester, capsys: pytest
     root = drifted.path
     assert cli.main(["review", str(root), "--list"]) == 0
     out = capsys.readouterr().out
-    assert "3 pending answer(s)" in out and "fail -> pass" in out
+    assert "3 pending answer(s)" in out
+    assert "fail -> pass" in out
     assert len(pending(root)) == 3  # --list changes nothing
     assert cli.main(["review", str(root), "--reject-all"]) == 0
     assert pending(root) == set()
@@ -148,14 +153,17 @@ def test_accept_all_reject_all_and_list(drifted: pytest.Pytester, capsys: pytest
 
 
 def test_review_a_ci_report_into_another_checkout(
-    drifted: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    drifted: pytest.Pytester,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ci = drifted.path
     local = tmp_path / "checkout"
     local.mkdir()
-    shutil.copytree(ci / "__snapshots__", local / "__snapshots__",
-                    ignore=shutil.ignore_patterns("*.new"))  # a clean checkout: no candidates
+    shutil.copytree(
+        ci / "__snapshots__", local / "__snapshots__", ignore=shutil.ignore_patterns("*.new")
+    )  # a clean checkout: no candidates
     monkeypatch.setattr(sys, "stdin", io.StringIO("a\nr\nq\n"))
     assert cli.main(["review", str(ci / "out"), "--root", str(local)]) == 0
     out = capsys.readouterr().out
@@ -174,8 +182,14 @@ def test_review_in_a_pseudo_terminal(drifted: pytest.Pytester) -> None:
     root = drifted.path
     primary, secondary = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest_llmcheck.cli", "review", str(root)],
-                            stdin=secondary, stdout=secondary, stderr=secondary, env=env, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_llmcheck.cli", "review", str(root)],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        close_fds=True,
+    )
     os.close(secondary)
     seen = b""
 
@@ -213,4 +227,5 @@ def test_character_diff_works_for_chinese() -> None:
 def test_review_bad_source_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["review", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no such file or folder" in err
+    assert err.count("\n") == 1
+    assert "no such file or folder" in err

@@ -30,7 +30,8 @@ KNOWN_DISAGREEMENTS = {("riddle-2", "qwen")}
 def test_suite_agrees_with_the_person(recording: object) -> None:
     from pytest_llmcheck.recordings import Recording
 
-    assert isinstance(recording, Recording) and recording.question is not None
+    assert isinstance(recording, Recording)
+    assert recording.question is not None
     question = QUESTIONS[recording.question]
     answer = Answer(text=recording.answer, prompt=question.prompt, prompt_tokens=10, new_tokens=50,
                     seconds=1.0, ttft=0.1)
@@ -41,7 +42,8 @@ def test_suite_agrees_with_the_person(recording: object) -> None:
 
 def test_the_data_file_holds_the_seed_answers() -> None:
     seed = [r for r in RECORDED.recordings if r.model != "reference"]
-    assert len(seed) == 7 and {r.model for r in seed} == {"qwen", "chatglm3"}
+    assert len(seed) == 7
+    assert {r.model for r in seed} == {"qwen", "chatglm3"}
     assert all(r.prompt == QUESTIONS[r.question or ""].prompt for r in RECORDED.recordings)
     tables = confusion(rescore(RECORDED, QUESTIONS, judge=None))
     assert (tables["all"].agree, tables["all"].total) == (10, 11)

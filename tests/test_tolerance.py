@@ -21,16 +21,24 @@ def test_compare() -> None:
     assert Tolerance("normalized").compare(OLD, PUNCT) == (True, 1.0)
     assert Tolerance("normalized").compare(OLD, NEAR)[0] is False
     within, score = Tolerance("similar", 0.85).compare(OLD, NEAR)
-    assert within and 0.85 <= score < 1
+    assert within
+    assert 0.85 <= score < 1
     within, score = Tolerance("similar", 0.85).compare(OLD, FAR)
-    assert not within and score < 0.6
+    assert not within
+    assert score < 0.6
     assert Tolerance("similar", 0.9).compare("ＡＢＣ１２３", "ABC123") == (True, 1.0)  # width folded
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("exact", Tolerance()), ("normalized", Tolerance("normalized")), ("similar: 0.9", Tolerance("similar", 0.9)),
-    ("similar:0.85", Tolerance("similar", 0.85)), ({"similar": 0.9}, Tolerance("similar", 0.9)),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("exact", Tolerance()),
+        ("normalized", Tolerance("normalized")),
+        ("similar: 0.9", Tolerance("similar", 0.9)),
+        ("similar:0.85", Tolerance("similar", 0.85)),
+        ({"similar": 0.9}, Tolerance("similar", 0.9)),
+    ],
+)
 def test_parse(value: object, expected: Tolerance) -> None:
     assert parse_tolerance(value, "x") == expected
 
@@ -78,12 +86,17 @@ def test_suite_tolerances(fake: pytest.Pytester) -> None:
     assert "FAILED riddles.llm.yaml::exact[a]" in out
     assert "FAILED riddles.llm.yaml::far[a]" in out
     assert "(similarity 0.17, tolerance similar: 0.85)" in out  # the far one names its score
-    result.stdout.re_match_lines([r"\s+normalized\s+PASS.*drifted within tolerance \(1\.00\)",
-                                  r"\s+similar\s+PASS.*drifted within tolerance \(0\.9\d\)"])
+    result.stdout.re_match_lines(
+        [
+            r"\s+normalized\s+PASS.*drifted within tolerance \(1\.00\)",
+            r"\s+similar\s+PASS.*drifted within tolerance \(0\.9\d\)",
+        ]
+    )
     assert snapshots(fake) == before  # within tolerance: not rewritten
     report = json.loads((fake.path / "out/report.json").read_text("utf-8"))
     case = {c["case_id"]: c for c in report["models"][0]["cases"]}["similar"]
-    assert case["snapshot"] == "drifted" and 0.9 <= case["snapshot_similarity"] < 1
+    assert case["snapshot"] == "drifted"
+    assert 0.9 <= case["snapshot_similarity"] < 1
     assert "drifted within tolerance (0.9" in (fake.path / "out/report.html").read_text("utf-8")
     # --snapshot-update writes the changed ones, still not the drifted ones
     fake.runpytest("--llm-model=fake:a", "--snapshot-update").assert_outcomes(passed=4)
@@ -94,7 +107,8 @@ def test_suite_tolerances(fake: pytest.Pytester) -> None:
 
 
 def test_marker_and_ini_default(fake: pytest.Pytester) -> None:
-    fake.makepyfile(test_t="""
+    fake.makepyfile(
+        test_t="""
         import pytest
 
         @pytest.mark.llm_snapshot(similar=0.85)
@@ -107,7 +121,8 @@ def test_marker_and_ini_default(fake: pytest.Pytester) -> None:
 
         def test_keyword(llm):
             llm.ask("p1", snapshot="normalized")
-    """)
+    """
+    )
     answers(fake, {"p1": OLD, "p2": OLD, "p3": OLD})
     fake.runpytest("--llm-model=fake:a", "--snapshot-update").assert_outcomes(passed=3)
     answers(fake, {"p1": PUNCT, "p2": PUNCT, "p3": NEAR})
@@ -118,17 +133,21 @@ def test_marker_and_ini_default(fake: pytest.Pytester) -> None:
     result.assert_outcomes(passed=3)
     bad = fake.runpytest("--llm-model=fake:a", "--llm-snapshot=fuzzy")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    bad.stderr.fnmatch_lines(["*--llm-snapshot: invalid snapshot tolerance 'fuzzy'; allowed: exact, normalized*"])
+    bad.stderr.fnmatch_lines(
+        ["*--llm-snapshot: invalid snapshot tolerance 'fuzzy'; allowed: exact, normalized*"]
+    )
 
 
 def test_bad_marker_tolerance_fails_the_test_in_one_line(fake: pytest.Pytester) -> None:
-    fake.makepyfile(test_t="""
+    fake.makepyfile(
+        test_t="""
         import pytest
 
         @pytest.mark.llm_snapshot("roughly")
         def test_x(llm):
             llm.ask("p1")
-    """)
+    """
+    )
     result = fake.runpytest("--llm-model=fake:a")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*llm_snapshot(): invalid snapshot tolerance 'roughly'; allowed: exact*"])

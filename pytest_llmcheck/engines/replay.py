@@ -45,7 +45,8 @@ class ReplayEngine:
                 self.by_prompt[(rec.prompt, rec.system)].append(rec)
                 self.by_text[rec.prompt].append(rec)
         self.calls: dict[str, int] = defaultdict(int)
-        self.facts = LoadFacts(seconds=0.0, summary=f"replay of {len(mine)} recorded answers from {recorded.source}")
+        summary = f"replay of {len(mine)} recorded answers from {recorded.source}"
+        self.facts = LoadFacts(seconds=0.0, summary=summary)
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         found = self.by_prompt.get((prompt, system)) or self.by_text.get(prompt)

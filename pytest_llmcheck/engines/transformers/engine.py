@@ -203,7 +203,9 @@ class TransformersEngine:
             ttft=ttft,
         )
 
-    def next_token_probs(self, prompt: str, *, system: str | None, candidates: Sequence[str]) -> dict[str, float]:
+    def next_token_probs(
+        self, prompt: str, *, system: str | None, candidates: Sequence[str]
+    ) -> dict[str, float]:
         """Probability that the reply's first token is each candidate's first token (one
         forward pass, no sampling): what a ``judge:`` expectation reads."""
         import torch
