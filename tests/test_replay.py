@@ -77,11 +77,11 @@ def test_replay_of_an_unknown_model_or_source_is_one_line(recorded: pytest.Pytes
 
 
 def test_replay_the_seed_answers_through_the_riddle_suite(fake: pytest.Pytester) -> None:
-    shutil.copy(RIDDLES / "riddles.llm.yaml", fake.path)
-    shutil.copy(RIDDLES / "seed_answers.yaml", fake.path)
+    shutil.copytree(RIDDLES.parent, fake.path / "examples", ignore=shutil.ignore_patterns("__snapshots__"))
     result = fake.runpytest(
+        "examples/riddles",
         "--llm-model=replay:chatglm3",
-        "--llm-replay=seed_answers.yaml",
+        "--llm-replay=examples/riddles/seed_answers.yaml",
         "-p",
         "no:syrupy",
         "-p",
@@ -90,9 +90,9 @@ def test_replay_the_seed_answers_through_the_riddle_suite(fake: pytest.Pytester)
     # chatglm3: riddle-2 passes, riddles 3-5 fail as the person said; riddle-1 was not recorded
     result.assert_outcomes(passed=1, failed=4)
     result.stdout.fnmatch_lines(
-        ["replay: seed_answers.yaml has no answer of model 'chatglm3' to the prompt*"]
+        ["replay: examples/riddles/seed_answers.yaml has no answer of model 'chatglm3' to the prompt*"]
     )
-    assert "FAILED riddles.llm.yaml::riddle-2" not in result.stdout.str()
+    assert "FAILED examples/riddles/riddles.llm.yaml::riddle-2" not in result.stdout.str()
 
 
 def test_rescore_the_seed_answers(capsys: pytest.CaptureFixture[str]) -> None:
