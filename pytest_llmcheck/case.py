@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 
 from .engines.base import Answer, Engine
+from .errors import LlmcheckError
 from .expect import ExpectationError, Expectations, Failure, format_failure, parse_expectations
+from .judge import Judge
 from .registry import ModelRef
 from .results import CaseResult
 from .session import CASES_KEY, LlmcheckSession, strip_model
 from .suite import Question
+from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 
 def marker_expectations(item: pytest.Item) -> Expectations:
@@ -63,36 +66,49 @@ class LLM:
         *,
         system: str | None = None,
         expect: dict[str, Any] | None = None,
-        snapshot: bool | None = None,
+        snapshot: bool | str | dict[str, Any] | None = None,
     ) -> Answer:
         """Answer ``prompt`` once (or ``--llm-repeat`` times) and check it.
 
         Checks: the item's ``llm_expect`` markers, the question's own expectations and
         ``expect``; and the answer snapshot when the question comes from a suite, the
-        test has the ``llm_snapshot`` marker, or ``snapshot=True``.
+        test has the ``llm_snapshot`` marker, or ``snapshot=True`` (or a tolerance:
+        ``"normalized"``, ``"similar: 0.9"``; ``False`` turns it off).
         """
         item = self.request.node
         question = prompt if isinstance(prompt, Question) else None
         text = question.prompt if question else str(prompt)
         system = system if system is not None else (question.system if question else None)
         expectations = self._expectations(question, expect)
+        judge = self._judge(question) if expectations.judge else None
         answers = self._generate(text, system)
         self.answers.extend(answers)
         case, earlier_failed = self._record(question, text, answers)
         case.checks = expectations.describe()
+        judged_before = len(case.judgements)
+        failures_per_answer = [self._check(expectations, judge, a, case) for a in answers]
 
         problems: list[str] = []
-        if snapshot is None:
-            snapshot = question is not None or item.get_closest_marker("llm_snapshot") is not None
-        if snapshot and self.session.generation.greedy:  # sampled answers differ by design
-            from .snapshots import check_snapshot
+        tolerance = self._tolerance(question, snapshot)
+        if tolerance is not None and self.session.generation.greedy:  # sampled answers differ by design
+            from .snapshots import ReviewFacts, check_snapshot
 
-            outcome = check_snapshot(self.request, answers[-1], self.fingerprint())
+            last = answers[-1]
+
+            def verdict_of(old_text: str) -> str:
+                old = dataclasses.replace(last, text=old_text)
+                return "fail" if self._check(expectations, judge, old, None) else "pass"
+
+            review = ReviewFacts(case.case_id, self.ref.name,
+                                 "fail" if failures_per_answer[-1] else "pass", verdict_of)
+            outcome = check_snapshot(
+                self.request, last, self.fingerprint(), tolerance=tolerance, review=review
+            )
             case.snapshot, case.snapshot_diff = outcome.status, outcome.diff
+            case.snapshot_similarity, case.pending = outcome.similarity, outcome.pending
             if outcome.failure:
                 problems.append(outcome.failure)
 
-        failures_per_answer = [expectations.check(a) for a in answers]
         passes = sum(not f for f in failures_per_answer)
         wanted = question.min_passes if question and question.min_passes else len(answers)
         required = min(wanted, len(answers))
@@ -116,9 +132,65 @@ class LLM:
                 ("llm_tokens_per_second", f"{statistics.median(a.tokens_per_second for a in answers):.2f}"),
             ]
         )
+        for judgement in case.judgements[judged_before:]:
+            item.user_properties.append(("llm_judge_rubric", judgement["rubric"]))
+            item.user_properties.append(("llm_judge_probability", f"{judgement['probability']:.4f}"))
         if problems:
             pytest.fail("\n\n".join(problems), pytrace=False)
         return answers[-1]
+
+    def _tolerance(self, question: Question | None, snapshot: bool | str | dict[str, Any] | None
+                   ) -> Tolerance | None:
+        """The snapshot tolerance, or None for no snapshot: ``ask(snapshot=...)``, then the
+        question's ``snapshot:``, then the ``llm_snapshot`` marker, then the ini default."""
+        mark = self.request.node.get_closest_marker("llm_snapshot")
+        if snapshot is False or (snapshot is None and question is None and mark is None):
+            return None
+        try:
+            if snapshot is not None and snapshot is not True:
+                return parse_tolerance(snapshot, "ask(snapshot=...)")
+            if question is not None and question.snapshot is not None:
+                return question.snapshot
+            if mark is not None and (mark.args or mark.kwargs):
+                value = mark.args[0] if len(mark.args) == 1 and not mark.kwargs else dict(mark.kwargs)
+                return parse_tolerance(value, "llm_snapshot()")
+        except ToleranceError as exc:
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        return self.session.settings.snapshot
+
+    def _judge(self, question: Question | None) -> Judge:
+        """The judge model for this question: --llm-judge, else the suite's, else the ini's."""
+        settings = self.session.settings
+        spec = settings.judge
+        if question is not None and question.judge_model and (spec is None or settings.judge_from_ini):
+            spec = question.judge_model
+        if spec is None:
+            pytest.fail(
+                "judge: expectations need a judge model: pass --llm-judge=MODEL "
+                "(or ini llmcheck_judge, or judge_model: in the suite)",
+                pytrace=False,
+            )
+        try:
+            return self.session.judge(spec)
+        except LlmcheckError as exc:
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+    def _check(self, expectations: Expectations, judge: Judge | None, answer: Answer,
+               case: CaseResult | None) -> list[Failure]:
+        """Every unmet expectation of one answer, the judge's rubrics last."""
+        failures = expectations.check(answer)
+        if judge is None:
+            return failures
+        for rubric in expectations.judge:
+            try:
+                judgement = judge.grade(answer.prompt, answer.text, rubric)
+            except LlmcheckError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            if case is not None:
+                case.judgements.append(judgement.to_dict())
+            if not judgement.passed:
+                failures.append(Failure("judge", judgement.failure()))
+        return failures
 
     def _expectations(self, question: Question | None, expect: dict[str, Any] | None) -> Expectations:
         """The item's markers, then the question's, then ``ask(expect=...)``, merged."""
@@ -174,7 +246,10 @@ class LLM:
             # different samples; a greedy answer does not depend on the seed.
             nth = dataclasses.replace(config, seed=config.seed + len(answers))
             cpu = time.process_time()
-            answer = self.engine.generate(prompt, system=system, config=nth)
+            try:
+                answer = self.engine.generate(prompt, system=system, config=nth)
+            except LlmcheckError as exc:  # e.g. a replayed model with no recorded answer
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
             if answer.cpu_seconds is None and in_process:
                 answer = dataclasses.replace(answer, cpu_seconds=time.process_time() - cpu)
             answers.append(answer)

@@ -1,4 +1,4 @@
-"""``llmcheck``: look at, fill and empty the per-machine model cache.
+"""``llmcheck``: the per-machine model cache, answer review and rescoring.
 
 - ``llmcheck list``: the model registry and what the cache holds;
 - ``llmcheck pull MODEL...``: download, convert and quantize ahead of time (e.g. in a CI
@@ -7,6 +7,8 @@
 - ``llmcheck gc --older-than DAYS --max-size GB``: remove entries unused for a while, or the
   least recently used ones above a size;
 - ``llmcheck report merge A/ B/ -o OUT/``: one report from the reports of ``--llm-shard`` jobs.
+- ``llmcheck review [DIR | report.json]``: accept or reject pending answer candidates;
+- ``llmcheck rescore RECORDING``: grade recorded answers again, against a person's verdicts.
 
 Bad input is one line on stderr and exit status 2; a model that cannot be fetched or
 loaded is one line and status 1. torch, transformers and the hub clients are imported
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
+    from .engines.base import Engine
+    from .judge import Judge
     from .registry import ModelRef
     from .settings import Settings
 
@@ -135,6 +139,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_merge.add_argument("reports", nargs="+", type=Path, metavar="REPORT", help="a report folder")
     p_merge.add_argument("-o", "--output", type=Path, required=True, help="folder for the merged report")
+    p_review = sub.add_parser(
+        "review", help="accept or reject pending answer candidates (changed answers)",
+        description="Walk the pending answer candidates (*.txt.new beside their snapshots, or those a CI "
+        "run's report.json carries) and accept (a), reject (r), skip (s) or quit (q). Nothing is written "
+        "without an accept; a reject deletes only the candidate.",
+    )
+    p_review.add_argument(
+        "source", nargs="?", type=Path, default=Path("."),
+        help="a folder to look for candidates in (default: .), or a report.json or its folder",
+    )
+    what = p_review.add_mutually_exclusive_group()
+    what.add_argument("--accept-all", action="store_true", help="accept every candidate")
+    what.add_argument("--reject-all", action="store_true", help="reject every candidate")
+    what.add_argument("--list", action="store_true", help="list the candidates and change nothing")
+    p_review.add_argument("--root", type=Path, default=Path("."),
+                          help="the checkout a report's snapshot paths are relative to (default: .)")
+
+    p_rescore = sub.add_parser(
+        "rescore", help="grade recorded answers again (and compare with a person's verdicts)",
+        description="Check recorded answers (a report.json or its folder, a recorded-answers YAML/JSON "
+        "file, or a folder of answer snapshots) against a suite's expectations, without the models; "
+        "with a person's verdicts, print the agreement and a confusion table per expectation kind.",
+    )
+    p_rescore.add_argument("recording", type=Path, metavar="RECORDING")
+    p_rescore.add_argument("--suite", type=Path, action="append", default=None,
+                           help="the suite(s) whose expectations apply (default: those the recording names)")
+    p_rescore.add_argument("--judge", default=None, metavar="MODEL",
+                           help="grade judge: rubrics with this model (default: leave them ungraded)")
+    p_rescore.add_argument("--model", action="append", default=None, metavar="NAME",
+                           help="only the answers of this model (repeatable)")
+    p_rescore.add_argument(
+        "--quant", choices=tuple(QUANTIZERS), default="int4", help="the judge's quantization (default: int4)"
+    )
+    p_rescore.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    p_rescore.add_argument("--trust-remote-code", action="store_true",
+                           help="allow the judge model to run its own modeling code")
+    cache_dir(p_rescore)
     return parser
 
 
@@ -149,16 +190,20 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     from .cache import CacheError, default_cache_dir
 
-    given: Path | None = getattr(args, "cache_dir", None)  # `report` has no cache
+    given: Path | None = getattr(args, "cache_dir", None)  # `report` and `review` have no cache
     root: Path = given.expanduser() if given is not None else default_cache_dir()
     from .errors import LlmcheckError
 
-    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "gc": cmd_gc, "report": cmd_report}
+    commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "gc": cmd_gc, "report": cmd_report,
+                "review": cmd_review, "rescore": cmd_rescore}
     try:
         return commands[args.command](args, root)
-    except (UsageError, CacheError, LlmcheckError) as exc:
+    except (UsageError, CacheError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except LlmcheckError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -433,6 +478,93 @@ def cmd_report(args: argparse.Namespace, root: Path) -> int:
     print(f"merged {len(args.reports)} reports: {len(results.models)} models, {cases} results -> "
           f"{paths['html']} (and report.md, report.json)")
     return 0
+
+
+# -- review
+
+
+def cmd_review(args: argparse.Namespace, root: Path) -> int:
+    from .pending import candidates_from_report, find_candidates, load_report
+    from .review import list_lines, review
+
+    source: Path = args.source
+    is_report = source.is_file() or (source / "report.json").is_file()
+    if not source.exists():
+        raise UsageError(f"{source}: no such file or folder; give a folder or a report.json")
+    if is_report:
+        try:
+            data = load_report(source)
+        except ValueError as exc:
+            raise UsageError(f"{source}: not a report.json: {exc}") from None
+        candidates = candidates_from_report(data, args.root)
+        where = f"{source} (snapshots under {args.root})"
+    else:
+        candidates = find_candidates(source)
+        where = str(source)
+    if not candidates:
+        print(f"no pending answers in {where}")
+        return 0
+    if args.list:
+        print(f"{len(candidates)} pending answer(s) in {where}:")
+        for line in list_lines(candidates):
+            print("  " + line)
+        return 0
+    decide = None
+    if args.accept_all or args.reject_all:
+        verdict = "accept" if args.accept_all else "reject"
+        decide = lambda candidate: verdict  # noqa: E731
+    print(f"{len(candidates)} pending answer(s) in {where}")
+    review(candidates, decide=decide)
+    return 0
+
+
+# -- rescore
+
+
+def cmd_rescore(args: argparse.Namespace, root: Path) -> int:
+    from .recordings import load_recordings
+    from .rescore import questions_of, report_lines, rescore
+    from .suite import SuiteError
+
+    recorded = load_recordings(args.recording)
+    suites: list[Path] = args.suite or recorded.suites
+    if not suites:
+        raise UsageError(f"{args.recording} names no suite; pass --suite PATH (the *.llm.yaml whose "
+                         "expectations apply)")
+    try:
+        questions = questions_of(suites)
+    except SuiteError as exc:
+        raise UsageError(str(exc)) from None
+    judge = _cli_judge(args.judge, args, root) if args.judge else None
+    try:
+        scored = rescore(recorded, questions, judge, models=args.model or ())
+    finally:
+        if judge is not None:
+            judge.close()
+    for line in report_lines(recorded, scored, suites, judge):
+        print(line)
+    return 0
+
+
+def _cli_judge(spec: str, args: argparse.Namespace, root: Path) -> Judge:
+    from .engines.registry import EngineRegistry
+    from .judge import Judge, VerdictStore, judge_identity
+    from .registry import ModelRefError, resolve
+    from .settings import Settings
+
+    engines = EngineRegistry()
+    try:
+        ref = resolve(spec, root=Path.cwd(), engines=engines)
+    except ModelRefError as exc:
+        raise UsageError(f"--judge: {exc}") from None
+    settings = Settings(models=(spec,), models_given=True, quant=args.quant, threads=args.threads,
+                        cache_dir=root, trust_remote_code=("all",) if args.trust_remote_code else ())
+
+    def load() -> Engine:
+        print(f"loading judge {ref.name} ({ref.spec}) ...", file=sys.stderr)
+        return engines.load(ref, settings)
+
+    return Judge(ref.name, judge_identity(ref, settings), load, VerdictStore(root))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ Pure module: no pytest and no engine imports beyond the ``Answer`` data type.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import unicodedata
@@ -31,6 +32,7 @@ EXPECTATION_KEYS: tuple[str, ...] = (
     "max_cpu_seconds",
     "max_new_tokens",
     "ignore_case",
+    "judge",
 )
 _ALLOWED_TEXT = ", ".join(sorted(EXPECTATION_KEYS))
 
@@ -90,6 +92,7 @@ class Expectations:
     max_cpu_seconds: float | None = None
     max_new_tokens: int | None = None
     ignore_case: bool | None = None
+    judge: tuple[str, ...] = ()  # rubrics a judge model grades (see judge.py); check() skips them
 
     @property
     def case_insensitive(self) -> bool:
@@ -113,10 +116,13 @@ class Expectations:
             max_cpu_seconds=_stricter(self.max_cpu_seconds, other.max_cpu_seconds),
             max_new_tokens=_stricter(self.max_new_tokens, other.max_new_tokens),
             ignore_case=self.ignore_case if other.ignore_case is None else other.ignore_case,
+            judge=_union(self.judge, other.judge),
         )
 
     def check(self, answer: Answer) -> list[Failure]:
-        """Every unmet expectation, in ``EXPECTATION_KEYS`` order; empty means pass."""
+        """Every unmet expectation, in ``EXPECTATION_KEYS`` order; empty means pass.
+
+        ``judge`` rubrics need a model and are graded by the caller (``judge.py``)."""
         fold = self.case_insensitive
         text = normalize(answer.text, ignore_case=fold)
         failures: list[Failure] = []
@@ -187,7 +193,21 @@ class Expectations:
             lines.append(f"max_new_tokens <= {self.max_new_tokens}")
         if self.ignore_case is False:
             lines.append("ignore_case False (case-sensitive matching)")
+        lines.extend(f"judge {r!r}" for r in self.judge)
         return lines
+
+    def kinds(self) -> list[str]:
+        """The expectation keys in use, in check order (rescoring tables group by them)."""
+        return [key for key in EXPECTATION_KEYS if key != "ignore_case" and getattr(self, key)
+                not in ((), None)]
+
+    def without_judge(self) -> Expectations:
+        return dataclasses.replace(self, judge=())
+
+    def only(self, kind: str) -> Expectations:
+        """Just one kind of expectation (with the same case rule), for per-kind scoring."""
+        kept = {kind: getattr(self, kind)}
+        return Expectations(ignore_case=self.ignore_case, **kept)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able form that ``parse_expectations`` turns back into an equal object."""
@@ -204,6 +224,8 @@ class Expectations:
             out["max_new_tokens"] = self.max_new_tokens
         if self.ignore_case is not None:
             out["ignore_case"] = self.ignore_case
+        if self.judge:
+            out["judge"] = list(self.judge)
         return out
 
 
@@ -236,6 +258,7 @@ def parse_expectations(data: Mapping[str, object], *, where: str = "llm_expect()
         if key in data
     }
     patterns = _patterns(data["regex"], where) if "regex" in data else ()
+    rubrics = tuple(_as_list(data["judge"], where, "judge")) if "judge" in data else ()
     max_seconds, max_cpu_seconds = (
         _positive_number(data[key], where, key) if key in data else None
         for key in ("max_seconds", "max_cpu_seconds")
@@ -253,6 +276,7 @@ def parse_expectations(data: Mapping[str, object], *, where: str = "llm_expect()
         max_cpu_seconds=max_cpu_seconds,
         max_new_tokens=max_new_tokens,
         ignore_case=ignore_case,
+        judge=rubrics,
     )
 
 

@@ -17,6 +17,7 @@ from .case import LLM, marker_expectations
 from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
 from .engines.registry import EngineError, EngineRegistry
+from .errors import LlmcheckError
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options, oversubscribed
@@ -27,9 +28,11 @@ if TYPE_CHECKING:
 
 MARKERS = (
     "llm_expect(**expectations): check every answer of this test: contains, all_of, any_of, "
-    "not_contains, regex, max_seconds, max_cpu_seconds, max_new_tokens, ignore_case",
+    "not_contains, regex, max_seconds, max_cpu_seconds, max_new_tokens, ignore_case, "
+    "judge (rubrics for --llm-judge)",
     "llm_suite(path): parametrize the test's llm_question fixture with the questions of a *.llm.yaml suite",
-    "llm_snapshot: compare every answer of this test with its stored syrupy snapshot",
+    "llm_snapshot(tolerance='exact'): compare every answer of this test with its stored syrupy snapshot; "
+    "tolerance: exact, normalized, or similar=0.9",
 )
 
 
@@ -80,6 +83,11 @@ def pytest_configure(config: pytest.Config) -> None:
     session.uncaptured = lambda: _uncaptured(config)
     if session.settings.models_given:
         session.resolve_models()  # bad references stop the run here, as usage errors
+    if session.settings.judge is not None:
+        try:
+            session.judge(session.settings.judge)  # resolves the reference; loads nothing yet
+        except LlmcheckError as exc:
+            raise pytest.UsageError(f"--llm-judge: {exc}") from None
     config.stash[SESSION_KEY] = session
     if session.settings.shard is not None:
         from .shard import ShardSelector

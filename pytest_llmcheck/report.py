@@ -47,7 +47,25 @@ SNAPSHOT_LABEL = {
     "new": "new snapshot",
     "unchanged": "snapshot unchanged",
     "changed": "snapshot changed",
+    "drifted": "drifted within tolerance",
 }
+
+
+def snapshot_label(case: CaseResult) -> str:
+    """The snapshot status in words; a drifted answer says how similar it still is."""
+    label = SNAPSHOT_LABEL.get(case.snapshot, "")
+    if case.snapshot == "drifted" and case.snapshot_similarity is not None:
+        label += f" ({case.snapshot_similarity:.2f})"
+    if case.pending is not None:
+        label += " · pending review"
+    return label
+
+
+def judge_label(case: CaseResult) -> str:
+    """``judge P(yes) 0.93, 0.12`` for the report cells."""
+    if not case.judgements:
+        return ""
+    return "judge P(yes) " + ", ".join(f"{j['probability']:.2f}" for j in case.judgements[-8:])
 
 
 # --------------------------------------------------------------------------- JSON
@@ -175,7 +193,9 @@ def _md_cell(case: CaseResult | None) -> str:
     if case.tokens_per_second:
         parts.append(_fmt_tps(case.median_tokens_per_second))
     if case.snapshot in SNAPSHOT_LABEL:
-        parts.append(SNAPSHOT_LABEL[case.snapshot])
+        parts.append(snapshot_label(case))
+    if case.judgements:
+        parts.append(judge_label(case))
     line = "**" + _md(" · ".join(parts)) + "**"
     if case.failed_expectation:
         line += "<br>_" + _md(case.failed_expectation) + "_"
@@ -241,7 +261,7 @@ def _md_problem_row(qid: str, prompt: str, case: CaseResult) -> str:
     if reps:
         verdict.append(reps)
     if case.snapshot in SNAPSHOT_LABEL:
-        verdict.append(SNAPSHOT_LABEL[case.snapshot])
+        verdict.append(snapshot_label(case))
     question = f"**{_md(qid)}**<br>{_md(_preview(prompt, 80))}"
     why = _md(_preview(case.failed_expectation, MD_ANSWER)) if case.failed_expectation else "–"
     answer = _md(_preview(case.answer, MD_ANSWER)) if case.answer else "–"
@@ -540,11 +560,13 @@ def _cell_html(model: ModelResult, qid: str) -> str:
     if case.tokens_per_second:
         meta.append(f'<span class="tps">{_fmt_tps(case.median_tokens_per_second)}</span>')
     if case.snapshot in SNAPSHOT_LABEL:
-        meta.append(f'<span class="badge snap-{_e(case.snapshot)}">{SNAPSHOT_LABEL[case.snapshot]}</span>')
+        meta.append(f'<span class="badge snap-{_e(case.snapshot)}">{_e(snapshot_label(case))}</span>')
+    if case.judgements:
+        meta.append(f'<span class="judge">{_e(judge_label(case))}</span>')
     body = [f'<div class="meta">{"".join(meta)}</div>']
     if case.failed_expectation:
         body.append(f'<div class="why">{_e(case.failed_expectation)}</div>')
-    if case.snapshot == "changed" and case.snapshot_diff:
+    if case.snapshot in ("changed", "drifted") and case.snapshot_diff:
         body.append(
             '<details class="diff"><summary>snapshot diff</summary>'
             f"<pre>{_diff_html(case.snapshot_diff)}</pre></details>"

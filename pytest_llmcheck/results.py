@@ -28,8 +28,11 @@ class CaseResult:
     new_tokens: list[int] = field(default_factory=list)
     passes: int = 0  # answers that met all expectations (repeats)
     required_passes: int = 1
-    snapshot: str = "none"  # "new", "unchanged", "changed", "none"
+    snapshot: str = "none"  # "new", "unchanged", "changed", "drifted" (within tolerance), "none"
     snapshot_diff: str | None = None
+    snapshot_similarity: float | None = None  # of old and new answer, when they differ
+    pending: dict[str, Any] | None = None  # the candidate kept for `llmcheck review` (pending.py)
+    judgements: list[dict[str, Any]] = field(default_factory=list)  # judge: rubric, probability, passed
     reference: str | None = None  # a person's reference answer, from the suite
     checks: list[str] = field(default_factory=list)  # the expectations, one human line each
     soft: bool = False  # failure recorded without failing the test

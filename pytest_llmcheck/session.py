@@ -17,6 +17,7 @@ import pytest
 
 from .engines.base import Engine, GenerationConfig
 from .engines.registry import DEFAULT_ENGINE, EngineRegistry
+from .judge import Judge, JudgeError
 from .pool import ModelPool, ModelUnavailable
 from .registry import ModelRef, ModelRefError, resolve
 from .results import CaseResult, SessionResults
@@ -38,6 +39,7 @@ class LlmcheckSession:
     _refs: list[ModelRef] | None = None
     _ref_error: str | None = None
     pool: ModelPool = field(init=False)
+    judges: dict[str, Judge] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pool = ModelPool(self.make_engine, on_load=self._record_load)
@@ -98,6 +100,38 @@ class LlmcheckSession:
             reason = str(exc)
         pytest.fail(reason, pytrace=False)
 
+    def judge(self, spec: str) -> Judge:
+        """The judge model named ``spec``, made once per session and loaded on first need.
+
+        It lives beside the model under test (see README: a small judge costs little
+        memory, and swapping models per judged answer would reload the model under test),
+        and borrows that model when it is the same one.
+        """
+        if spec not in self.judges:
+            from .judge import VerdictStore, judge_identity
+
+            engine = self.settings.engine if self.settings.engine != "replay" else "transformers"
+            try:
+                ref = resolve(spec, root=self.rootpath, engines=self.engines, default_engine=engine)
+            except ModelRefError as exc:
+                raise JudgeError(f"judge model: {exc}") from None
+            ref = replace(ref, trust_remote_code=self.settings.trusts(ref.name))
+
+            def borrow() -> Engine | None:
+                current = self.pool.current
+                if current is not None and (current[0].spec, current[0].engine) == (ref.spec, ref.engine):
+                    return current[1]
+                return None
+
+            def load() -> Engine:
+                self.notify(f"llmcheck: loading judge {ref.name} ({ref.spec}) ...")
+                with self.uncaptured() if self.settings.progress else contextlib.nullcontext():
+                    return self.make_engine(ref)
+
+            self.judges[spec] = Judge(ref.name, judge_identity(ref, self.settings), load,
+                                      VerdictStore(self.settings.cache_dir), borrow=borrow)
+        return self.judges[spec]
+
     def _record_load(self, ref: ModelRef, engine: Engine, seconds: float) -> None:
         model = self.results.model(ref.name)
         model.source = ref.spec
@@ -146,12 +180,14 @@ class LlmcheckSession:
     def close(self) -> None:
         """Release the model (an xdist worker's end; the controller calls ``finish``)."""
         self.pool.release()
+        for judge in self.judges.values():
+            judge.close()
 
     def finish(self) -> list[str]:
         """Release the model, write the reports and return the failed gates."""
         from .gates import gate_failures
 
-        self.pool.release()
+        self.close()
         if self.results.models and self.settings.report_dir is not None:
             from .report import write_report
 

@@ -18,6 +18,7 @@ import pytest
 
 from .cache import default_cache_dir
 from .shard import Shard, parse_shard
+from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 QUANT_CHOICES = ("int4", "bf16", "none")
 QUANT_LABELS = {"int4": "int4", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
@@ -57,7 +58,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
     OptionSpec("engine", "engine for models without an @engine suffix: transformers, or one a plugin adds "
-               "(default: transformers)", "transformers"),
+               "(default: transformers; the replay engine with --llm-replay)"),
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
                "(default: int4)", "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
@@ -79,8 +80,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("temperature", "sampling temperature; 0 means greedy (default: 0)", "0"),
     OptionSpec("shard", "run part K of N (K/N, e.g. 2/4) in one CI job: the models go round robin to the "
                "parts, or the tests when there are fewer models than parts"),
+    OptionSpec("snapshot", "default answer snapshot tolerance: exact, normalized, or similar:0.9 "
+               "(default: exact)"),
+    OptionSpec("judge", "the model that grades judge: expectations (a model reference, as for --llm-model)"),
 )
-ENGINE_OPTIONS: tuple[OptionSpec, ...] = ()  # each engine's own options (OptionSpec.engine set)
+ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionSpec.engine set)
+    OptionSpec("replay", "answer from recorded answers instead of a model: a report.json (or its folder), "
+               "a recorded-answers YAML/JSON file or a folder of answer snapshots; "
+               "implies --llm-engine=replay",
+               engine="replay"),
+)
 
 
 def all_options() -> tuple[OptionSpec, ...]:
@@ -208,6 +217,9 @@ class Settings:
     min_pass_rate: float | None = None
     repeat: int = 1
     temperature: float = 0.0
+    snapshot: Tolerance = field(default_factory=Tolerance)  # the default answer snapshot tolerance
+    judge: str | None = None  # the judge model's reference
+    judge_from_ini: bool = False  # a suite's judge_model overrides an ini judge, not a command-line one
     progress: bool = False  # download bars on the terminal: not under -q, in CI or without a TTY
     models_given: bool = False  # the user chose models: resolve them at configure time (usage errors)
     shard: Shard | None = None  # --llm-shard=K/N: this job runs part K of N
@@ -260,13 +272,26 @@ class Settings:
                 result = config.inipath.parent / result
             return result
 
+        def tolerance(where: str, value: str) -> Tolerance:
+            try:
+                return parse_tolerance(value, where)
+            except ToleranceError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+        judge_where, judge = values["judge"]
+        engine = str(values["engine"][1] or "").strip()
+        if not engine:  # --llm-replay alone means: the replay engine
+            engine = "replay" if values["replay"][1] not in (None, "", []) else "transformers"
         cache = get("cache-dir", path, None)
         report = get("report", path, None)
         return cls(
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),
             progress=config.get_verbosity() >= 0 and sys.stderr.isatty() and not os.environ.get("CI"),
-            engine=str(values["engine"][1] or "transformers").strip(),
+            engine=engine,
+            snapshot=get("snapshot", tolerance, Tolerance()),
+            judge=str(judge).strip() or None if judge else None,
+            judge_from_ini=judge_where.startswith("ini "),
             engine_options={
                 spec.name: str(values[spec.name][1])
                 for spec in ENGINE_OPTIONS

@@ -46,7 +46,8 @@ import difflib
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ from syrupy.location import PyTestLocation
 from .engines.base import Answer
 from .errors import LlmcheckWarning
 from .session import model_of
+from .tolerance import Tolerance
 
 if TYPE_CHECKING:
     from syrupy.types import PropertyFilter, PropertyMatcher, SerializableData, SerializedData
@@ -71,9 +73,11 @@ _CHECKED_KEY = pytest.StashKey[bool]()
 
 @dataclass(frozen=True)
 class SnapshotOutcome:
-    status: str  # "new" | "unchanged" | "changed"
+    status: str  # "new" | "unchanged" | "changed" | "drifted" (within tolerance) | "none"
     diff: str | None
     failure: str | None  # the one message to fail the test with, or None
+    similarity: float | None = None  # of the normalized answers, when they differ
+    pending: dict[str, Any] | None = None  # the candidate kept for `llmcheck review`
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class StoredAnswer:
     fingerprint: dict[str, Any]
     prompt: str | None = None
     system: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # a pending candidate's review facts
 
     def render(self) -> str:
         lines = [TITLE]
@@ -91,6 +96,7 @@ class StoredAnswer:
             lines.append(f"prompt: {_dumps(self.prompt)}")
         if self.system is not None:
             lines.append(f"system: {_dumps(self.system)}")
+        lines.extend(f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in self.meta.items())
         pretty = json.dumps(self.fingerprint, ensure_ascii=False, indent=2, sort_keys=True)
         lines.append(f"fingerprint: {pretty}")
         header = "\n".join(line if line.startswith("# ") else f"# {line}" for block in lines
@@ -125,6 +131,7 @@ class StoredAnswer:
             fingerprint=fingerprint if isinstance(fingerprint, dict) else {},
             prompt=values.get("prompt") if isinstance(values.get("prompt"), str) else None,
             system=values.get("system") if isinstance(values.get("system"), str) else None,
+            meta={k: v for k, v in values.items() if k not in ("prompt", "system", "fingerprint")},
         )
 
 
@@ -136,12 +143,14 @@ class LLMAnswerExtension(SingleFileSnapshotExtension):
     """One answer per ``.txt`` file, compared on the answer only (see the module doc).
 
     ``compare_header`` is switched on under ``--snapshot-update`` so that a new
-    fingerprint for an unchanged answer is written too.
+    fingerprint for an unchanged answer is written too. ``tolerance`` is the question's:
+    an answer within it matches, so syrupy neither fails nor rewrites it.
     """
 
     file_extension = "txt"
     _write_mode = WriteMode.TEXT
     compare_header = False
+    tolerance = Tolerance()
 
     def serialize(
         self,
@@ -156,20 +165,43 @@ class LLMAnswerExtension(SingleFileSnapshotExtension):
         return str(data)
 
     def matches(self, *, serialized_data: SerializedData, snapshot_data: SerializedData) -> bool:
-        if self.compare_header:
-            return bool(serialized_data == snapshot_data)
         new, old = StoredAnswer.parse(str(serialized_data)), StoredAnswer.parse(str(snapshot_data))
-        return new.answer == old.answer
+        if new.answer == old.answer:
+            return bool(serialized_data == snapshot_data) if self.compare_header else True
+        return self.tolerance.compare(old.answer, new.answer)[0]
+
+
+@dataclass(frozen=True)
+class ReviewFacts:
+    """What a pending candidate records for its reviewer besides the answer."""
+
+    case_id: str
+    model: str
+    verdict_after: str  # the new answer's verdict
+    verdict_of: Callable[[str], str]  # the verdict an (old) answer text gets today
 
 
 def check_snapshot(
-    request: pytest.FixtureRequest, answer: Answer, fingerprint: dict[str, Any]
+    request: pytest.FixtureRequest,
+    answer: Answer,
+    fingerprint: dict[str, Any],
+    *,
+    tolerance: Tolerance | None = None,
+    review: ReviewFacts | None = None,
 ) -> SnapshotOutcome:
-    """Compare ``answer`` with its stored snapshot (or store it under ``--snapshot-update``)."""
+    """Compare ``answer`` with its stored snapshot (or store it under ``--snapshot-update``).
+
+    An answer that differs beyond ``tolerance`` (or has no snapshot yet) fails and is
+    kept as a pending candidate beside the snapshot (see ``pending.py``); one within it
+    passes as "drifted" and the snapshot stays as it is.
+    """
+    from .pending import Candidate, remove_stale
+
     if not request.config.pluginmanager.hasplugin("syrupy"):
         off = LlmcheckWarning("answer snapshots are off: syrupy is disabled (-p no:syrupy)")
         warnings.warn(off, stacklevel=2)
         return SnapshotOutcome("none", None, None)
+    tolerance = tolerance or Tolerance()
     node = request.node
     assertion = node.stash.get(_ASSERTION_KEY, None)
     if assertion is None:  # one per test, so a second ask() gets the next index (name.1)
@@ -178,6 +210,7 @@ def check_snapshot(
     extension = assertion.extension
     assert isinstance(extension, LLMAnswerExtension)
     extension.compare_header = bool(assertion.update_snapshots)
+    extension.tolerance = tolerance
     node.stash[_CHECKED_KEY] = True
 
     new = StoredAnswer(
@@ -185,27 +218,51 @@ def check_snapshot(
     )
     passed = assertion == new
     result = assertion.executions[assertion.num_executions - 1]
+    location = Path(result.snapshot_location)
     where = _display_path(result.snapshot_location, request.config.rootpath)
+
+    def keep_candidate(old: StoredAnswer | None, similarity: float | None) -> dict[str, Any] | None:
+        if review is None:
+            return None
+        candidate = Candidate(
+            snapshot=location, answer=new.answer, fingerprint=fingerprint, prompt=new.prompt,
+            system=new.system, case_id=review.case_id, model=review.model,
+            verdict_before=review.verdict_of(old.answer) if old is not None else None,
+            verdict_after=review.verdict_after, similarity=similarity,
+        )
+        candidate.write()
+        return candidate.to_report(request.config.rootpath)
+
     if result.exception is not None:
         return SnapshotOutcome("changed", None, f"answer snapshot {where}: {result.exception!r}")
     if result.recalled_data is None:
         if passed:
+            remove_stale(location)
             return SnapshotOutcome("new", None, None)
         return SnapshotOutcome(
             "new", None,
-            f"no answer snapshot {where} yet; run pytest with --snapshot-update to record this answer",
+            f"no answer snapshot {where} yet; run pytest with --snapshot-update to record this answer, "
+            "or review the pending answer with: llmcheck review",
+            pending=keep_candidate(None, None),
         )
     old = StoredAnswer.parse(str(result.recalled_data))
     if old.answer == new.answer:
+        remove_stale(location)
         return SnapshotOutcome("unchanged", None, None)
+    within, score = tolerance.compare(old.answer, new.answer)
     diff = answer_diff(old.answer, new.answer)
+    if within:  # within tolerance: passes, and the snapshot is left as it is
+        remove_stale(location)
+        return SnapshotOutcome("drifted", diff, None, similarity=score)
     if passed:  # --snapshot-update accepted it
-        return SnapshotOutcome("changed", diff, None)
+        remove_stale(location)
+        return SnapshotOutcome("changed", diff, None, similarity=score)
+    limit = f" (similarity {score:.2f}, tolerance {tolerance})" if tolerance.kind != "exact" else ""
     message = (
-        f"answer changed from snapshot {where}\n{fingerprint_note(old.fingerprint, fingerprint)}\n"
-        f"{diff}\nrun pytest with --snapshot-update to accept the new answer"
+        f"answer changed from snapshot {where}{limit}\n{fingerprint_note(old.fingerprint, fingerprint)}\n"
+        f"{diff}\nreview it with: llmcheck review (or run pytest with --snapshot-update to accept all)"
     )
-    return SnapshotOutcome("changed", diff, message)
+    return SnapshotOutcome("changed", diff, message, similarity=score, pending=keep_candidate(old, score))
 
 
 def answer_diff(old: str, new: str) -> str:

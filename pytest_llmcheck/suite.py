@@ -13,6 +13,11 @@ A suite file is named ``<name>.llm.yaml`` (or ``.llm.yml``) and read as UTF-8::
         reference: "..."       # optional reference answer written by a person
         tags: [easy, zh]       # optional list of str (a single str is one tag)
         min_passes: 4          # optional int >= 1: with repeats, answers that must pass
+        snapshot: {similar: 0.9} # optional: exact | normalized | {similar: 0.9} (or "similar: 0.9")
+
+Top level also takes ``snapshot:`` (the default tolerance of the file's questions) and
+``judge_model:`` (the model that grades ``judge:`` expectations, unless ``--llm-judge``
+names one).
 
 A question's expectations are ``suite_expect.merge(question_expect)``: lists add up,
 limits keep the stricter value, the question's ``ignore_case`` wins.
@@ -25,17 +30,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from pytest_llmcheck.expect import ExpectationError, Expectations, _show, parse_expectations
+from pytest_llmcheck.tolerance import Tolerance, ToleranceError, parse_tolerance
 
 SUITE_SUFFIXES: tuple[str, ...] = (".llm.yaml", ".llm.yml")
 
-_TOP_KEYS = ("expect", "questions", "suite", "system")
-_QUESTION_KEYS = ("expect", "id", "min_passes", "prompt", "reference", "system", "tags")
+_TOP_KEYS = ("expect", "judge_model", "questions", "snapshot", "suite", "system")
+_QUESTION_KEYS = ("expect", "id", "min_passes", "prompt", "reference", "snapshot", "system", "tags")
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -55,6 +61,8 @@ class Question:
     tags: tuple[str, ...] = ()
     min_passes: int | None = None
     path: Path | None = None
+    snapshot: Tolerance | None = None  # None: the ini/command-line default
+    judge_model: str | None = None  # the suite's judge model
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,10 @@ def parse_suite(text: str, path: Path) -> Suite:
         raise SuiteError(f"{path}: 'system' must be a string, got {_show(system)}")
 
     defaults = _expectations(data.get("expect"), str(path))
+    tolerance = _tolerance(data.get("snapshot"), str(path))
+    judge_model = data.get("judge_model")
+    if judge_model is not None and (not isinstance(judge_model, str) or not judge_model.strip()):
+        raise SuiteError(f"{path}: 'judge_model' must be a model reference, got {_show(judge_model)}")
 
     if "questions" not in data:
         raise SuiteError(f"{path}: missing 'questions'")
@@ -135,6 +147,10 @@ def parse_suite(text: str, path: Path) -> Suite:
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_questions):
         question = _question(raw, index, path, system or None, defaults)
+        question = replace(
+            question, snapshot=question.snapshot or tolerance,
+            judge_model=judge_model.strip() if judge_model else None,
+        )
         if question.id in first_index:
             raise SuiteError(
                 f"{path}: {question.id}: duplicate id "
@@ -199,7 +215,17 @@ def _question(
         tags=tags,
         min_passes=min_passes,
         path=path,
+        snapshot=_tolerance(raw.get("snapshot"), where),
     )
+
+
+def _tolerance(raw: object, where: str) -> Tolerance | None:
+    if raw is None:
+        return None
+    try:
+        return parse_tolerance(raw, f"{where}: snapshot")
+    except ToleranceError as exc:
+        raise SuiteError(str(exc)) from None
 
 
 def _expectations(raw: object, where: str) -> Expectations:

@@ -38,7 +38,9 @@ def summary_lines(results: SessionResults) -> list[str]:
                     f"{case.median_seconds:.2f}" if answered else "-",
                     f"{cpu:.2f}" if cpu is not None else "-",
                     f"{case.median_tokens_per_second:.1f}" if answered else "-",
-                    case.snapshot,
+                    f"drifted within tolerance ({case.snapshot_similarity:.2f})"
+                    if case.snapshot == "drifted" and case.snapshot_similarity is not None
+                    else case.snapshot + (" (pending review)" if case.pending else ""),
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -5,7 +5,9 @@ Inner pytest sessions load it with ``-p tests.fake_engine`` and use models named
 ``{"<model name>": {"<prompt>": "answer" | {"text": ..., "seconds": ..., "sleep": ..., "choices": [...]}}}``;
 without an entry the answer echoes the prompt. ``seconds`` is the latency the answer reports;
 ``sleep`` really waits that long (for wall-clock timers such as pytest-benchmark). A model
-named ``broken`` fails to load. ``GENERATES`` lists every generation as "<model>: <prompt>".
+named ``broken`` fails to load; one named ``plain...`` has no ``next_token_probs`` (cannot judge).
+As a judge, a fake model reads ``"__judge__": {"<text in the judge prompt>": P(yes)}``.
+``GENERATES`` lists every generation as "<model>: <prompt>".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,12 @@ from pytest_llmcheck.settings import Settings
 LOADS: list[str] = []  # model names in load order, for the load-count tests
 EVENTS: list[str] = []  # "load a", "close a", ...: shows one model in memory at a time
 GENERATES: list[str] = []  # "<model>: <prompt>" per generate() call, for the generate-once tests
+JUDGED: list[str] = []  # "<model>: <judge prompt>" per next_token_probs() call
 
 
-class FakeEngine:
+class PlainFakeEngine:
+    """A fake engine without ``next_token_probs`` (it cannot judge)."""
+
     name = "fake"
 
     def __init__(self, model: str, answers: dict[str, Any]) -> None:
@@ -65,11 +71,25 @@ class FakeEngine:
         EVENTS.append(f"close {self.model}")
 
 
+class FakeEngine(PlainFakeEngine):
+    def next_token_probs(
+        self, prompt: str, *, system: str | None, candidates: Sequence[str]
+    ) -> dict[str, float]:
+        """P(yes) is the value of the first ``__judge__`` entry whose text occurs in the
+        judge's prompt (0.1 when none does); P(no) is the rest."""
+        assert not self.closed, "next_token_probs() on a released model"
+        JUDGED.append(f"{self.model}: {prompt}")
+        table: dict[str, float] = self.answers.get("__judge__", {})
+        p_yes = next((float(p) for text, p in table.items() if text in prompt), 0.1)
+        yes, no = {"Yes", "是"}, {"No", "否"}
+        return {c: p_yes if c in yes else (1 - p_yes if c in no else 0.0) for c in candidates}
+
+
 def pytest_llmcheck_engines() -> list[EngineSpec]:
     return [EngineSpec("fake", "answers from fake_answers.json", load_fake, schemes=("fake",))]
 
 
-def load_fake(ref: ModelRef, settings: Settings) -> FakeEngine:
+def load_fake(ref: ModelRef, settings: Settings) -> PlainFakeEngine:
     name = ref.location.split(":", 1)[1]
     if name == "broken":
         raise RuntimeError("fake weights are corrupt")
@@ -77,4 +97,5 @@ def load_fake(ref: ModelRef, settings: Settings) -> FakeEngine:
     EVENTS.append(f"load {name}")
     path = Path("fake_answers.json")
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    return FakeEngine(name, table.get(name, {}))
+    kind = PlainFakeEngine if name.startswith("plain") else FakeEngine
+    return kind(name, table.get(name, {}))

@@ -171,7 +171,7 @@ def test_several_failures_are_counted_in_the_first_line(fake: pytest.Pytester) -
 # -- 2. marker validation and merging ---------------------------------------------------
 
 ALLOWED = (
-    "allowed: all_of, any_of, contains, ignore_case, max_cpu_seconds, max_new_tokens, max_seconds, "
+    "allowed: all_of, any_of, contains, ignore_case, judge, max_cpu_seconds, max_new_tokens, max_seconds, "
     "not_contains, regex"
 )
 BAD_MARKERS = [

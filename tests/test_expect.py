@@ -211,7 +211,7 @@ def error_for(data: dict[str, object], where: str = "llm_expect()") -> str:
 def test_unknown_key_lists_allowed() -> None:
     assert error_for({"contain": "x"}) == (
         "unknown expectation 'contain' in llm_expect(); allowed: all_of, any_of, contains, "
-        "ignore_case, max_cpu_seconds, max_new_tokens, max_seconds, not_contains, regex"
+        "ignore_case, judge, max_cpu_seconds, max_new_tokens, max_seconds, not_contains, regex"
     )
 
 

@@ -50,9 +50,15 @@ def run(pytester: pytest.Pytester, *args: str, models: str = "fake:a,fake:b") ->
 
 
 def snapshot_files(pytester: pytest.Pytester) -> dict[str, bytes]:
+    """The snapshot files (pending ``.txt.new`` candidates are not snapshots)."""
     root = pytester.path
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("__snapshots__/**/*"))
-            if p.is_file()}
+            if p.is_file() and p.suffix == ".txt"}
+
+
+def pending_files(pytester: pytest.Pytester) -> set[str]:
+    root = pytester.path
+    return {p.relative_to(root).as_posix() for p in root.rglob("__snapshots__/**/*.txt.new")}
 
 
 def assert_nothing_unused(result: pytest.RunResult) -> None:
@@ -107,14 +113,16 @@ def test_lifecycle_suite_and_python_test(project: pytest.Pytester) -> None:
     assert f"answer changed from snapshot {SUITE_A}" in out
     assert "fingerprint unchanged: the model itself answers differently" in out
     result.stdout.fnmatch_lines(["*-因为明明很聪明。", "*+因为明明很可爱。"])
-    assert "run pytest with --snapshot-update to accept the new answer" in out
+    assert "review it with: llmcheck review (or run pytest with --snapshot-update to accept all)" in out
     assert snapshot_files(project) == before  # trap 2: nothing rewritten without the flag
+    assert pending_files(project) == {SUITE_A + ".new", "__snapshots__/test_py/test_capital[a].1.txt.new"}
 
     # accept
     result = run(project, "--snapshot-update")
     result.assert_outcomes(passed=8)
     assert "2 snapshots updated" in result.stdout.str()
     assert StoredAnswer.parse((project.path / SUITE_A).read_text("utf-8")).answer.endswith("很可爱。")
+    assert pending_files(project) == set()  # accepted: the candidates are out of date
     run(project).assert_outcomes(passed=8)
 
 
@@ -149,10 +157,13 @@ def test_missing_snapshot_fails_and_writes_nothing(project: pytest.Pytester) -> 
     result.assert_outcomes(passed=2, failed=6)
     result.stdout.fnmatch_lines([
         "*no answer snapshot __snapshots__/riddles.llm/riddle-1[[]a].txt yet; "
-        "run pytest with --snapshot-update to record this answer",
+        "run pytest with --snapshot-update to record this answer, or review the pending answer with: "
+        "llmcheck review",
         "*no answer snapshot __snapshots__/test_py/test_capital[[]a].txt yet*",
     ])
-    assert snapshot_files(project) == {}
+    assert snapshot_files(project) == {}  # only pending candidates, for review
+    # a failed first ask() ends the test: its second answer is never asked
+    assert pending_files(project) == {f"{name}.new" for name in SUITE_FILES | PY_FILES if ".1." not in name}
 
 
 def test_other_models_snapshots_are_not_unused(project: pytest.Pytester) -> None:

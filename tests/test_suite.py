@@ -164,14 +164,14 @@ def test_duplicate_id(tmp_path: Path) -> None:
 def test_unknown_question_key(tmp_path: Path) -> None:
     message = error_for(tmp_path, question("id: riddle-1\npromt: hi"))
     assert message == (
-        "riddle-1: unknown key 'promt'; allowed: expect, id, min_passes, prompt, reference, "
+        "riddle-1: unknown key 'promt'; allowed: expect, id, min_passes, prompt, reference, snapshot, "
         "system, tags"
     )
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     message = error_for(tmp_path, "sweet: x\n" + question("id: a\nprompt: p"))
-    assert message == "unknown key 'sweet'; allowed: expect, questions, suite, system"
+    assert message == "unknown key 'sweet'; allowed: expect, judge_model, questions, snapshot, suite, system"
 
 
 def test_invalid_yaml_has_line(tmp_path: Path) -> None:

@@ -58,6 +58,12 @@ BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         "transformers + torch in this process; --llm-quant int4 (torchao), bf16 or none",
         "pytest_llmcheck.engines.transformers.loader:load_transformers",
     ),
+    EngineSpec(
+        "replay",
+        "answers from recorded answers (--llm-replay=report.json, a recorded-answers file or snapshots)",
+        "pytest_llmcheck.engines.replay:load_replay",
+        schemes=("replay",),
+    ),
 )
 
 

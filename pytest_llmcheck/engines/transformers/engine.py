@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,6 +233,24 @@ class TransformersEngine:
         if eos is None:
             return []
         return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+    def next_token_probs(
+        self, prompt: str, *, system: str | None, candidates: Sequence[str]
+    ) -> dict[str, float]:
+        """Probability that the reply's first token is each candidate's first token (one
+        forward pass, no sampling): what a ``judge:`` expectation reads."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        inputs = self._encode(prompt, system)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[0, -1].float()
+        probs = torch.softmax(logits, dim=-1)
+        out: dict[str, float] = {}
+        for candidate in candidates:
+            ids = self.tokenizer.encode(candidate, add_special_tokens=False)
+            out[candidate] = float(probs[ids[0]]) if ids else 0.0
+        return out
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:  # built once: every snapshot check asks for it

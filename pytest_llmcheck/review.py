@@ -1,0 +1,179 @@
+"""``llmcheck review``: walk the pending answer candidates and accept or reject each.
+
+Like ``cargo insta review``: one candidate at a time, with the question, the model,
+the old and new answer, a character-level diff (a word diff is useless for Chinese,
+which has no spaces), what changed in the fingerprint and the verdict before and
+after. Keys: ``a`` accept (write the snapshot), ``r`` reject (delete the candidate),
+``s`` skip (leave it), ``q`` quit. On a terminal one key press is enough; from a pipe
+each answer is a line. Nothing is written without an accept.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from .pending import Candidate
+from .snapshots import fingerprint_changes
+
+KEYS = {"a": "accept", "y": "accept", "r": "reject", "n": "reject", "s": "skip", "q": "quit"}
+_RED, _GREEN, _DIM, _BOLD, _RESET = "\033[31m", "\033[32m", "\033[2m", "\033[1m", "\033[0m"
+
+
+@dataclass
+class Style:
+    color: bool
+
+    def __call__(self, code: str, text: str) -> str:
+        return f"{code}{text}{_RESET}" if self.color and text else text
+
+
+def char_diff(old: str, new: str, style: Style) -> str:
+    """The new answer with deletions and insertions marked character by character:
+    ``[-old-]{+new+}`` (red and green on a terminal)."""
+    out: list[str] = []
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            out.append(new[j1:j2])
+            continue
+        if i2 > i1:
+            out.append(style(_RED, f"[-{old[i1:i2]}-]"))
+        if j2 > j1:
+            out.append(style(_GREEN, f"{{+{new[j1:j2]}+}}"))
+    return "".join(out)
+
+
+def describe(candidate: Candidate, index: int, total: int, style: Style) -> list[str]:
+    old = candidate.old()
+    where = candidate.snapshot
+    title = f"[{index}/{total}] {candidate.case_id or where.stem} · {candidate.model or '?'}"
+    lines = [style(_BOLD, title), style(_DIM, f"  snapshot: {where}")]
+    if candidate.prompt:
+        lines.append(f"  question: {candidate.prompt}")
+    if old is None:
+        lines.append("  fingerprint: new snapshot (nothing recorded yet)")
+    else:
+        changes = fingerprint_changes(old.fingerprint, candidate.fingerprint) if old.fingerprint else []
+        note = "unchanged: the model itself answers differently" if old.fingerprint and not changes else (
+            "changed: " + "; ".join(changes) if changes else "unknown (the snapshot records none)")
+        lines.append(f"  fingerprint: {note}")
+    before = candidate.verdict_before or ("-" if old is None else "?")
+    lines.append(f"  verdict: {before} -> {candidate.verdict_after or '?'}")
+    if candidate.similarity is not None:
+        lines.append(f"  similarity: {candidate.similarity:.2f}")
+    if old is not None:
+        lines.append("  old answer:")
+        lines += [f"    {line}" for line in (old.answer.splitlines() or [""])]
+    lines.append("  new answer:")
+    lines += [f"    {line}" for line in (candidate.answer.splitlines() or [""])]
+    if old is not None:
+        lines.append("  diff ([-removed-]{+added+}):")
+        lines += [f"    {line}" for line in char_diff(old.answer, candidate.answer, style).splitlines()]
+    return lines
+
+
+def read_key(stdin: IO[str], stdout: IO[str]) -> str:
+    """One answer: a single key press on a terminal, else a line; "quit" at the end of input."""
+    prompt = "  accept (a), reject (r), skip (s), quit (q)? "
+    while True:
+        text = _one_key(stdin, stdout, prompt) if stdin.isatty() else _line(stdin, stdout, prompt)
+        if not text:
+            stdout.write("\n")
+            return "quit"
+        key = text.strip().lower()[:1]
+        if stdin.isatty():
+            stdout.write(text.strip() + "\n")
+        if key in KEYS:
+            return KEYS[key]
+        stdout.write(f"  unknown key {text.strip()!r}; use a, r, s or q\n")
+
+
+def _line(stdin: IO[str], stdout: IO[str], prompt: str) -> str:
+    stdout.write(prompt)
+    stdout.flush()
+    return stdin.readline()
+
+
+def _one_key(stdin: IO[str], stdout: IO[str], prompt: str) -> str:
+    """The terminal goes to cbreak mode before the prompt shows, so a key pressed as soon
+    as it appears is read at once (not held back waiting for Enter)."""
+    import termios
+    import tty
+
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        stdout.write(prompt)
+        stdout.flush()
+        return stdin.read(1)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@dataclass
+class Tally:
+    accepted: int = 0
+    rejected: int = 0
+    skipped: int = 0
+
+    def line(self) -> str:
+        return f"accepted {self.accepted}, rejected {self.rejected}, skipped {self.skipped}"
+
+
+def review(
+    candidates: Sequence[Candidate],
+    *,
+    decide: Callable[[Candidate], str] | None = None,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    color: bool | None = None,
+) -> Tally:
+    """Walk ``candidates``; ``decide`` (for --accept-all / --reject-all) replaces the question."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    style = Style(stdout.isatty() if color is None else color)
+    tally = Tally()
+    for index, candidate in enumerate(candidates, 1):
+        old = candidate.old()
+        if old is not None and old.answer == candidate.answer:
+            candidate.discard()
+            stdout.write(f"[{index}/{len(candidates)}] {candidate.snapshot}: already up to date\n")
+            continue
+        if decide is None:
+            stdout.write("\n".join(describe(candidate, index, len(candidates), style)) + "\n")
+            action = read_key(stdin, stdout)
+        else:
+            action = decide(candidate)
+        if action == "quit":
+            tally.skipped += len(candidates) - index + 1
+            break
+        if action == "accept":
+            candidate.accept()
+            tally.accepted += 1
+            stdout.write(f"  accepted: wrote {candidate.snapshot}\n")
+        elif action == "reject":
+            candidate.discard()
+            tally.rejected += 1
+            gone = f"deleted {candidate.candidate_file}" if candidate.candidate_file else "nothing written"
+            stdout.write(f"  rejected: {gone}\n")
+        else:
+            tally.skipped += 1
+            stdout.write("  skipped\n")
+    stdout.write(tally.line() + "\n")
+    return tally
+
+
+def list_lines(candidates: Sequence[Candidate]) -> list[str]:
+    from .cli import table
+
+    rows: list[tuple[str, ...]] = [("snapshot", "question", "model", "verdict", "similarity")]
+    for c in candidates:
+        before = c.verdict_before or "-"
+        sim = f"{c.similarity:.2f}" if c.similarity is not None else "-"
+        rows.append((str(c.snapshot), c.case_id, c.model, f"{before} -> {c.verdict_after or '?'}", sim))
+    return table(rows)
