@@ -193,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     given: Path | None = getattr(args, "cache_dir", None)  # `report` and `review` have no cache
     root: Path = given.expanduser() if given is not None else default_cache_dir()
     from .errors import LlmcheckError
+    from .merge import MergeError
 
     commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "gc": cmd_gc, "report": cmd_report,
                 "review": cmd_review, "rescore": cmd_rescore}
     try:
         return commands[args.command](args, root)
-    except (UsageError, CacheError) as exc:
+    except (UsageError, CacheError, MergeError) as exc:  # what the user gave cannot be used
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except LlmcheckError as exc:
