@@ -43,6 +43,9 @@ class EngineSpec:
     description: str
     load: Loader | str
     schemes: tuple[str, ...] = ()  # reference schemes this engine owns, e.g. ("openai",)
+    # How a reference of those schemes is named (test ids, snapshot files); default: the
+    # text after the scheme, cleaned up.
+    ref_name: Callable[[str], str] | None = None
 
     def loader(self) -> Loader:
         if not isinstance(self.load, str):
@@ -52,11 +55,35 @@ class EngineSpec:
         return func
 
 
+def openai_ref_name(rest: str) -> str:
+    """``openai:<model>`` or ``openai:<base url>#<model>`` is named ``<model>@openai``.
+
+    The served model names the tests; the suffix keeps its snapshot files apart from the
+    same model run in process (``smollm2`` vs ``smollm2@openai``).
+    """
+    model = rest.rsplit("#", 1)[1] if "#" in rest else rest
+    return f"{model}@openai"
+
+
 BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         "transformers",
         "transformers + torch in this process; --llm-quant int4 (torchao), bf16 or none",
         "pytest_llmcheck.engines.transformers.loader:load_transformers",
+    ),
+    EngineSpec(
+        "llamacpp",
+        "llama.cpp in this process (extra [llamacpp]): GGUF files, folders and hub repos; "
+        "--llm-gguf-quant picks a file, float GGUFs are quantized (--llm-gguf-requant)",
+        "pytest_llmcheck.engines.llamacpp:load_llamacpp",
+    ),
+    EngineSpec(
+        "openai",
+        "an OpenAI-compatible chat-completions server (vLLM, llama.cpp, TGI, Ollama...): "
+        "openai:<model> with --llm-openai-url, or openai:<base url>#<model>",
+        "pytest_llmcheck.engines.openai:load_openai",
+        schemes=("openai",),
+        ref_name=openai_ref_name,
     ),
 )
 
