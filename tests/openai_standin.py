@@ -26,6 +26,7 @@ class Step:
     system_fingerprint: str | None = None
     malformed: bool = False  # send a chunk that is not JSON
     stall: float = 0.0  # seconds to wait after the first chunk
+    interrupt: bool = False  # "[DONE]" right after the first chunk, no finish_reason
     retry_after: str | None = "0"
 
 
@@ -98,6 +99,10 @@ class StandIn:
                 self.wfile.flush()
                 if step.stall:
                     time.sleep(step.stall)
+                if step.interrupt:
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                    return
                 if step.malformed:
                     self.wfile.write(b"data: {\"choices\": [oops\n\n")
                 for word in words[1:]:
@@ -108,7 +113,11 @@ class StandIn:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that hung up on a stalled answer, as the tests intend
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -63,6 +63,8 @@ class LlamaServer:
             sys.executable, "-m", "tests.llama_server", "--model", str(smollm2_path()),
             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(self.port),
             "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048", "--seed", "0",
+            # Queue concurrent requests instead of cutting the running answer off (its default).
+            "--interrupt_requests", "false",
         ]
         if api_key:
             args += ["--api_key", api_key]
@@ -138,15 +140,16 @@ def test_suite_runs_against_the_server_and_the_key_is_written_nowhere(
     write_ini(pytester, server.url)
     result = pytester.runpytest("--llm-model=openai:smollm2", "--llm-report=out", "--snapshot-update", "-v")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*capitals.llm::france[[]smollm2@openai[]] PASSED*"])
+    result.stdout.fnmatch_lines(["*capitals.llm.yaml::france[[]smollm2@openai[]] PASSED*"])
     report = json.loads((pytester.path / "out" / "report.json").read_text(encoding="utf-8"))
     (model,) = report["models"]
     assert model["name"] == "smollm2@openai"
     assert model["fingerprint"]["served_model"] == "smollm2"
     assert model["fingerprint"]["base_url"] == server.url
-    answers = [case["answer"] for case in report["cases"]]
+    answers = [case["answer"] for case in model["cases"]]
     assert len(answers) == 4 and all(answers), answers
-    assert all(case["new_tokens"] > 0 and 0 < case["ttft"] <= case["seconds"] for case in report["cases"])
+    for case in model["cases"]:
+        assert case["new_tokens"][0] > 0 and 0 < case["ttft"][0] <= case["seconds"][0]
     written = [p for p in pytester.path.rglob("*") if p.is_file()]
     assert any("__snapshots__" in p.parts for p in written)
     for path in written:
@@ -158,12 +161,17 @@ def test_xdist_two_workers_share_the_server_and_the_report_gathers(
     pytester: pytest.Pytester, server: LlamaServer, key: str
 ) -> None:
     write_ini(pytester, server.url)
-    result = pytester.runpytest_subprocess("--llm-model=openai:smollm2", "--llm-report=out", "-n", "2")
+    result = pytester.runpytest_subprocess(
+        "--llm-model=openai:smollm2", "--llm-report=out", "-n", "2", "-p", "no:syrupy"
+    )
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*created: 2/2 workers*", "*llmcheck summary*", "*smollm2@openai*4/4*"])
+    result.stdout.fnmatch_lines(
+        ["created: 2/2 workers", "*llmcheck summary*", "smollm2@openai (openai:smollm2): loaded 2x *", "*(4/4)*"]
+    )
     report = json.loads((pytester.path / "out" / "report.json").read_text(encoding="utf-8"))
-    assert sorted(case["id"] for case in report["cases"]) == ["france", "italy", "japan", "spain"]
-    assert all(case["answer"] for case in report["cases"])
+    (model,) = report["models"]
+    assert sorted(case["case_id"] for case in model["cases"]) == ["france", "italy", "japan", "spain"]
+    assert all(case["answer"] and case["new_tokens"][0] > 0 for case in model["cases"])
 
 
 def test_wrong_model_name_is_one_line(tmp_path: Path, server: LlamaServer, key: str) -> None:
@@ -188,13 +196,13 @@ def test_bad_and_missing_key(tmp_path: Path, server: LlamaServer, monkeypatch: p
         load_openai(ref, settings(tmp_path))
 
 
-def test_wrong_model_and_bad_key_fail_the_tests_with_one_line(
+def test_bad_key_errors_each_test_with_one_line(
     pytester: pytest.Pytester, server: LlamaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_ini(pytester, server.url)
     monkeypatch.setenv(KEY_ENV, "sk-wrong")
     result = pytester.runpytest("--llm-model=openai:smollm2", "-k", "france")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [f"*model 'smollm2@openai' (openai:smollm2) failed to load: OpenAIError: {server.url}/models refused "
          f"the API key in ${KEY_ENV} (401 Unauthorized)*"]
@@ -289,8 +297,8 @@ def test_5xx_is_retried_with_backoff_and_recovers(tmp_path: Path) -> None:
     assert waited >= 0.5 + 1.0  # the backoff: 0.5 s, then 1 s
 
 
-def test_malformed_and_stalled_streams(tmp_path: Path) -> None:
-    with StandIn(steps=[Step(), Step(malformed=True), Step(stall=3.0)]) as standin:
+def test_malformed_interrupted_and_stalled_streams(tmp_path: Path) -> None:
+    with StandIn(steps=[Step(), Step(malformed=True), Step(interrupt=True), Step(stall=3.0)]) as standin:
         ref = resolve(f"openai:{standin.url}#stand-in")
         engine = load_openai(ref, settings(tmp_path, **{"openai-timeout": "1"}))
         with pytest.raises(OpenAIError) as info:
@@ -298,6 +306,9 @@ def test_malformed_and_stalled_streams(tmp_path: Path) -> None:
         assert str(info.value) == (
             f"malformed answer stream from {standin.url}/chat/completions: '{{\"choices\": [oops' is not JSON"
         )
+        with pytest.raises(OpenAIError, match=r"ended without a finish_reason after 6 characters: the server "
+                           r"interrupted the answer .*--interrupt_requests false\)$"):
+            engine.generate("Hi", system=None, config=GenerationConfig())
         with pytest.raises(OpenAIError) as info:
             engine.generate("Hi", system=None, config=GenerationConfig())
         assert str(info.value) == (

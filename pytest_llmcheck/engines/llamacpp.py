@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import mmap
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -148,24 +150,65 @@ def ftype_names() -> dict[int, str]:
     return names
 
 
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """The scalar key/values of a GGUF header (arrays skipped), read without loading tensors.
+
+    A few milliseconds even for large files, where the ``gguf`` package's reader parses
+    every token string of the vocabulary in Python first (seconds).
+    """
+    values: dict[str, Any] = {}
+    with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"GGUF":
+            raise ValueError("no GGUF magic")
+        version, _tensors, count = struct.unpack_from("<IQQ", data, 4)
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old")
+        pos = 24
+
+        def string(at: int) -> tuple[str, int]:
+            (length,) = struct.unpack_from("<Q", data, at)
+            return bytes(data[at + 8 : at + 8 + length]).decode("utf-8", errors="replace"), at + 8 + length
+
+        def skip(kind: int, at: int) -> int:
+            if kind in _SCALAR:
+                return at + struct.calcsize("<" + _SCALAR[kind])
+            if kind == 8:
+                return string(at)[1]
+            if kind == 9:
+                inner, n = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if inner in _SCALAR:
+                    return at + n * struct.calcsize("<" + _SCALAR[inner])
+                for _ in range(n):
+                    at = skip(inner, at)
+                return at
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+        for _ in range(count):
+            key, pos = string(pos)
+            (kind,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            if kind in _SCALAR:
+                (values[key],) = struct.unpack_from("<" + _SCALAR[kind], data, pos)
+            elif kind == 8:
+                values[key] = string(pos)[0]
+            pos = skip(kind, pos)
+    return values
+
+
 def gguf_header(path: Path) -> tuple[str, int]:
     """The GGUF's weight type (``general.file_type``; "" when absent) and training context length."""
-    import gguf
-
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # not a GGUF, truncated, ...
+        meta = read_gguf_metadata(path)
+    except (OSError, ValueError, IndexError, struct.error) as exc:  # not a GGUF, truncated, ...
         raise LlamaCppError(f"{path} is not a readable GGUF file: {type(exc).__name__}: {exc}") from None
-
-    def number(key: str) -> int | None:
-        field = reader.fields.get(key)
-        return int(field.parts[field.data[0]][0]) if field is not None and field.data else None
-
-    arch = reader.fields.get("general.architecture")
-    arch_name = bytes(arch.parts[arch.data[0]]).decode() if arch is not None and arch.data else ""
-    ftype = number("general.file_type")
-    context = number(f"{arch_name}.context_length") or N_CTX_MAX
-    return ("" if ftype is None else ftype_names().get(ftype, str(ftype))), context
+    ftype = meta.get("general.file_type")
+    context = meta.get(f"{meta.get('general.architecture', '')}.context_length")
+    name = "" if ftype is None else ftype_names().get(int(ftype), str(ftype))
+    return name, int(context) if isinstance(context, int) and context > 0 else N_CTX_MAX
 
 
 class _Quiet:
@@ -429,7 +472,7 @@ class LlamaCppEngine:
         for token in llama.generate(
             tokens, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **sampling
         ):
-            if lc.llama_token_is_eog(vocab, token):
+            if lc.llama_vocab_is_eog(vocab, token):
                 break
             out.append(token)
             if len(out) >= config.max_new_tokens:

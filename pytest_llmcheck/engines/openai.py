@@ -291,7 +291,13 @@ class OpenAIEngine:
                 _take_chunk(event, result, url)
         finally:
             conn.close()
-        if not result.done and result.finish_reason is None:
+        if result.finish_reason is None:
+            if result.done:  # "[DONE]" without a finish_reason: the server cut the answer off
+                raise OpenAIError(
+                    f"the answer stream from {url} ended without a finish_reason after {len(result.text)} "
+                    "characters: the server interrupted the answer (llama-cpp-python's server does when "
+                    "another request waits; start it with --interrupt_requests false)"
+                )
             raise OpenAIError(
                 f"the answer stream from {url} ended before the answer was complete "
                 f"({len(result.text)} characters received; did the server stop?)"
