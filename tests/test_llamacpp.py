@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.cache import Cache
-from pytest_llmcheck.engines.llamacpp import KIND, LlamaCppError, choose_gguf, gguf_header
+from pytest_llmcheck.engines.llamacpp import KIND, LlamaCppError, _quiet, choose_gguf, gguf_header
 from pytest_llmcheck.registry import ModelRefError, resolve, smollm2_path
 from tests.hubserver import HubServer
 
@@ -42,7 +42,8 @@ def f16_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
     params.allow_requantize = True
     params.nthread = 2
-    status = llama_cpp.llama_model_quantize(str(smollm2_path()).encode(), str(out).encode(), ctypes.byref(params))
+    with _quiet():
+        status = llama_cpp.llama_model_quantize(str(smollm2_path()).encode(), str(out).encode(), ctypes.byref(params))
     assert status == 0
     return out
 
@@ -160,7 +161,9 @@ def test_float_gguf_is_quantized_once_per_machine(pytester: pytest.Pytester, f16
 
     again = pytester.runpytest(model, "-k", "france", "--snapshot-update")
     again.assert_outcomes(passed=1)
-    again.stdout.fnmatch_lines([f"{name} (*): loaded 1x in *s; * quantized from F16 (cached)"])
+    again.stdout.fnmatch_lines(
+        [f"{name} (*): loaded 1x in *s (from cache); llama.cpp Q4_K_M, * MiB, 1 thread; quantized from F16"]
+    )
     assert built.stat().st_mtime_ns == mtime
 
     other = pytester.runpytest(model, "-k", "france", "--llm-gguf-requant=q8_0", "--snapshot-update")

@@ -376,12 +376,11 @@ class LlamaCppEngine:
         self._formatter = self._chat_formatter()
         size = prepared.path.stat().st_size
         origin = f"; quantized from {prepared.source_quant}" if prepared.quant != prepared.source_quant else ""
-        cached = " (cached)" if prepared.from_cache else ""
         self.facts = LoadFacts(
             seconds=seconds,
             summary=(
                 f"llama.cpp {prepared.quant or 'unknown type'}, {size / 2**20:.0f} MiB, "
-                f"{threads} thread{'s' if threads != 1 else ''}{origin}{cached}"
+                f"{threads} thread{'s' if threads != 1 else ''}{origin}"
             ),
             quant=prepared.quant,
             from_cache=prepared.from_cache,
