@@ -118,13 +118,19 @@ def standalone(threads: int, tokens: int, repeats: int) -> list[Run]:
     guard = _no_extra_buffers(llama_cpp) if amx_compiled(llama_cpp) else contextlib.nullcontext()
     with guard:
         llm = llama_cpp.Llama(
-            str(smollm2_path()), n_ctx=N_CTX_MAX, n_batch=N_BATCH, n_ubatch=N_BATCH,
-            n_threads=threads, n_threads_batch=threads, seed=0, verbose=False,
+            str(smollm2_path()),
+            n_ctx=N_CTX_MAX,
+            n_batch=N_BATCH,
+            n_ubatch=N_BATCH,
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=0,
+            verbose=False,
         )
     messages: Any = [{"role": "user", "content": PROMPT}]
 
     def one() -> Run:
-        llm.reset()  # no reuse of the previous call's prompt: the engine computes every prompt
+        llm.reset()  # type: ignore[no-untyped-call]  # no reuse of the previous call's prompt: the engine computes every prompt
         llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         start = time.perf_counter()
         out: Any = llm.create_chat_completion(
@@ -141,13 +147,17 @@ def standalone(threads: int, tokens: int, repeats: int) -> list[Run]:
         llm.close()
 
 
-def row(name: str, threads: int, runs: list[Run], reference: float | None, ref_wall: float | None) -> list[str]:
+def row(
+    name: str, threads: int, runs: list[Run], reference: float | None, ref_wall: float | None
+) -> list[str]:
     wall = statistics.median(r.wall for r in runs)
     tokens = runs[0].tokens
     speed = statistics.median(r.tokens / r.wall for r in runs)
     ttft = [r.ttft for r in runs if r.ttft is not None]
     compute = [r.compute for r in runs if r.compute is not None]
-    overhead = statistics.median(r.wall - r.compute for r in runs if r.compute is not None) if compute else None
+    overhead = (
+        statistics.median(r.wall - r.compute for r in runs if r.compute is not None) if compute else None
+    )
     return [
         name,
         str(threads),
@@ -162,13 +172,25 @@ def row(name: str, threads: int, runs: list[Run], reference: float | None, ref_w
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="32 tokens, one repetition")
     args = parser.parse_args()
     tokens, repeats = (32, 1) if args.quick else (64, 3)
     start = time.perf_counter()
     print(f"SmolLM2-135M-Instruct (Q4_1 GGUF), greedy, {tokens} new tokens, median of {repeats}\n")
-    header = ["engine", "threads", "tokens", "tok/s", "ratio", "ttft s", "llama.cpp ms", "overhead ms", "plugin ms"]
+    header = [
+        "engine",
+        "threads",
+        "tokens",
+        "tok/s",
+        "ratio",
+        "ttft s",
+        "llama.cpp ms",
+        "overhead ms",
+        "plugin ms",
+    ]
     rows = [header]
     verdicts = []
     extra = True

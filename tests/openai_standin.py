@@ -88,7 +88,9 @@ class StandIn:
 
                 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
                     payload = {
-                        "id": "c1", "object": "chat.completion.chunk", "model": standin.model,
+                        "id": "c1",
+                        "object": "chat.completion.chunk",
+                        "model": standin.model,
                         "system_fingerprint": step.system_fingerprint,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                     }
@@ -104,7 +106,7 @@ class StandIn:
                     self.wfile.flush()
                     return
                 if step.malformed:
-                    self.wfile.write(b"data: {\"choices\": [oops\n\n")
+                    self.wfile.write(b'data: {"choices": [oops\n\n')
                 for word in words[1:]:
                     self.wfile.write(chunk({"content": " " + word}))
                 self.wfile.write(chunk({}, "stop"))

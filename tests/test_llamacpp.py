@@ -43,7 +43,9 @@ def f16_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params.allow_requantize = True
     params.nthread = 2
     with _quiet():
-        status = llama_cpp.llama_model_quantize(str(smollm2_path()).encode(), str(out).encode(), ctypes.byref(params))
+        status = llama_cpp.llama_model_quantize(
+            str(smollm2_path()).encode(), str(out).encode(), ctypes.byref(params)
+        )
     assert status == 0
     return out
 
@@ -121,20 +123,25 @@ def test_embedded_smollm2_through_pytest_with_llama_cpp_timings(pytester: pytest
     assert model["engine"] == "llamacpp"
     assert model["fingerprint"]["gguf"]["type"] == "Q4_1"
     for case in model["cases"]:
-        assert case["answer"] and 0 < case["new_tokens"][0] <= 16
+        assert case["answer"]
+        assert 0 < case["new_tokens"][0] <= 16
         assert 0 < case["ttft"][0] < case["seconds"][0]  # prompt eval, then prompt eval + decode
 
 
 def test_answers_are_byte_identical_across_sessions_and_question_order(pytester: pytest.Pytester) -> None:
     """Separate processes; the second asks in reverse order (no KV prefix reuse between answers)."""
     write_ini(pytester)
-    first = pytester.runpytest_subprocess("--llm-model=smollm2@llamacpp", "--llm-report=one", "--snapshot-update")
+    first = pytester.runpytest_subprocess(
+        "--llm-model=smollm2@llamacpp", "--llm-report=one", "--snapshot-update"
+    )
     first.assert_outcomes(passed=2)
     reordered = SUITE.split("  - id: ")
     write_ini(pytester, reordered[0] + "  - id: " + reordered[2].rstrip("\n") + "\n  - id: " + reordered[1])
     second = pytester.runpytest_subprocess("--llm-model=smollm2@llamacpp", "--llm-report=two", "-v")
     second.assert_outcomes(passed=2)
-    second.stdout.fnmatch_lines(["*riddle[[]smollm2@llamacpp[]] PASSED*", "*france[[]smollm2@llamacpp[]] PASSED*"])
+    second.stdout.fnmatch_lines(
+        ["*riddle[[]smollm2@llamacpp[]] PASSED*", "*france[[]smollm2@llamacpp[]] PASSED*"]
+    )
 
     def answers(folder: str) -> dict[str, str]:
         report = json.loads((pytester.path / folder / "report.json").read_text(encoding="utf-8"))
@@ -151,10 +158,13 @@ def test_float_gguf_is_quantized_once_per_machine(pytester: pytest.Pytester, f16
     name = f"{f16_gguf.stem}@llamacpp"
     first = pytester.runpytest(model, "-k", "france", "--snapshot-update")
     first.assert_outcomes(passed=1)
-    first.stdout.fnmatch_lines([f"{name} (*): loaded 1x in *s; llama.cpp Q4_K_M, * MiB, 1 thread; quantized from F16"])
+    first.stdout.fnmatch_lines(
+        [f"{name} (*): loaded 1x in *s; llama.cpp Q4_K_M, * MiB, 1 thread; quantized from F16"]
+    )
     cache = Cache(pytester.path / "cache")
     entries = [e for e in cache.list() if e["kind"] == KIND]
-    assert len(entries) == 1 and entries[0]["ready"]
+    assert len(entries) == 1
+    assert entries[0]["ready"]
     (built,) = Path(str(entries[0]["path"])).glob("*.gguf")
     assert gguf_header(built)[0] == "Q4_K_M"
     mtime = built.stat().st_mtime_ns
@@ -191,14 +201,24 @@ def test_hub_repo_downloads_only_the_chosen_quant(
     with HubServer() as hub:
         hub.add_repo("org/SmolLM2-GGUF", repo)
         monkeypatch.setenv("LLMCHECK_HF_ENDPOINT", hub.url)
-        result = pytester.runpytest("--llm-model=hf:org/SmolLM2-GGUF@llamacpp", "--llm-gguf-quant=Q4_1", "-k", "france", "--snapshot-update")
+        result = pytester.runpytest(
+            "--llm-model=hf:org/SmolLM2-GGUF@llamacpp",
+            "--llm-gguf-quant=Q4_1",
+            "-k",
+            "france",
+            "--snapshot-update",
+        )
         files = [path for _method, path in hub.calls() if "/resolve/" in path]
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["SmolLM2-GGUF@llamacpp (hf:org/SmolLM2-GGUF): *llama.cpp Q4_1, 94 MiB, 1 thread*"])
+    result.stdout.fnmatch_lines(
+        ["SmolLM2-GGUF@llamacpp (hf:org/SmolLM2-GGUF): *llama.cpp Q4_1, 94 MiB, 1 thread*"]
+    )
     assert {p.rsplit("/", 1)[-1] for p in files} == {"SmolLM2-135M-Instruct-Q4_1.gguf"}
 
 
-def test_folder_with_several_ggufs_fails_each_test_with_one_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_folder_with_several_ggufs_fails_each_test_with_one_line(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
     folder = tmp_path / "quants"
     folder.mkdir()
     for name in ("a-Q4_1.gguf", "a-Q8_0.gguf"):
@@ -207,8 +227,11 @@ def test_folder_with_several_ggufs_fails_each_test_with_one_line(pytester: pytes
     result = pytester.runpytest(f"--llm-model={folder}@llamacpp")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
-        [f"*LlamaCppError: {folder} holds 2 GGUF files; pick one with --llm-gguf-quant=<quant or file name>: "
-         "a-Q4_1.gguf, a-Q8_0.gguf"]
+        [
+            f"*LlamaCppError: {folder} holds 2 GGUF files; "
+            "pick one with --llm-gguf-quant=<quant or file name>: "
+            "a-Q4_1.gguf, a-Q8_0.gguf"
+        ]
     )
     picked = pytester.runpytest(
         f"--llm-model={folder}@llamacpp", "--llm-gguf-quant=Q8_0", "-k", "france", "--snapshot-update"

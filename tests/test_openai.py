@@ -10,7 +10,6 @@ what the real one cannot be made to: 429/5xx, a malformed or stalled stream, a
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 
 from pytest_llmcheck.engines import openai as openai_engine
 from pytest_llmcheck.engines.base import GenerationConfig
-from pytest_llmcheck.engines.openai import OpenAIEngine, OpenAIError, load_openai
+from pytest_llmcheck.engines.openai import OpenAIError, load_openai
 from pytest_llmcheck.registry import resolve, smollm2_path
 from pytest_llmcheck.settings import Settings
 from tests.openai_standin import StandIn, Step
@@ -60,11 +59,28 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.api_key = api_key
         args = [
-            sys.executable, "-m", "tests.llama_server", "--model", str(smollm2_path()),
-            "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048", "--seed", "0",
+            sys.executable,
+            "-m",
+            "tests.llama_server",
+            "--model",
+            str(smollm2_path()),
+            "--model_alias",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            "1",
+            "--n_threads_batch",
+            "1",
+            "--n_ctx",
+            "2048",
+            "--seed",
+            "0",
             # Queue concurrent requests instead of cutting the running answer off (its default).
-            "--interrupt_requests", "false",
+            "--interrupt_requests",
+            "false",
         ]
         if api_key:
             args += ["--api_key", api_key]
@@ -88,7 +104,9 @@ class LlamaServer:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        pytest.fail(f"llama_cpp.server did not start in {timeout}s: {self.log.read_text(errors='replace')[-2000:]}")
+        pytest.fail(
+            f"llama_cpp.server did not start in {timeout}s: {self.log.read_text(errors='replace')[-2000:]}"
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -147,9 +165,11 @@ def test_suite_runs_against_the_server_and_the_key_is_written_nowhere(
     assert model["fingerprint"]["served_model"] == "smollm2"
     assert model["fingerprint"]["base_url"] == server.url
     answers = [case["answer"] for case in model["cases"]]
-    assert len(answers) == 4 and all(answers), answers
+    assert len(answers) == 4
+    assert all(answers), answers
     for case in model["cases"]:
-        assert case["new_tokens"][0] > 0 and 0 < case["ttft"][0] <= case["seconds"][0]
+        assert case["new_tokens"][0] > 0
+        assert 0 < case["ttft"][0] <= case["seconds"][0]
     written = [p for p in pytester.path.rglob("*") if p.is_file()]
     assert any("__snapshots__" in p.parts for p in written)
     for path in written:
@@ -166,7 +186,12 @@ def test_xdist_two_workers_share_the_server_and_the_report_gathers(
     )
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
-        ["created: 2/2 workers", "*llmcheck summary*", "smollm2@openai (openai:smollm2): loaded 2x *", "*(4/4)*"]
+        [
+            "created: 2/2 workers",
+            "*llmcheck summary*",
+            "smollm2@openai (openai:smollm2): loaded 2x *",
+            "*(4/4)*",
+        ]
     )
     report = json.loads((pytester.path / "out" / "report.json").read_text(encoding="utf-8"))
     (model,) = report["models"]
@@ -191,8 +216,11 @@ def test_bad_and_missing_key(tmp_path: Path, server: LlamaServer, monkeypatch: p
     )
     assert "sk-wrong" not in str(info.value)
     monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(OpenAIError, match=rf"^{server.url}/models wants an API key \(401 Unauthorized\); "
-                       rf"set \${KEY_ENV}$"):
+    with pytest.raises(
+        OpenAIError,
+        match=rf"^{server.url}/models wants an API key \(401 Unauthorized\); "
+        rf"set \${KEY_ENV}$",
+    ):
         load_openai(ref, settings(tmp_path))
 
 
@@ -204,14 +232,15 @@ def test_bad_key_errors_each_test_with_one_line(
     result = pytester.runpytest("--llm-model=openai:smollm2", "-k", "france")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        [f"*model 'smollm2@openai' (openai:smollm2) failed to load: OpenAIError: {server.url}/models refused "
-         f"the API key in ${KEY_ENV} (401 Unauthorized)*"]
+        [
+            "*model 'smollm2@openai' (openai:smollm2) failed to load: "
+            f"OpenAIError: {server.url}/models refused "
+            f"the API key in ${KEY_ENV} (401 Unauthorized)*"
+        ]
     )
 
 
-def test_server_killed_in_the_middle_of_an_answer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_server_killed_in_the_middle_of_an_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     doomed = LlamaServer(tmp_path / "doomed.log", api_key=None)
     try:
         engine = load_openai(resolve(f"openai:{doomed.url}#smollm2"), settings(tmp_path))
@@ -224,8 +253,11 @@ def test_server_killed_in_the_middle_of_an_answer(
 
         monkeypatch.setattr(openai_engine, "_take_chunk", kill_after_first)
         with pytest.raises(OpenAIError) as info:
-            engine.generate("Write a long story about a dragon.", system=None,
-                            config=GenerationConfig(max_new_tokens=200, threads=1))
+            engine.generate(
+                "Write a long story about a dragon.",
+                system=None,
+                config=GenerationConfig(max_new_tokens=200, threads=1),
+            )
         assert str(info.value).startswith(
             f"the answer stream from {doomed.url}/chat/completions ended before the answer was complete"
         )
@@ -256,9 +288,12 @@ def test_reference_syntax_and_names(tmp_path: Path) -> None:
         openai_engine.parse_endpoint(resolve("openai:m"), settings(tmp_path))
     with pytest.raises(OpenAIError, match=r"names no model: write openai:<base url>#<served model>"):
         openai_engine.parse_endpoint(resolve("openai:http://h:1/v1"), settings(tmp_path))
-    with pytest.raises(OpenAIError, match=r"^--llm-openai-timeout: invalid value 'soon'; expected seconds > 0$"):
-        openai_engine.parse_endpoint(resolve("openai:m"), settings(tmp_path, **{
-            "openai-url": "http://h/v1", "openai-timeout": "soon"}))
+    with pytest.raises(
+        OpenAIError, match=r"^--llm-openai-timeout: invalid value 'soon'; expected seconds > 0$"
+    ):
+        openai_engine.parse_endpoint(
+            resolve("openai:m"), settings(tmp_path, **{"openai-url": "http://h/v1", "openai-timeout": "soon"})
+        )
 
 
 def test_greedy_request_and_key_header(tmp_path: Path, key: str) -> None:
@@ -267,9 +302,11 @@ def test_greedy_request_and_key_header(tmp_path: Path, key: str) -> None:
         answer = engine.generate("Capital of France?", system="Be brief.", config=GenerationConfig(seed=7))
     assert answer.text == "Paris."
     body = standin.requests[-1]
-    assert body["temperature"] == 0.0 and body["seed"] == 7 and body["stream"] is True
-    assert body["messages"] == [{"role": "system", "content": "Be brief."},
-                                {"role": "user", "content": "Capital of France?"}]
+    assert (body["temperature"], body["seed"], body["stream"]) == (0.0, 7, True)
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
     assert standin.headers[-1]["Authorization"] == f"Bearer {KEY}"
     assert KEY not in json.dumps(engine.fingerprint()) + engine.facts.summary
 
@@ -287,7 +324,12 @@ def test_429_is_retried_then_fails_in_one_line(tmp_path: Path) -> None:
 
 
 def test_5xx_is_retried_with_backoff_and_recovers(tmp_path: Path) -> None:
-    steps = [Step(), Step(status=503, retry_after=None), Step(status=502, retry_after=None), Step(text="Rome.")]
+    steps = [
+        Step(),
+        Step(status=503, retry_after=None),
+        Step(status=502, retry_after=None),
+        Step(text="Rome."),
+    ]
     with StandIn(steps=steps) as standin:
         engine = load_openai(resolve(f"openai:{standin.url}#stand-in"), settings(tmp_path))
         start = time.perf_counter()
@@ -306,13 +348,17 @@ def test_malformed_interrupted_and_stalled_streams(tmp_path: Path) -> None:
         assert str(info.value) == (
             f"malformed answer stream from {standin.url}/chat/completions: '{{\"choices\": [oops' is not JSON"
         )
-        with pytest.raises(OpenAIError, match=r"ended without a finish_reason after 6 characters: the server "
-                           r"interrupted the answer .*--interrupt_requests false\)$"):
+        with pytest.raises(
+            OpenAIError,
+            match=r"ended without a finish_reason after 6 characters: the server "
+            r"interrupted the answer .*--interrupt_requests false\)$",
+        ):
             engine.generate("Hi", system=None, config=GenerationConfig())
         with pytest.raises(OpenAIError) as info:
             engine.generate("Hi", system=None, config=GenerationConfig())
         assert str(info.value) == (
-            f"{standin.url}/chat/completions sent nothing for 1s in the middle of an answer (--llm-openai-timeout)"
+            f"{standin.url}/chat/completions sent nothing for 1s in the middle of an answer "
+            "(--llm-openai-timeout)"
         )
 
 
@@ -333,4 +379,3 @@ def test_server_upgrade_shows_as_fingerprint_change_in_the_snapshot_diff(
         result = pytester.runpytest("--llm-model=openai:stand-in", "-k", "france")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*fingerprint changed: *system_fingerprint b4100-aaaa -> b4200-bbbb*"])
-

@@ -61,9 +61,7 @@ def _requant(settings: Settings) -> str:
     for choice in REQUANT_CHOICES:
         if value.upper() == choice.upper():
             return choice
-    raise LlamaCppError(
-        f"--llm-gguf-requant: invalid value {value!r}; allowed: {', '.join(REQUANT_CHOICES)}"
-    )
+    raise LlamaCppError(f"--llm-gguf-requant: invalid value {value!r}; allowed: {', '.join(REQUANT_CHOICES)}")
 
 
 def gguf_candidates(folder: Path) -> list[str]:
@@ -120,7 +118,10 @@ def gguf_file(ref: ModelRef, settings: Settings) -> Path:
         if quant:  # fetch only the chosen file's candidates, not every quant of the repo
             patterns = (f"*{quant}*.gguf", f"*{quant.lower()}*.gguf", f"*{quant.upper()}*.gguf")
         folder = download(
-            ref, Cache(settings.cache_dir), offline=settings.offline, progress=settings.progress,
+            ref,
+            Cache(settings.cache_dir),
+            offline=settings.offline,
+            progress=settings.progress,
             patterns=patterns,
         )
         return folder / choose_gguf(folder, quant, ref.spec)
@@ -135,7 +136,9 @@ def _llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise LlamaCppError(f"the llamacpp engine needs llama-cpp-python; install it with: {INSTALL}") from None
+        raise LlamaCppError(
+            f"the llamacpp engine needs llama-cpp-python; install it with: {INSTALL}"
+        ) from None
     return llama_cpp
 
 
@@ -146,7 +149,7 @@ def ftype_names() -> dict[int, str]:
     for attr in dir(lc):
         for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
             if attr.startswith(prefix):
-                names.setdefault(int(getattr(lc, attr)), attr[len(prefix):])
+                names.setdefault(int(getattr(lc, attr)), attr[len(prefix) :])
     return names
 
 
@@ -181,7 +184,7 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
                 inner, n = struct.unpack_from("<IQ", data, at)
                 at += 12
                 if inner in _SCALAR:
-                    return at + n * struct.calcsize("<" + _SCALAR[inner])
+                    return at + int(n) * struct.calcsize("<" + _SCALAR[inner])
                 for _ in range(n):
                     at = skip(inner, at)
                 return at
@@ -366,7 +369,9 @@ class LlamaCppEngine:
 
     name = ENGINE
 
-    def __init__(self, llama: Any, ref: ModelRef, prepared: _Prepared, *, threads: int, seconds: float) -> None:
+    def __init__(
+        self, llama: Any, ref: ModelRef, prepared: _Prepared, *, threads: int, seconds: float
+    ) -> None:
         self.llama = llama
         self.ref = ref
         self.prepared = prepared
@@ -375,7 +380,9 @@ class LlamaCppEngine:
         self._lc = _llama_cpp()
         self._formatter = self._chat_formatter()
         size = prepared.path.stat().st_size
-        origin = f"; quantized from {prepared.source_quant}" if prepared.quant != prepared.source_quant else ""
+        origin = (
+            f"; quantized from {prepared.source_quant}" if prepared.quant != prepared.source_quant else ""
+        )
         self.facts = LoadFacts(
             seconds=seconds,
             summary=(
@@ -513,7 +520,9 @@ class LlamaCppEngine:
                     "bytes": path.stat().st_size,
                     "type": self.prepared.quant,
                     "quantized_from": (
-                        self.prepared.source_quant if self.prepared.quant != self.prepared.source_quant else None
+                        self.prepared.source_quant
+                        if self.prepared.quant != self.prepared.source_quant
+                        else None
                     ),
                     "header": _header_digest(path),
                 },
@@ -541,6 +550,7 @@ def _header_digest(path: Path) -> str:
 
 
 def _cpu_features(lc: Any) -> str:
-    """The SIMD features llama.cpp was built with and found ("AVX2 AVX512 ..."): its kernels depend on them."""
+    """The SIMD features llama.cpp was built with and found ("AVX2 AVX512 ..."); its kernels
+    depend on them."""
     info = lc.llama_print_system_info().decode("utf-8", errors="replace")
     return " ".join(sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)}))

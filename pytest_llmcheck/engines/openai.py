@@ -28,7 +28,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,7 +105,9 @@ def parse_endpoint(ref: ModelRef, settings: Settings) -> Endpoint:
         )
     retries_text = _option(settings, "openai-retries", "3")
     if not retries_text.isdigit() or int(retries_text) > 10:
-        raise OpenAIError(f"--llm-openai-retries: invalid value {retries_text!r}; expected a whole number 0..10")
+        raise OpenAIError(
+            f"--llm-openai-retries: invalid value {retries_text!r}; expected a whole number 0..10"
+        )
     key_env = _option(settings, "openai-key-env", DEFAULT_KEY_ENV)
     return Endpoint(url.rstrip("/"), model, key_env, timeout, int(retries_text))
 
@@ -175,8 +176,10 @@ class OpenAIEngine:
                 response = conn.getresponse()
             except ConnectionRefusedError:
                 conn.close()
-                raise OpenAIError(f"cannot connect to {url}: connection refused (is the server running?)") from None
-            except (TimeoutError, socket.timeout):
+                raise OpenAIError(
+                    f"cannot connect to {url}: connection refused (is the server running?)"
+                ) from None
+            except TimeoutError:
                 conn.close()
                 raise OpenAIError(
                     f"{url} did not answer within {self.endpoint.timeout:g}s (--llm-openai-timeout)"
@@ -203,7 +206,9 @@ class OpenAIEngine:
                 return OpenAIError(f"{url} wants an API key ({status}); set ${self.endpoint.key_env}")
             return OpenAIError(f"{url} refused the API key in ${self.endpoint.key_env} ({status}){why}")
         if code == 404:
-            return NotFound(f"model {self.endpoint.model!r} not found at {self.endpoint.shown_url} ({status}){why}")
+            return NotFound(
+                f"model {self.endpoint.model!r} not found at {self.endpoint.shown_url} ({status}){why}"
+            )
         if code in RETRY_STATUS:
             return OpenAIError(f"{url} answered {status} after {retries} retries (--llm-openai-retries){why}")
         return OpenAIError(f"{url} answered {status}{why}")
@@ -212,7 +217,7 @@ class OpenAIEngine:
         conn, response = self._send(method, path, body)
         try:
             raw = response.read()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise OpenAIError(
                 f"{self.endpoint.shown_url}{path} did not answer within {self.endpoint.timeout:g}s"
             ) from None
@@ -221,9 +226,7 @@ class OpenAIEngine:
         try:
             return json.loads(raw)
         except ValueError:
-            raise OpenAIError(
-                f"{self.endpoint.shown_url}{path} sent no JSON: {raw[:80]!r}"
-            ) from None
+            raise OpenAIError(f"{self.endpoint.shown_url}{path} sent no JSON: {raw[:80]!r}") from None
 
     # -- loading
 
@@ -239,7 +242,8 @@ class OpenAIEngine:
             self.served_models = [str(m.get("id")) for m in listing["data"] if isinstance(m, dict)]
             if self.served_models and self.endpoint.model not in self.served_models:
                 raise OpenAIError(
-                    f"model {self.endpoint.model!r} is not served at {url}; served: {', '.join(self.served_models)}"
+                    f"model {self.endpoint.model!r} is not served at {url}; "
+                    f"served: {', '.join(self.served_models)}"
                 )
         probe = self._stream_answer("Hi", None, GenerationConfig(max_new_tokens=1, seed=seed))
         self._note(probe)
@@ -372,7 +376,7 @@ def _events(response: http.client.HTTPResponse, url: str, timeout: float) -> Ite
     while True:
         try:
             raw = response.readline()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise OpenAIError(
                 f"{url} sent nothing for {timeout:g}s in the middle of an answer (--llm-openai-timeout)"
             ) from None
