@@ -112,7 +112,7 @@ def parse_hub_id(source: str, rest: str) -> tuple[str, str | None]:
 
 
 def _name_for(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._@-]+", "-", text).strip("-.@") or "model"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
     return name
 
 
@@ -192,9 +192,9 @@ def _resolve_source(
                 f"no engine serves the scheme {scheme + ':'!r} in {spec!r}; allowed schemes: "
                 + ", ".join(f"{s}:" for s in engines.schemes)
             )
-        name = owner.ref_name(rest) if owner.ref_name is not None else rest
+        name = owner.ref_name(rest) if owner.ref_name is not None else _name_for(rest)
         return ModelRef(
-            name=_name_for(name), source="plugin", location=spec, engine=owner.name, extra={"scheme": scheme}
+            name=name, source="plugin", location=spec, engine=owner.name, extra={"scheme": scheme}
         )
     path = Path(spec).expanduser()
     if root is not None and not path.is_absolute():

@@ -10,6 +10,7 @@ through the ``pytest_llmcheck_engines`` hook. An engine may also own a reference
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,8 +44,8 @@ class EngineSpec:
     description: str
     load: Loader | str
     schemes: tuple[str, ...] = ()  # reference schemes this engine owns, e.g. ("openai",)
-    # How a reference of those schemes is named (test ids, snapshot files); default: the
-    # text after the scheme, cleaned up.
+    # How a reference of those schemes is named (test ids, snapshot files: letters, digits,
+    # '.', '_', '-', '@'); default: the text after the scheme, cleaned up.
     ref_name: Callable[[str], str] | None = None
 
     def loader(self) -> Loader:
@@ -62,7 +63,7 @@ def openai_ref_name(rest: str) -> str:
     same model run in process (``smollm2`` vs ``smollm2@openai``).
     """
     model = rest.rsplit("#", 1)[1] if "#" in rest else rest
-    return f"{model}@openai"
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model") + "@openai"
 
 
 BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
