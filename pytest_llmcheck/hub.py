@@ -15,13 +15,14 @@ clients' own caches and credentials inside our cache folder.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,22 @@ def default_endpoint(source: str) -> str | None:
     return value.rstrip("/") or None
 
 
-def download_key(ref: ModelRef) -> dict[str, object]:
-    """The cache key of a hub model: what identifies the files, not how we named the model."""
+def download_key(ref: ModelRef, patterns: Sequence[str] | None = None) -> dict[str, object]:
+    """The cache key of a hub model: what identifies the files, not how we named the model.
+
+    A download of only some files (``patterns``, e.g. one quant of a GGUF repo) is its own entry.
+    """
     repo_id, revision = _checked(ref)
     slug = f"{ref.source}-{repo_id.replace('/', '--')}" + (f"-{revision}" if revision else "")
-    return {"name": slug, "source": ref.source, "repo": repo_id, "revision": revision}
+    key: dict[str, object] = {"name": slug, "source": ref.source, "repo": repo_id, "revision": revision}
+    if patterns:
+        key["patterns"] = sorted(set(patterns))
+    return key
 
 
-def cache_entry(ref: ModelRef, cache: Cache) -> CacheEntry:
+def cache_entry(ref: ModelRef, cache: Cache, patterns: Sequence[str] | None = None) -> CacheEntry:
     """The download entry of ``ref`` (ready or not), e.g. for ``llmcheck pull`` or a report."""
-    return cache.entry(KIND, download_key(ref))
+    return cache.entry(KIND, download_key(ref, patterns))
 
 
 def _checked(ref: ModelRef) -> tuple[str, str | None]:
@@ -97,15 +104,20 @@ def download(
     offline: bool = False,
     endpoint: str | None = None,
     progress: bool = False,
+    patterns: Sequence[str] | None = None,
 ) -> Path:
     """Return a local folder with the files of hub model ``ref``, downloading it once.
+
+    ``patterns`` (glob patterns, as the hub clients take them) limit the download to the
+    files that match any of them.
 
     ``endpoint`` defaults to ``$LLMCHECK_MODELSCOPE_ENDPOINT`` / ``$LLMCHECK_HF_ENDPOINT``,
     else the client's default hub. Offline (argument or env) only the cache is used.
     A failed or corrupted download raises HubError and leaves no ready entry.
     """
     repo_id, revision = _checked(ref)
-    entry = cache_entry(ref, cache)
+    patterns = sorted(set(patterns)) if patterns else None
+    entry = cache_entry(ref, cache, patterns)
     model_dir = entry.path / MODEL_DIR
     if entry.ready:
         return model_dir
@@ -122,9 +134,9 @@ def download(
         target.mkdir()
         started = time.time()
         if ref.source == "modelscope":
-            commit = _download_modelscope(ref, repo_id, revision, target, cache, endpoint, progress)
+            commit = _download_modelscope(ref, repo_id, revision, target, cache, endpoint, progress, patterns)
         else:
-            commit = _download_hf(ref, repo_id, revision, target, cache, endpoint, progress)
+            commit = _download_hf(ref, repo_id, revision, target, cache, endpoint, progress, patterns)
         info = {
             "source": ref.source,
             "repo": repo_id,
@@ -195,6 +207,7 @@ def _download_modelscope(
     cache: Cache,
     endpoint: str | None,
     progress: bool,
+    patterns: list[str] | None = None,
 ) -> str | None:
     """Fetch into ``target`` with ``modelscope.snapshot_download``; it checks size and sha256."""
     import requests
@@ -217,6 +230,7 @@ def _download_modelscope(
                 revision=revision,
                 local_dir=str(target),  # never {cache}/<owner>/<name>: that is taken as an old cache
                 endpoint=endpoint,
+                allow_patterns=patterns,
             )
         except (ms_errors.NotExistError, requests.HTTPError) as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -257,6 +271,7 @@ def _download_hf(
     cache: Cache,
     endpoint: str | None,
     progress: bool,
+    patterns: list[str] | None = None,
 ) -> str | None:
     """Fetch into ``target`` with ``huggingface_hub.snapshot_download``, then verify the files.
 
@@ -288,6 +303,7 @@ def _download_hf(
             cache_dir=str(cache.scratch("hf")),
             endpoint=endpoint,
             max_workers=4,
+            allow_patterns=patterns,
         )
     except RepositoryNotFoundError as exc:
         raise HubError(f"model {ref.spec} not found on {where} (404)") from exc
@@ -311,7 +327,7 @@ def _download_hf(
     finally:
         if quiet:
             bars.enable_progress_bars()
-    return _verify_hf(ref, repo_id, revision, target, endpoint)
+    return _verify_hf(ref, repo_id, revision, target, endpoint, patterns)
 
 
 def _git_blob_id(path: Path) -> str:
@@ -361,12 +377,20 @@ def _hf_listing(
 
 
 def _verify_hf(
-    ref: ModelRef, repo_id: str, revision: str | None, target: Path, endpoint: str | None
+    ref: ModelRef,
+    repo_id: str,
+    revision: str | None,
+    target: Path,
+    endpoint: str | None,
+    patterns: list[str] | None = None,
 ) -> str | None:
-    """Check every listed file by size and hash, then drop the client's metadata folder."""
+    """Check every listed file (that ``patterns`` asked for) by size and hash, then drop the
+    client's metadata folder."""
     commit, listing = _hf_listing(repo_id, revision, target, endpoint)
     where = _where("hf", endpoint)
     for rel, meta in sorted(listing.items()):
+        if patterns and not any(fnmatch.fnmatch(rel, p) for p in patterns):
+            continue
         path = target / rel
         if not path.is_file():
             raise HubError(f"download of {ref.spec} from {where} is incomplete: {rel} is missing")

@@ -146,7 +146,8 @@ def resolve(
                 f"unknown engine {suffix!r} in {spec!r}; allowed: {', '.join(engines.names)}"
             )
         spec, explicit = base, suffix
-    ref = _resolve_source(spec, root=root, engines=engines)
+    gguf_folders = (explicit or default_engine) != DEFAULT_ENGINE
+    ref = _resolve_source(spec, root=root, engines=engines, gguf_folders=gguf_folders)
     if ref.source == "plugin":
         owner = ref.engine
         if explicit is not None and explicit != owner:
@@ -160,7 +161,9 @@ def resolve(
     return replace(ref, engine=engine, name=f"{ref.name}@{engine}")
 
 
-def _resolve_source(spec: str, *, root: Path | None, engines: EngineRegistry) -> ModelRef:
+def _resolve_source(
+    spec: str, *, root: Path | None, engines: EngineRegistry, gguf_folders: bool = False
+) -> ModelRef:
     """The source part of a reference: alias, hub id, a scheme an engine owns, file or folder."""
     aliases = REGISTRY
     if not spec:
@@ -192,8 +195,9 @@ def _resolve_source(spec: str, *, root: Path | None, engines: EngineRegistry) ->
                 f"no engine serves the scheme {scheme + ':'!r} in {spec!r}; allowed schemes: "
                 + ", ".join(f"{s}:" for s in engines.schemes)
             )
+        name = owner.ref_name(rest) if owner.ref_name is not None else _name_for(rest)
         return ModelRef(
-            name=_name_for(rest), source="plugin", location=spec, engine=owner.name, extra={"scheme": scheme}
+            name=name, source="plugin", location=spec, engine=owner.name, extra={"scheme": scheme}
         )
     path = Path(spec).expanduser()
     if root is not None and not path.is_absolute():
@@ -206,9 +210,12 @@ def _resolve_source(spec: str, *, root: Path | None, engines: EngineRegistry) ->
             name=_name_for(path.stem), source="gguf", location=str(path.parent.resolve()), gguf_file=path.name
         )
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        # Other engines than transformers may take a folder of GGUF files (they pick the file).
+        gguf = gguf_folders and any(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and not gguf:
             raise ModelRefError(
-                f"model folder {spec} has no config.json (expected a transformers model folder)"
+                f"model folder {spec} has no config.json (expected a transformers model folder"
+                + (" or a folder of .gguf files)" if gguf_folders else ")")
             )
         return ModelRef(name=_name_for(path.resolve().name), source="local", location=str(path.resolve()))
     if "/" in spec or spec.startswith("."):

@@ -89,6 +89,18 @@ ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionS
                "a recorded-answers YAML/JSON file or a folder of answer snapshots; "
                "implies --llm-engine=replay",
                engine="replay"),
+    OptionSpec("gguf-quant", "llamacpp engine: which GGUF file of a folder or hub repo to run, by its quant "
+               "(e.g. Q4_K_M) or file name; needed when there are several", engine="llamacpp"),
+    OptionSpec("gguf-requant", "llamacpp engine: type a float (F32/F16/BF16) GGUF is quantized to, once per "
+               "machine: Q4_K_M, Q5_K_M, Q8_0, ... or none (default: Q4_K_M)", "Q4_K_M", engine="llamacpp"),
+    OptionSpec("openai-url", "openai engine: base URL of the server for openai:<model> references, "
+               "e.g. http://127.0.0.1:8080/v1", engine="openai"),
+    OptionSpec("openai-key-env", "openai engine: environment variable holding the API key; the key is "
+               "never printed or stored (default: OPENAI_API_KEY)", "OPENAI_API_KEY", engine="openai"),
+    OptionSpec("openai-timeout", "openai engine: seconds to wait for the server to connect or send the "
+               "next part of an answer (default: 120)", "120", engine="openai"),
+    OptionSpec("openai-retries", "openai engine: retries of a request answered 429 or 5xx, with "
+               "exponential backoff (default: 3)", "3", engine="openai"),
 )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
@@ -9,7 +10,7 @@ pytest_plugins = ["pytester"]
 
 
 def _preimport_heavy_modules() -> None:
-    """Import numpy, matplotlib, jsonschema, torch, transformers and torchao up front.
+    """Import numpy, matplotlib, jsonschema, torch, transformers, torchao and llama_cpp up front.
 
     pytester's in-process runs drop every module first imported inside them, and C
     extensions (numpy, torch, torchao's ops) cannot be imported twice in one process.
@@ -29,6 +30,8 @@ def _preimport_heavy_modules() -> None:
 
     with quiet_loggers("torchao", "torch.utils._pytree"):
         import torchao.quantization  # noqa: F401
+    with contextlib.suppress(ImportError):  # the [llamacpp] extra; its tests fail without it
+        import llama_cpp  # noqa: F401  (ctypes-loaded libllama)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -10,6 +10,7 @@ through the ``pytest_llmcheck_engines`` hook. An engine may also own a reference
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +44,9 @@ class EngineSpec:
     description: str
     load: Loader | str
     schemes: tuple[str, ...] = ()  # reference schemes this engine owns, e.g. ("openai",)
+    # How a reference of those schemes is named (test ids, snapshot files: letters, digits,
+    # '.', '_', '-', '@'); default: the text after the scheme, cleaned up.
+    ref_name: Callable[[str], str] | None = None
 
     def loader(self) -> Loader:
         if not isinstance(self.load, str):
@@ -50,6 +54,16 @@ class EngineSpec:
         module, _, attr = self.load.partition(":")
         func: Loader = getattr(importlib.import_module(module), attr)
         return func
+
+
+def openai_ref_name(rest: str) -> str:
+    """``openai:<model>`` or ``openai:<base url>#<model>`` is named ``<model>@openai``.
+
+    The served model names the tests; the suffix keeps its snapshot files apart from the
+    same model run in process (``smollm2`` vs ``smollm2@openai``).
+    """
+    model = rest.rsplit("#", 1)[1] if "#" in rest else rest
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model") + "@openai"
 
 
 BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
@@ -63,6 +77,20 @@ BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         "answers from recorded answers (--llm-replay=report.json, a recorded-answers file or snapshots)",
         "pytest_llmcheck.engines.replay:load_replay",
         schemes=("replay",),
+    ),
+    EngineSpec(
+        "llamacpp",
+        "llama.cpp in this process (extra [llamacpp]): GGUF files, folders and hub repos; "
+        "--llm-gguf-quant picks a file, float GGUFs are quantized (--llm-gguf-requant)",
+        "pytest_llmcheck.engines.llamacpp:load_llamacpp",
+    ),
+    EngineSpec(
+        "openai",
+        "an OpenAI-compatible chat-completions server (vLLM, llama.cpp, TGI, Ollama...): "
+        "openai:<model> with --llm-openai-url, or openai:<base url>#<model>",
+        "pytest_llmcheck.engines.openai:load_openai",
+        schemes=("openai",),
+        ref_name=openai_ref_name,
     ),
 )
 

