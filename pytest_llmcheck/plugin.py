@@ -218,7 +218,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     from .xdist import make_scheduler
 
     llm_session = config.stash.get(SESSION_KEY, None)
-    models = [ref.name for ref in llm_session.resolve_models()] if llm_session is not None else []
+    if llm_session is None:
+        return None
+    engines = llm_session.engines
+    models = [ref.name for ref in llm_session.resolve_models() if not engines.get(ref.engine).remote]
     return make_scheduler(config, log, models)
 
 

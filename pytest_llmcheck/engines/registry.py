@@ -47,6 +47,9 @@ class EngineSpec:
     # How a reference of those schemes is named (test ids, snapshot files: letters, digits,
     # '.', '_', '-', '@'); default: the text after the scheme, cleaned up.
     ref_name: Callable[[str], str] | None = None
+    # Loading is cheap and answers come from elsewhere (a server): under xdist its tests
+    # spread over all workers, so N requests are in flight, instead of one worker per model.
+    remote: bool = False
 
     def loader(self) -> Loader:
         if not isinstance(self.load, str):
@@ -91,6 +94,7 @@ BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         "pytest_llmcheck.engines.openai:load_openai",
         schemes=("openai",),
         ref_name=openai_ref_name,
+        remote=True,
     ),
 )
 
