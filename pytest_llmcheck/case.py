@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .engines.base import Answer, Engine
+from .errors import LlmcheckError
 from .expect import ExpectationError, Expectations, Failure, format_failure, parse_expectations
 from .registry import ModelRef
 from .results import CaseResult
@@ -168,7 +169,12 @@ class LLM:
             # Each repeat samples with its own seed (seed, seed+1, ...): reproducible, yet N
             # different samples; a greedy answer does not depend on the seed.
             nth = dataclasses.replace(config, seed=config.seed + len(answers))
-            answers.append(self.engine.generate(prompt, system=system, config=nth))
+            try:
+                answers.append(self.engine.generate(prompt, system=system, config=nth))
+            except LlmcheckError as exc:  # one line; an engine's own log goes into the report
+                if exc.details:
+                    self.request.node.add_report_section("call", "llmcheck engine", exc.details)
+                raise pytest.fail.Exception(f"model {self.ref.name!r}: {exc}", pytrace=False) from None
 
         used = run_timed(
             self.request,

@@ -210,7 +210,7 @@ def llm(request: pytest.FixtureRequest) -> LLM:
     """The model under test; parametrized over ``--llm-model``: ``llm.ask("...")``."""
     session = request.config.stash[SESSION_KEY]
     ref = session.ref_named(model_of(request.node) or "")
-    return LLM(ref=ref, engine=session.engine(ref), session=session, request=request)
+    return LLM(ref=ref, engine=session.engine(ref, request.node), session=session, request=request)
 
 
 @pytest.fixture

@@ -54,8 +54,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("model", "models to test, a comma list of aliases, hub references "
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
-    OptionSpec("engine", "engine for models without an @engine suffix: transformers, or one a plugin adds "
-               "(default: transformers)", "transformers"),
+    OptionSpec("engine", "engine for models without an @engine suffix: transformers, itrex, or one a "
+               "plugin adds (default: transformers)", "transformers"),
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
                "(default: int4)", "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
@@ -75,7 +75,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("repeat", "answers per question, for sampled decoding (default: 1)", "1"),
     OptionSpec("temperature", "sampling temperature; 0 means greedy (default: 0)", "0"),
 )
-ENGINE_OPTIONS: tuple[OptionSpec, ...] = ()  # each engine's own options (OptionSpec.engine set)
+# Each engine's own options (OptionSpec.engine set); values reach the engine raw, it validates them.
+ENGINE_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("itrex-python", "itrex engine: the Python of an environment with the ITREX stack (default: "
+               "the one 'llmcheck env create itrex' built in the cache, or $LLMCHECK_ITREX_PYTHON)",
+               engine="itrex"),
+    OptionSpec("itrex-quant", "itrex engine: int4 (ITREX RTN, the default) or none (fp32 in the same worker, "
+               "for parity checks)", engine="itrex"),
+    OptionSpec("itrex-timeout", "itrex engine: seconds to wait for each answer of the worker; loading "
+               "waits three times as long (default: 600)", engine="itrex"),
+)
 
 
 def all_options() -> tuple[OptionSpec, ...]:

@@ -58,6 +58,12 @@ BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         "transformers + torch in this process; --llm-quant int4 (torchao), bf16 or none",
         "pytest_llmcheck.engines.transformers.loader:load_transformers",
     ),
+    EngineSpec(
+        "itrex",
+        "Intel Extension for Transformers RTN INT4 (the seed's recipe) in its own Python; "
+        "create it once with: llmcheck env create itrex",
+        "pytest_llmcheck.engines.itrex.engine:load_itrex",
+    ),
 )
 
 
