@@ -83,7 +83,7 @@ ENGINE_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("itrex-quant", "itrex engine: int4 (ITREX RTN, the default) or none (fp32 in the same worker, "
                "for parity checks)", engine="itrex"),
     OptionSpec("itrex-timeout", "itrex engine: seconds to wait for each answer of the worker; loading "
-               "waits three times as long (default: 600)", engine="itrex"),
+               "waits three times as long, at least 120 (default: 600)", engine="itrex"),
 )
 
 
@@ -186,7 +186,9 @@ class Settings:
         return not self.no_cache
 
     def trusts(self, model_name: str) -> bool:
-        return "all" in self.trust_remote_code or model_name in self.trust_remote_code
+        """Whether ``model_name`` may run its own code; ``qwen`` also allows ``qwen@itrex``."""
+        names = {model_name, model_name.split("@", 1)[0]}
+        return "all" in self.trust_remote_code or bool(names & set(self.trust_remote_code))
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

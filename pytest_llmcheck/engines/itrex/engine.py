@@ -210,6 +210,36 @@ def _kill_live_workers() -> None:
             worker.kill()
 
 
+def check_remote_code(ref: ModelRef, folder: Path) -> None:
+    """A model whose config names its own code (``auto_map``) needs those files beside it.
+
+    Checked here, in one line, rather than as a long transformers traceback from the worker.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        tok = folder / "tokenizer_config.json"
+        tok_map = json.loads(tok.read_text(encoding="utf-8")).get("auto_map", {}) if tok.is_file() else {}
+        targets = [*config.get("auto_map", {}).values(), *tok_map.values()]
+        files = sorted({
+            f"{t.split('.')[0]}.py"
+            for target in targets
+            for t in (target if isinstance(target, list) else [target])
+            if isinstance(t, str) and "--" not in t  # "repo--module.Class" lives in another repo
+        })
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing and ref.trust_remote_code:
+            raise WorkerError(
+                f"model {ref.name!r} ({ref.spec}) runs its own modeling code, but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not in {folder}; put the model repo's .py files "
+                "beside its weights"
+            )
+        if files and not ref.trust_remote_code:
+            raise WorkerError(
+                f"model {ref.name!r} ({ref.spec}) ships its own modeling code; allow it with "
+                f"--llm-trust-remote-code={ref.name.split('@')[0]}"
+            )
+
+
 def cpu_flags() -> str:
     """The widest x86 SIMD/AMX features ITREX's qbits kernels dispatch on (for fingerprints)."""
     with contextlib.suppress(OSError):
@@ -247,12 +277,16 @@ class ItrexEngine:
               workdir: Path | None = None) -> ItrexEngine:
         """Start a worker for the transformers folder ``folder`` and load the model in it."""
         _check_quant(quant)
+        check_remote_code(ref, folder)
         workdir = workdir or Path(tempfile.mkdtemp(prefix="llmcheck-itrex-"))
         view = workdir / "model"
         rewrites = legacy_view(folder, view)
         # Local folders only: the worker never waits on a hub.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false"}
+        # torch 2.3's OpenMP threads spin while they wait; on a busy 2-core machine two spinning
+        # threads answered at 0.4 tok/s instead of 5. Passive waiting unless the user chose.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if modules_cache is not None:  # where transformers copies a model's own code
             env["HF_MODULES_CACHE"] = str(modules_cache)
         try:
@@ -264,7 +298,7 @@ class ItrexEngine:
         engine.rewrites = rewrites
         try:
             engine.loaded = worker.request(
-                "load", timeout * 3, path=str(view), quant=quant, threads=threads,
+                "load", max(timeout * 3, START_TIMEOUT), path=str(view), quant=quant, threads=threads,
                 trust_remote_code=ref.trust_remote_code,
             )
         except BaseException as exc:
@@ -272,7 +306,7 @@ class ItrexEngine:
             if isinstance(exc, WorkerError) and "trust_remote_code" in str(exc):
                 raise WorkerError(
                     f"model {ref.name!r} ({ref.spec}) ships its own modeling code; allow it with "
-                    f"--llm-trust-remote-code={ref.name}", exc.details
+                    f"--llm-trust-remote-code={ref.name.split('@')[0]}", exc.details
                 ) from None
             raise
         engine.facts = engine._facts(engine.loaded, 0.0, False)

@@ -186,14 +186,14 @@ def create(
         start = time.perf_counter()
         venv = tmp / "venv"
         say(f"[1/3] creating a Python {PYTHON_VERSION} venv with {base}")
-        _run([base, "-m", "venv", str(venv)], pip_output)
+        _run("creating the venv", [base, "-m", "venv", str(venv)], pip_output)
         vpython = str(env_python(tmp))
         pip = [vpython, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
         if extra_index_url:
             pip += ["--extra-index-url", extra_index_url]
         say(f"[2/3] installing {len(REQUIREMENTS)} requirements pinned by {CONSTRAINTS.name} "
             "(torch 2.3.1 from PyPI brings its CUDA libraries: ~6 GB, a few minutes)")
-        _run([*pip, "-c", str(CONSTRAINTS), *REQUIREMENTS], pip_output)
+        _run("pip install", [*pip, "-c", str(CONSTRAINTS), *REQUIREMENTS], pip_output)
         say("[3/3] checking that the ITREX stack imports")
         out = subprocess.run([vpython, "-I", "-c", CHECK], capture_output=True, text=True, check=False)
         if out.returncode != 0:
@@ -210,10 +210,12 @@ def create(
     return entry, built
 
 
-def _run(cmd: list[str], output: int | None) -> None:
+def _run(what: str, cmd: list[str], output: int | None) -> None:
     code = subprocess.run(cmd, stdout=output, stderr=subprocess.STDOUT, check=False).returncode
     if code != 0:
-        raise ItrexEnvError(f"{' '.join(cmd[:4])} ... failed with exit status {code}")
+        raise ItrexEnvError(
+            f"{what} ({cmd[0]}) failed with exit status {code}; nothing of the environment was kept"
+        )
 
 
 def remove(cache: Cache) -> int:
