@@ -399,10 +399,10 @@ def test_worker_crash_fails_the_test_in_one_line_with_its_log(
     no_orphans.append(info["worker"])
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
-        f"E   Failed: model 'tiny-llama@itrex': the itrex worker (pid {info['worker']}) died of SIGKILL "
+        f"model 'tiny-llama@itrex': the itrex worker (pid {info['worker']}) died of SIGKILL "
         "during generate",
         "*Captured llmcheck engine call*",
-        f"E   Failed: model 'tiny-llama@itrex': the itrex worker (pid {info['worker']}) is not running: "
+        f"model 'tiny-llama@itrex': the itrex worker (pid {info['worker']}) is not running: "
         "died of SIGKILL",
     ])
     assert not running(info["worker"])
@@ -416,7 +416,7 @@ def test_worker_exception_and_timeout_are_one_line_never_a_hang(
     result = inner.runpytest_subprocess("-k", "test_answer")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "E   Failed: model 'tiny-llama@itrex': itrex worker: generate failed: RuntimeError: injected fault "
+        "model 'tiny-llama@itrex': itrex worker: generate failed: RuntimeError: injected fault "
         "for a test",
         "*Captured llmcheck engine call*",
         "Traceback (most recent call last):",
@@ -429,7 +429,7 @@ def test_worker_exception_and_timeout_are_one_line_never_a_hang(
     no_orphans.append(info["worker"])
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "E   Failed: model 'tiny-llama@itrex': the itrex worker gave no answer to generate within 3s "
+        "model 'tiny-llama@itrex': the itrex worker gave no answer to generate within 3s "
         "(--llm-itrex-timeout); it was stopped",
     ])
     assert time.monotonic() - start < 90

@@ -287,6 +287,7 @@ class ItrexEngine:
         # torch 2.3's OpenMP threads spin while they wait; on a busy 2-core machine two spinning
         # threads answered at 0.4 tok/s instead of 5. Passive waiting unless the user chose.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("LOGLEVEL", "WARNING")  # neural-compressor's level: its INFO tables would fill the log
         if modules_cache is not None:  # where transformers copies a model's own code
             env["HF_MODULES_CACHE"] = str(modules_cache)
         try:
