@@ -434,3 +434,37 @@ def test_worker_exception_and_timeout_are_one_line_never_a_hang(
     ])
     assert time.monotonic() - start < 90
     assert not running(info["worker"])
+
+
+@pytest.mark.parametrize("name", ["qwen-7b-chat-tiny", "chatglm3-6b-tiny"])
+def test_seed_fixture_through_its_own_chat_reproduces_the_reference(
+    name: str, itrex_python: str, tmp_path: Path
+) -> None:
+    """The seed recipe's answer path: the model's own ``chat()`` in the worker, fp32, 1 thread.
+
+    The fixtures ship no .py files and their code may not be copied into this project, so
+    this runs where $LLMCHECK_SEED_CODE_DIR holds ``<fixture name>/*.py`` (the model repos'
+    own code); without it, only the one-line error above is checked.
+    """
+    code_root = os.environ.get("LLMCHECK_SEED_CODE_DIR", "")
+    source = next((p / name for p in SEED_MODELS if (p / name).is_dir()), None)
+    if source is None:
+        pytest.fail(f"the seed fixture {name} is missing: looked in {', '.join(map(str, SEED_MODELS))}")
+    if not code_root or not list((Path(code_root) / name).glob("*.py")):
+        pytest.skip(f"set LLMCHECK_SEED_CODE_DIR to a folder with {name}/*.py (the model repo's own code)")
+    folder = tmp_path / name
+    folder.mkdir()
+    for path in [*source.iterdir(), *(Path(code_root) / name).glob("*.py")]:
+        (folder / path.name).symlink_to(path)
+    reference = json.loads((source / "reference.json").read_text())
+    ref = replace(resolve(f"{folder}@itrex"), trust_remote_code=True)
+    engine = ItrexEngine.start(ref, folder, env.ItrexPython(Path(itrex_python), "test", {}), quant="none")
+    try:
+        assert engine.loaded["chat_mode"] == "chat"
+        for riddle in reference["riddles"]:
+            config = GenerationConfig(max_new_tokens=16)
+            out = engine.generate_raw(riddle["prompt"], system=None, config=config, return_ids=True)
+            assert out["prompt_tokens"] == len(riddle["prompt_ids"])
+            assert out["ids"] == [i for i in riddle["greedy_ids"] if i not in reference["stop_ids"]]
+    finally:
+        engine.close()
