@@ -4,7 +4,10 @@
     python benchmarks/bench_engines.py --quick    # fewer tokens, one repetition
 
 Table 1: tokens per second for fp32, bf16 and torchao INT4, at 1 and 2 threads, with
-each model's load and quantize times (loaded straight from the GGUF, no cache).
+each model's load and quantize times (loaded straight from the GGUF, no cache); then
+ITREX RTN INT4 on the same weights (the GGUF converted to fp32 safetensors, in a
+temporary cache) in the itrex worker, when an ITREX environment is there (``llmcheck env
+create itrex``). ITREX quantizes while it loads, so its "load s" includes quantizing.
 Table 2: a model's first session (download from a stand-in hub on 127.0.0.1, convert,
 quantize, write the cache) against the second session (INT4 weights from the cache),
 each in a fresh process. "load" is the model's load alone, after torch and transformers
@@ -71,7 +74,50 @@ def speed_table(tokens: int, repeats: int) -> str:
                 ]
             )
         engine.close()
+    rows += itrex_rows(tokens, repeats)
     return table(rows)
+
+
+def itrex_rows(tokens: int, repeats: int) -> list[list[str]]:
+    """ITREX RTN INT4 in its worker, on the same model and prompt, when its environment exists."""
+    from pytest_llmcheck.cache import default_cache_dir
+    from pytest_llmcheck.engines.base import GenerationConfig
+    from pytest_llmcheck.engines.itrex.engine import load_itrex
+    from pytest_llmcheck.engines.itrex.env import ItrexEnvError, locate
+    from pytest_llmcheck.registry import resolve
+    from pytest_llmcheck.settings import Settings
+
+    try:
+        python = locate(default_cache_dir())
+    except ItrexEnvError as exc:
+        print(f"(no ITREX row: {exc})")
+        return []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(cache_dir=Path(tmp), threads=1, engine_options={"itrex-python": str(python.path)})
+        engine = load_itrex(resolve("smollm2@itrex"), settings)
+        try:
+            total, done = engine.loaded["layers_total"], engine.loaded["layers_converted"]
+            for threads in (1, 2):
+                config = GenerationConfig(max_new_tokens=tokens, threads=threads)
+                warm = GenerationConfig(max_new_tokens=8, threads=threads)
+                engine.generate(PROMPT, system=None, config=warm)
+                answers = [engine.generate(PROMPT, system=None, config=config) for _ in range(repeats)]
+                rows.append(
+                    [
+                        "int4 (itrex rtn)",
+                        str(threads),
+                        f"{statistics.median(a.tokens_per_second for a in answers):.1f}",
+                        f"{statistics.median(a.ttft for a in answers):.3f}",
+                        f"{engine.facts.seconds:.2f}",
+                        "in load",
+                        f"{done}/{total}",
+                        f"{engine.loaded['weight_bytes'] / 2**20:.0f}",
+                    ]
+                )
+        finally:
+            engine.close()
+    return rows
 
 
 LOAD_ONE = """

@@ -248,8 +248,11 @@ class LLM:
             cpu = time.process_time()
             try:
                 answer = self.engine.generate(prompt, system=system, config=nth)
-            except LlmcheckError as exc:  # e.g. a replayed model with no recorded answer
-                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            except LlmcheckError as exc:  # one line (a replayed model with no recorded answer, a
+                # worker's error); an engine's own log goes into the report
+                if exc.details:
+                    self.request.node.add_report_section("call", "llmcheck engine", exc.details)
+                raise pytest.fail.Exception(f"model {self.ref.name!r}: {exc}", pytrace=False) from None
             if answer.cpu_seconds is None and in_process:
                 answer = dataclasses.replace(answer, cpu_seconds=time.process_time() - cpu)
             answers.append(answer)

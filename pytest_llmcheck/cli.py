@@ -9,6 +9,8 @@
 - ``llmcheck report merge A/ B/ -o OUT/``: one report from the reports of ``--llm-shard`` jobs.
 - ``llmcheck review [DIR | report.json]``: accept or reject pending answer candidates;
 - ``llmcheck rescore RECORDING``: grade recorded answers again, against a person's verdicts.
+- ``llmcheck env create|list|remove itrex``: the pinned Python environment an engine that
+  runs out of process needs (ITREX: torch 2.3.1, transformers 4.40.2), kept in the cache.
 
 Bad input is one line on stderr and exit status 2; a model that cannot be fetched or
 loaded is one line and status 1. torch, transformers and the hub clients are imported
@@ -18,6 +20,7 @@ only inside the commands that need them.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 PROG = "llmcheck"
 KIND_CHOICES = ("download", "converted", "quantized")
+ENV_ENGINES = ("itrex",)  # engines that run in a Python environment of their own
 
 
 class UsageError(Exception):
@@ -176,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_rescore.add_argument("--trust-remote-code", action="store_true",
                            help="allow the judge model to run its own modeling code")
     cache_dir(p_rescore)
+    p_env = sub.add_parser("env", help="create, list or remove an engine's own Python environment")
+    env_sub = p_env.add_subparsers(dest="env_command", metavar="ACTION", parser_class=_Parser)
+    env_sub.required = True
+    p_create = env_sub.add_parser(
+        "create", help="build an engine's pinned environment in the cache (itrex: ~6 GB, a few minutes)",
+        description="Build the engine's pinned virtual environment in the cache, atomically: "
+        "a build that fails or is interrupted leaves nothing that a session would use.",
+    )
+    p_create.add_argument("engine", choices=ENV_ENGINES, help="the engine")
+    p_create.add_argument("--python", default=None,
+                          help="the Python 3.11 to build the environment from (default: python3.11)")
+    p_create.add_argument("--extra-index-url", default=None,
+                          help="an extra package index, e.g. one with CPU-only torch wheels")
+    cache_dir(p_create)
+    p_envlist = env_sub.add_parser("list", help="show the engines' environments in the cache")
+    cache_dir(p_envlist)
+    p_remove = env_sub.add_parser("remove", help="delete an engine's environment from the cache")
+    p_remove.add_argument("engine", choices=ENV_ENGINES, help="the engine")
+    cache_dir(p_remove)
     return parser
 
 
@@ -189,14 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     from .cache import CacheError, default_cache_dir
+    from .errors import LlmcheckError
 
     given: Path | None = getattr(args, "cache_dir", None)  # `report` and `review` have no cache
     root: Path = given.expanduser() if given is not None else default_cache_dir()
-    from .errors import LlmcheckError
     from .merge import MergeError
 
     commands = {"list": cmd_list, "pull": cmd_pull, "clear": cmd_clear, "gc": cmd_gc, "report": cmd_report,
-                "review": cmd_review, "rescore": cmd_rescore}
+                "review": cmd_review, "rescore": cmd_rescore, "env": cmd_env}
     try:
         return commands[args.command](args, root)
     except (UsageError, CacheError, MergeError) as exc:  # what the user gave cannot be used
@@ -566,6 +589,53 @@ def _cli_judge(spec: str, args: argparse.Namespace, root: Path) -> Judge:
         return engines.load(ref, settings)
 
     return Judge(ref.name, judge_identity(ref, settings), load, VerdictStore(root))
+# -- env
+
+
+def cmd_env(args: argparse.Namespace, root: Path) -> int:
+    from .cache import Cache
+    from .engines.itrex import env
+
+    cache = Cache(root)
+    if args.env_command == "create":
+        start = time.perf_counter()
+        entry, built = env.create(
+            cache,
+            python=args.python,
+            extra_index_url=args.extra_index_url,
+            say=lambda line: print(line, flush=True),
+        )
+        state = f"built in {time.perf_counter() - start:.0f}s" if built else "already there"
+        versions = json.loads((entry.path / env.VERSIONS_FILE).read_text(encoding="utf-8"))
+        print(f"itrex environment {state}: {entry.path} ({human_size(_tree_size(entry.path))})")
+        print("  " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        print("  use it with: pytest --llm-model=smollm2@itrex (or --llm-engine=itrex)")
+        return 0
+    if args.env_command == "list":
+        found = [e for e in cache.list() if e["kind"] == env.KIND]
+        print(f"Engine environments in {root / env.KIND}: {len(found)}")
+        current = env.env_entry(cache).path
+        rows = [("engine", "path", "size", "state")]
+        for e in found:
+            key = e["key"] if isinstance(e["key"], dict) else {}
+            path = Path(str(e["path"]))
+            state = "ready" if e["ready"] else "incomplete"
+            if e["ready"] and path != current:
+                state = "ready, other recipe"
+            rows.append((str(key.get("name", "?")), str(path), human_size(int(str(e["size"]))), state))
+        if found:
+            for line in table(rows):
+                print("  " + line)
+        return 0
+    freed = env.remove(cache)
+    print(f"removed the {args.engine} environment(s) from {root / env.KIND}; freed {human_size(freed)}")
+    return 0
+
+
+def _tree_size(path: Path) -> int:
+    from .cache import _size
+
+    return _size(path)
 
 
 if __name__ == "__main__":  # pragma: no cover

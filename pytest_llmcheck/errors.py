@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class LlmcheckError(Exception):
-    """A problem the user can fix; ``str()`` is the one line to show."""
+    """A problem the user can fix; ``str()`` is the one line to show.
+
+    ``details`` may hold more lines (say, a worker process's last log lines): they are
+    attached to the test's report, not shown in the one line.
+    """
+
+    details: str = ""
 
 
 class LlmcheckWarning(UserWarning):

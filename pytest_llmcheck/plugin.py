@@ -245,7 +245,7 @@ def llm(request: pytest.FixtureRequest) -> LLM:
     session = request.config.stash[SESSION_KEY]
     marker_expectations(request.node)  # a bad llm_expect marker errors here, before any model loads
     ref = session.ref_named(model_of(request.node) or "")
-    return LLM(ref=ref, engine=session.engine(ref), session=session, request=request)
+    return LLM(ref=ref, engine=session.engine(ref, request.node), session=session, request=request)
 
 
 @pytest.fixture

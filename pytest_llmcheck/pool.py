@@ -17,7 +17,11 @@ from .registry import ModelRef
 
 
 class ModelUnavailable(Exception):
-    """The model could not be loaded; ``str()`` is the one line to show."""
+    """The model could not be loaded; ``str()`` is the one line to show, ``details`` more lines."""
+
+    def __init__(self, reason: str, details: str = "") -> None:
+        super().__init__(reason)
+        self.details = details
 
 
 @dataclass
@@ -26,6 +30,7 @@ class LoadRecord:
 
     seconds: float = 0.0
     error: str | None = None
+    details: str = ""  # e.g. a worker's last log lines, for the report
 
 
 @dataclass
@@ -43,14 +48,14 @@ class ModelPool:
             return self.current[1]
         record = self.records.setdefault(ref.name, LoadRecord())
         if record.error is not None:
-            raise ModelUnavailable(record.error)
+            raise ModelUnavailable(record.error, record.details)
         self.release()
         start = time.perf_counter()
         try:
             engine = self.make_engine(ref)
         except Exception as exc:  # any load failure becomes one clear line per test
-            record.error = _describe(ref, exc)
-            raise ModelUnavailable(record.error) from exc
+            record.error, record.details = _describe(ref, exc), str(getattr(exc, "details", "") or "")
+            raise ModelUnavailable(record.error, record.details) from exc
         if not isinstance(engine, Engine):
             record.error = (
                 f"model {ref.name!r}: the engine {type(engine).__name__} lacks part of the Engine protocol "

@@ -82,8 +82,9 @@ class LlmcheckSession:
                 return ref
         raise KeyError(name)
 
-    def engine(self, ref: ModelRef) -> Engine:
-        """The loaded model, or fail this test with the load error (one line)."""
+    def engine(self, ref: ModelRef, item: pytest.Item | None = None) -> Engine:
+        """The loaded model, or fail this test with the load error (one line; more lines,
+        such as a worker's log, go into the item's report)."""
         if self.pool.loaded(ref):
             return self.pool.get(ref)
         self.notify(f"llmcheck: loading {ref.name} ({ref.spec}) ...")
@@ -98,6 +99,8 @@ class LlmcheckSession:
             return engine
         except ModelUnavailable as exc:
             reason = str(exc)
+            if exc.details and item is not None:
+                item.add_report_section("setup", "llmcheck engine", exc.details)
         pytest.fail(reason, pytrace=False)
 
     def judge(self, spec: str) -> Judge:

@@ -57,8 +57,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("model", "models to test, a comma list of aliases, hub references "
                "(modelscope:owner/name[@rev], hf:owner/name[@rev]), model folders or .gguf files "
                f"(default: {DEFAULT_MODEL})"),
-    OptionSpec("engine", "engine for models without an @engine suffix: transformers, or one a plugin adds "
-               "(default: transformers; the replay engine with --llm-replay)"),
+    OptionSpec("engine", "engine for models without an @engine suffix: transformers, llamacpp, itrex, or one "
+               "a plugin adds (default: transformers; the replay engine with --llm-replay)"),
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
                "(default: int4)", "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
@@ -85,6 +85,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("judge", "the model that grades judge: expectations (a model reference, as for --llm-model)"),
 )
 ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionSpec.engine set)
+    OptionSpec("itrex-python", "itrex engine: the Python of an environment with the ITREX stack (default: "
+               "the one 'llmcheck env create itrex' built in the cache, or $LLMCHECK_ITREX_PYTHON)",
+               engine="itrex"),
+    OptionSpec("itrex-quant", "itrex engine: int4 (ITREX RTN, the default) or none (fp32 in the same worker, "
+               "for parity checks)", engine="itrex"),
+    OptionSpec("itrex-timeout", "itrex engine: seconds to wait for each answer of the worker; loading "
+               "waits three times as long, at least 120 (default: 600)", engine="itrex"),
     OptionSpec("replay", "answer from recorded answers instead of a model: a report.json (or its folder), "
                "a recorded-answers YAML/JSON file or a folder of answer snapshots; "
                "implies --llm-engine=replay",
@@ -241,7 +248,9 @@ class Settings:
         return not self.no_cache
 
     def trusts(self, model_name: str) -> bool:
-        return "all" in self.trust_remote_code or model_name in self.trust_remote_code
+        """Whether ``model_name`` may run its own code; ``qwen`` also allows ``qwen@itrex``."""
+        names = {model_name, model_name.split("@", 1)[0]}
+        return "all" in self.trust_remote_code or bool(names & set(self.trust_remote_code))
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

@@ -96,6 +96,12 @@ BUILTIN_ENGINES: tuple[EngineSpec, ...] = (
         ref_name=openai_ref_name,
         remote=True,
     ),
+    EngineSpec(
+        "itrex",
+        "Intel Extension for Transformers RTN INT4 (the seed's recipe) in its own Python; "
+        "create it once with: llmcheck env create itrex",
+        "pytest_llmcheck.engines.itrex.engine:load_itrex",
+    ),
 )
 
 

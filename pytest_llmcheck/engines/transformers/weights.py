@@ -230,6 +230,63 @@ def converted_folder(
     return entry.path, time.perf_counter() - start
 
 
+def _cache_key(identity: dict[str, Any], quantizer: Quantizer) -> dict[str, Any]:
+    return {
+        **identity,
+        "versions": library_versions(),
+        "recipe": quantizer.recipe(),
+        "cpu": cpu_capability(),  # the INT4 packed layout differs between AVX2 and AVX512
+    }
+
+
+def _converted(
+    ref: ModelRef,
+    folder: Path,
+    cache: Cache,
+    quantizer: Quantizer,
+    trust_remote_code: bool,
+    *,
+    identity: dict[str, Any],
+    kept: list[Any] | None = None,
+) -> tuple[Path, bool]:
+    """The ``converted`` entry of a GGUF: (its folder, built in this call). When this call
+    builds it and ``kept`` is given, the loaded model and tokenizer are appended to it."""
+    entry = cache.entry("converted", _cache_key(identity, quantizer))
+    built = False
+    if not entry.ready:
+        with entry.build() as tmp:
+            if tmp is not None:
+                model, tokenizer = _from_pretrained(
+                    folder, ref, quantizer.load_dtype, trust_remote_code, True
+                )
+                forget_gguf(model)
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                built = True
+                if kept is not None:
+                    kept += [model, tokenizer]
+    return entry.path, built
+
+
+def convert_gguf(
+    ref: ModelRef, folder: Path, cache: Cache | None, *, trust_remote_code: bool, scratch: Path
+) -> tuple[Path, bool]:
+    """A GGUF's weights as an fp32 transformers folder, for engines that cannot read GGUF.
+
+    The same ``converted`` cache entry ``--llm-quant=none`` uses (built once per machine);
+    without a cache, a conversion into ``scratch`` for this session. Returns (folder, built now).
+    """
+    quantizer = NoQuant()
+    if cache is not None:
+        identity = source_identity(ref, folder, cache.root)
+        return _converted(ref, folder, cache, quantizer, trust_remote_code, identity=identity)
+    model, tokenizer = _from_pretrained(folder, ref, quantizer.load_dtype, trust_remote_code, True)
+    forget_gguf(model)
+    model.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    return scratch, True
+
+
 def load_model(
     ref: ModelRef,
     folder: Path,
@@ -285,36 +342,20 @@ def _load(
         model, tokenizer = _from_pretrained(source(), ref, quantizer.load_dtype, trust_remote_code, gguf)
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
 
-    key = {
-        **identity,
-        "versions": library_versions(),
-        "recipe": quantizer.recipe(),
-        "cpu": cpu_capability(),  # the INT4 packed layout differs between AVX2 and AVX512
-    }
     if isinstance(quantizer, NoQuant):
         if not gguf:  # a transformers folder is already the fastest form
             model, tokenizer = _from_pretrained(source(), ref, quantizer.load_dtype, trust_remote_code, False)
             return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
-        folder = source()
-        entry = cache.entry("converted", key)
-        built = False
-        if not entry.ready:
-            with entry.build() as tmp:
-                if tmp is not None:
-                    model, tokenizer = _from_pretrained(
-                        folder, ref, quantizer.load_dtype, trust_remote_code, True
-                    )
-                    forget_gguf(model)
-                    model.save_pretrained(tmp)
-                    tokenizer.save_pretrained(tmp)
-                    built = True
+        kept: list[Any] = []
+        path, built = _converted(
+            ref, source(), cache, quantizer, trust_remote_code, identity=identity, kept=kept
+        )
         if not built:
-            model, tokenizer = _from_pretrained(
-                entry.path, ref, quantizer.load_dtype, trust_remote_code, False
-            )
+            kept = list(_from_pretrained(path, ref, quantizer.load_dtype, trust_remote_code, False))
+        model, tokenizer = kept
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, not built)
 
-    entry = cache.entry("quantized", key)
+    entry = cache.entry("quantized", _cache_key(identity, quantizer))
     if not entry.ready:
         with entry.build() as tmp:
             if tmp is not None:
