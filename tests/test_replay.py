@@ -49,7 +49,8 @@ def test_replay_rechecks_edited_expectations_without_the_model(recorded: pytest.
         [
             "LLM answer failed expectation: contains 'Lyon' not found (and 1 more)",
             "*max_seconds 2 exceeded: took 3.50s",  # the recorded latency
-            "replay: out/report.json has no answer of model 'a' to the prompt 'A question nobody asked'",
+            "model 'a': replay: out/report.json has no answer of model 'a' to the prompt "
+            "'A question nobody asked'",
         ]
     )
     assert "capital[a]" in result.stdout.str()  # the test ids keep the recorded model's name
@@ -90,7 +91,8 @@ def test_replay_the_seed_answers_through_the_riddle_suite(fake: pytest.Pytester)
     # chatglm3: riddle-2 passes, riddles 3-5 fail as the person said; riddle-1 was not recorded
     result.assert_outcomes(passed=1, failed=4)
     result.stdout.fnmatch_lines(
-        ["replay: examples/riddles/seed_answers.yaml has no answer of model 'chatglm3' to the prompt*"]
+        ["model 'chatglm3': replay: examples/riddles/seed_answers.yaml has no answer of model 'chatglm3' "
+         "to the prompt*"]
     )
     assert "FAILED examples/riddles/riddles.llm.yaml::riddle-2" not in result.stdout.str()
 
