@@ -4,7 +4,7 @@
     python benchmarks/bench_noise.py --quick    # 24 tokens, 3 answers per row
 
 For each thread count (1 and the usable CPUs) the same answers are generated twice: on
-the machine as it is, then with one busy process per usable CPU spinning beside it.
+the machine as it is, then with ``--busy`` spinning processes per usable CPU beside it (default 2).
 The table shows the median wall and CPU seconds of each, and how far each moved
 (busy / quiet). The target of the CPU-time figure: it moves by less than 20% while wall
 time moves several-fold. Run it on an otherwise idle machine; the quiet row is only as
@@ -50,6 +50,7 @@ def _measure(engine: object, threads: int, tokens: int, repeats: int) -> tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--busy", type=int, default=2, help="spinning processes per usable CPU (default: 2)")
     args = parser.parse_args()
     tokens, repeats = (24, 3) if args.quick else (48, 5)
 
@@ -68,7 +69,7 @@ def main() -> None:
         quiet = _measure(engine, threads, tokens, repeats)
         ctx = multiprocessing.get_context("spawn")
         stop = time.monotonic() + 3600
-        spinners = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(cpus)]
+        spinners = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(cpus * args.busy)]
         for p in spinners:
             p.start()
         try:
@@ -85,7 +86,7 @@ def main() -> None:
             "PASS" if abs(cpu_moved - 1) < 0.2 else "FAIL",
         ])
     print(f"SmolLM2-135M INT4 (torchao), {tokens} new tokens, median of {repeats}; {cpus} usable CPU(s); "
-          f"busy = {cpus} spinning process(es) beside it")
+          f"busy = {cpus * args.busy} spinning process(es) beside it")
     print(table(rows))
 
 
