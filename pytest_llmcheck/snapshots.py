@@ -402,7 +402,7 @@ def _name_parts(item: pytest.Function, model: str) -> tuple[re.Pattern[str], str
     clean = LLMAnswerExtension._sanitize_filename
     pattern = re.compile(
         re.escape(clean(scope + head))
-        + r"(?P<model>[A-Za-z0-9._-]+?)"
+        + r"(?P<model>[A-Za-z0-9._@-]+?)"
         + re.escape(clean(tail))
         + r"(?:\.\d+)?\.txt"
     )

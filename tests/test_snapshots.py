@@ -288,3 +288,16 @@ def test_syrupy_disabled_turns_snapshots_off_with_a_warning(fake: pytest.Pyteste
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*answer snapshots are off: syrupy is disabled (-p no:syrupy)*"])
     assert not (fake.path / "__snapshots__").exists()
+
+
+def test_another_engines_snapshots_are_kept(project: pytest.Pytester) -> None:
+    """`riddle-1[a@itrex].txt` belongs to model `a@itrex`: updating `a` alone keeps it."""
+    run(project, "--snapshot-update").assert_outcomes(passed=8)
+    other = project.path / "__snapshots__/riddles.llm/riddle-1[a@itrex].txt"
+    other.write_text(f"# another engine\n{MARKER}\nits answer\n", encoding="utf-8")
+    before = snapshot_files(project)
+    result = run(project, "--snapshot-update", models="fake:a")
+    result.assert_outcomes(passed=4)
+    assert_nothing_unused(result)
+    assert snapshot_files(project) == before
+    assert other.read_text(encoding="utf-8").endswith("its answer\n")
