@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_engines import table  # noqa: E402
+
 PROMPT = "Write three sentences about the city of Paris."
 RATIO_TARGET = 0.95
 OVERHEAD_TARGET_MS = 5.0
@@ -47,16 +49,6 @@ class Run:
     tokens: int
     ttft: float | None = None  # seconds, when the engine measures it
     compute: float | None = None  # llama.cpp's prompt eval + decode, seconds
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def measure(call: Callable[[], Run], repeats: int) -> list[Run]:
