@@ -9,10 +9,12 @@ tests with the same one-line reason, without trying again.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .engines.base import Engine
+from .errors import LlmcheckError
 from .registry import ModelRef
 
 
@@ -55,6 +57,8 @@ class ModelPool:
             engine = self.make_engine(ref)
         except Exception as exc:  # any load failure becomes one clear line per test
             record.error, record.details = _describe(ref, exc), str(getattr(exc, "details", "") or "")
+            if not isinstance(exc, LlmcheckError):  # not the user's doing: the traceback goes in the report
+                record.details = "".join(traceback.format_exception(exc))
             raise ModelUnavailable(record.error, record.details) from exc
         if not isinstance(engine, Engine):
             record.error = (

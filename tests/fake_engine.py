@@ -21,6 +21,7 @@ from typing import Any
 
 from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
 from pytest_llmcheck.engines.registry import EngineSpec
+from pytest_llmcheck.errors import LlmcheckError
 from pytest_llmcheck.registry import ModelRef
 from pytest_llmcheck.settings import Settings
 
@@ -28,6 +29,10 @@ LOADS: list[str] = []  # model names in load order, for the load-count tests
 EVENTS: list[str] = []  # "load a", "close a", ...: shows one model in memory at a time
 GENERATES: list[str] = []  # "<model>: <prompt>" per generate() call, for the generate-once tests
 JUDGED: list[str] = []  # "<model>: <judge prompt>" per next_token_probs() call
+
+
+class CorruptWeights(LlmcheckError):
+    """What a user can fix (re-download the weights): one line, no traceback."""
 
 
 class PlainFakeEngine:
@@ -92,7 +97,9 @@ def pytest_llmcheck_engines() -> list[EngineSpec]:
 def load_fake(ref: ModelRef, settings: Settings) -> PlainFakeEngine:
     name = ref.location.split(":", 1)[1]
     if name == "broken":
-        raise RuntimeError("fake weights are corrupt")
+        raise CorruptWeights("fake weights are corrupt")
+    if name == "buggy":  # a bug in an engine, not the user's doing
+        raise ZeroDivisionError("division by zero in the fake loader")
     LOADS.append(name)
     EVENTS.append(f"load {name}")
     path = Path("fake_answers.json")

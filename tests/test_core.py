@@ -83,9 +83,22 @@ def test_model_that_fails_to_load_fails_its_tests_once(fake: pytest.Pytester) ->
     result = fake.runpytest("--llm-model=fake:broken,fake:ok")
     result.assert_outcomes(passed=2, errors=2)
     result.stdout.fnmatch_lines(
-        ["*model 'broken' (fake:broken) failed to load: RuntimeError: fake weights are corrupt*"]
+        ["*model 'broken' (fake:broken) failed to load: CorruptWeights: fake weights are corrupt*"]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+def test_a_bug_in_an_engine_keeps_its_traceback_in_the_report(fake: pytest.Pytester) -> None:
+    fake.makepyfile(TWO_TESTS)
+    result = fake.runpytest("--llm-model=fake:buggy")
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["*model 'buggy' (fake:buggy) failed to load: ZeroDivisionError: division by zero in the fake*"]
+    )
+    assert "Captured llmcheck engine setup" in out
+    assert "Traceback (most recent call last):" in out
+    assert 'fake_engine.py", line' in out  # where the bug is
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,7 @@ def test_suite_judge_model_and_precedence(project: pytest.Pytester) -> None:
 @pytest.mark.parametrize(("args", "line"), [
     ((), "judge: expectations need a judge model: pass --llm-judge=MODEL "
          "(or ini llmcheck_judge, or judge_model: in the suite)"),
-    (("--llm-judge=fake:broken",), "judge model 'broken' failed to load: RuntimeError: "
+    (("--llm-judge=fake:broken",), "judge model 'broken' failed to load: CorruptWeights: "
                                    "fake weights are corrupt"),
     (("--llm-judge=fake:plain",), "judge model 'plain': its engine 'fake' cannot grade "
                                   "(it has no next_token_probs)*"),
