@@ -176,6 +176,14 @@ def test_float_gguf_is_quantized_once_per_machine(pytester: pytest.Pytester, f16
     )
     assert built.stat().st_mtime_ns == mtime
 
+    # the same file in another install (another folder, new mtime) is the same entry: keyed by content
+    copy = pytester.path / "other-venv" / f16_gguf.name
+    copy.parent.mkdir()
+    shutil.copyfile(f16_gguf, copy)
+    moved = pytester.runpytest(f"--llm-model={copy}@llamacpp", "-k", "france", "--snapshot-update")
+    moved.stdout.fnmatch_lines([f"{name} (*): loaded 1x in *s (from cache); llama.cpp Q4_K_M*"])
+    assert len([e for e in cache.list() if e["kind"] == KIND]) == 1
+
     other = pytester.runpytest(model, "-k", "france", "--llm-gguf-requant=q8_0", "--snapshot-update")
     other.stdout.fnmatch_lines([f"{name} (*): * llama.cpp Q8_0, * MiB, 1 thread; quantized from F16"])
     as_is = pytester.runpytest(model, "-k", "france", "--llm-gguf-requant=none", "--snapshot-update")

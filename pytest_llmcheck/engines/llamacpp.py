@@ -252,25 +252,15 @@ def _quiet() -> Iterator[_Quiet]:
             seen.text = sink.read()[-4096:].decode("utf-8", errors="replace")
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def quantize(source: Path, target_type: str, cache: Cache | None, threads: int) -> tuple[Path, float, bool]:
     """A quantized copy of a float GGUF, made once per machine: (path, seconds spent, from cache).
 
-    The entry is keyed by the source file (name, size, mtime), the target type and the
-    llama-cpp-python version (whose llama.cpp does the quantizing).
+    The entry is keyed by the source file's content (sha256, memoized per machine like
+    every cache key), the target type and the llama-cpp-python version (whose llama.cpp
+    does the quantizing): the same GGUF in two installs is quantized once.
     """
     lc = _llama_cpp()
     by_name = {name: number for number, name in ftype_names().items()}
-    key = {
-        "name": f"{source.stem}-{target_type}",
-        "source": _file_identity(source),
-        "type": target_type,
-        "llama_cpp_python": lc.__version__,
-    }
 
     def run(out: Path) -> None:
         params = lc.llama_model_quantize_default_params()
@@ -290,6 +280,14 @@ def quantize(source: Path, target_type: str, cache: Cache | None, threads: int) 
         out = Path(tempfile.mkdtemp(prefix="llmcheck-gguf-")) / QUANT_FILE
         run(out)
         return out, time.perf_counter() - start, False
+    from ..filehash import FileHashes
+
+    key = {
+        "name": f"{source.stem}-{target_type}",
+        "content": FileHashes(cache.root).digests([source])[source],
+        "type": target_type,
+        "llama_cpp_python": lc.__version__,
+    }
     entry = cache.entry(KIND, key)
     if entry.ready:
         return entry.path / QUANT_FILE, 0.0, True
