@@ -35,6 +35,7 @@ class OptionSpec:
     flag: bool = False
     ini_type: str = "string"
     engine: str | None = None  # an engine's own option: kept raw in Settings.engine_options
+    choices: tuple[str, ...] = ()  # the values allowed, checked when the settings are built
 
     @property
     def canonical(self) -> str:
@@ -85,6 +86,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("judge", "the model that grades judge: expectations (a model reference, as for --llm-model)"),
 )
 ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionSpec.engine set)
+    OptionSpec("decode", "transformers engine: greedy decode loop: fast (a lean loop for Llama and Qwen2 "
+               "models, used only when it gives the model's own logits bit for bit on a probe at load) "
+               "or generate (transformers' generate()) (default: fast)", "fast", engine="transformers",
+               choices=("fast", "generate")),
     OptionSpec("itrex-python", "itrex engine: the Python of an environment with the ITREX stack (default: "
                "the one 'llmcheck env create itrex' built in the cache, or $LLMCHECK_ITREX_PYTHON)",
                engine="itrex"),
@@ -299,6 +304,11 @@ class Settings:
             except ToleranceError as exc:
                 raise pytest.UsageError(str(exc)) from None
 
+        def engine_option(spec: OptionSpec) -> str:
+            where, value = values[spec.name]
+            text = str(value).strip()
+            return parse_choice(where, text, spec.choices) if spec.choices else str(value)
+
         judge_where, judge = values["judge"]
         engine = str(values["engine"][1] or "").strip()
         if not engine:  # --llm-replay alone means: the replay engine
@@ -314,7 +324,7 @@ class Settings:
             judge=str(judge).strip() or None if judge else None,
             judge_from_ini=judge_where.startswith("ini "),
             engine_options={
-                spec.name: str(values[spec.name][1])
+                spec.name: engine_option(spec)
                 for spec in ENGINE_OPTIONS
                 if values[spec.name][1] not in (None, "", [])
             },

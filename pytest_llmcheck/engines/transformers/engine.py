@@ -18,11 +18,16 @@ from ...errors import LlmcheckError
 from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
 from .conversions import code_problem, remote_code_message, unknown_architecture_message
+from .fastpath import FastDecoder, Unsupported
 from .quantize import Quantizer, QuantReport, quiet_loggers
 from .weights import cpu_capability, library_versions, load_model, weights_identity
 
 if TYPE_CHECKING:
     import torch
+
+
+DECODE_CHOICES = ("fast", "generate")
+PROBE = "Hello! Who are you?"  # the prompt the fast decode loop is checked on at load
 
 
 class ModelLoadError(LlmcheckError):
@@ -69,6 +74,9 @@ def _first_token_streamer() -> Any:
 
         def end(self) -> None:
             pass
+
+        def first_token(self) -> None:  # the fast loop calls this directly
+            self.first = time.perf_counter()
 
     return FirstToken()
 
@@ -117,6 +125,27 @@ class TransformersEngine:
         )
         self.weights_id: dict[str, Any] = {}
         self._fingerprint: dict[str, Any] | None = None
+        self.fast: FastDecoder | None = None  # the lean greedy loop, when verified on this model
+
+    def use_fast_decode(self) -> str:
+        """Switch greedy answers to :class:`FastDecoder` if it gives this model's own logits
+        bit for bit on a probe prompt; returns what was decided (kept in the load facts)."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        try:
+            decoder = FastDecoder.build(self.model)
+            with torch.inference_mode():
+                problem = decoder.verify(self._encode(PROBE, None))
+        except Unsupported as exc:
+            problem = str(exc)
+        if problem is None:
+            self.fast = decoder
+            decision = "fast (same logits as the model's forward on a probe)"
+        else:
+            decision = f"generate() ({problem})"
+        self.facts.details["decode"] = decision
+        return decision
 
     @classmethod
     def load(
@@ -128,10 +157,12 @@ class TransformersEngine:
         threads: int,
         trust_remote_code: bool = False,
         cache: Cache | None = None,
+        decode: str = "fast",
     ) -> TransformersEngine:
         """Load from ``folder`` (a model folder, or the folder of a GGUF) and quantize.
 
         With a cache, the converted and quantized weights are reused across sessions.
+        ``decode="fast"`` answers greedy prompts with the lean loop when it checks out.
         """
         import torch
 
@@ -168,6 +199,10 @@ class TransformersEngine:
             conversion=loaded.conversion,
         )
         engine.weights_id = weights_identity(ref, folder)
+        if decode == "fast":
+            engine.use_fast_decode()
+        else:
+            engine.facts.details["decode"] = "generate() (--llm-decode=generate)"
         return engine
 
     def _encode(self, prompt: str, system: str | None) -> dict[str, torch.Tensor]:
@@ -201,15 +236,21 @@ class TransformersEngine:
             pad = self.tokenizer.eos_token_id
         start = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=config.max_new_tokens,
-                streamer=streamer,
-                pad_token_id=pad,
-                **sampling,
-            )
+            if self.fast is not None and config.greedy:
+                ids = self.fast.greedy(
+                    inputs, config.max_new_tokens, set(self._stop_ids()), streamer.first_token
+                )
+                new = torch.tensor(ids, dtype=torch.long)
+            else:
+                out = self.model.generate(
+                    **inputs,
+                    max_new_tokens=config.max_new_tokens,
+                    streamer=streamer,
+                    pad_token_id=pad,
+                    **sampling,
+                )
+                new = out[0, prompt_len:]
         seconds = time.perf_counter() - start
-        new = out[0, prompt_len:]
         stops = {t for t in (self.tokenizer.eos_token_id, pad, *self._stop_ids()) if t is not None}
         if new.shape[0] and int(new[-1]) in stops:  # the end-of-turn token is not part of the answer
             new = new[:-1]

@@ -1,0 +1,333 @@
+"""A lean greedy decode loop for Llama-family models (Llama, SmolLM, Qwen2).
+
+Per new token, transformers' ``generate()`` and the model's ``forward`` spend more time in
+Python than in the matrix products of a small model: mask building, cache objects,
+logits processors, output dataclasses and, for torchao INT4 weights, the tensor
+subclass's dispatch around every one of the 210 linear layers of SmolLM2. This loop calls
+the same kernels on the same tensors in the same order, so it produces the same logits
+bit for bit, with the Python around them cut to a minimum:
+
+- the INT4 products of q/k/v and of gate/up run as one call each on the weights
+  concatenated along the output dimension (each output column is computed on its own,
+  so the numbers do not change);
+- the bf16 ``lm_head`` runs as a matrix-vector product (``torch.mv``), which on the CPUs
+  measured is twice as fast as ``linear`` for one token and gives the same values.
+
+Nothing of this is taken on trust: :meth:`FastDecoder.verify` runs a probe prompt through
+both the model's own forward and this loop and compares the logits of every step exactly;
+the engine uses the loop only when they are identical, and says so in its load facts.
+The prompt (prefill) always goes through the model's own forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+ARCHITECTURES = ("llama", "qwen2")
+# rope types whose cos/sin depend only on inv_freq and attention_scaling set at load
+# ("dynamic" and "longrope" change inv_freq during the forward)
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+FUSE_MULTIPLE = 64  # output sizes the INT4 kernel computes in whole blocks (see _projection)
+
+
+@dataclass
+class _Int4:
+    """One call of torchao's CPU INT4 kernel for one or several projections."""
+
+    packed: torch.Tensor
+    group: int
+    scale_zero: torch.Tensor
+    sizes: list[int]  # output features of each member, in order
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
+        # exactly what torchao's Int4OpaqueTensor linear does, for all members at once
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scale_zero)
+        y = y.reshape(1, 1, -1)
+        if self.bias is not None:
+            y += self.bias
+        y = y.to(x.dtype)
+        return list(torch.split(y, self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+
+
+@dataclass
+class _Proj:
+    """Projections of the same input (q/k/v, gate/up, or one alone): (1, 1, out) each."""
+
+    int4: list[_Int4]
+    weights: tuple[torch.Tensor, ...] = ()  # plain weights, one linear each
+    biases: tuple[torch.Tensor | None, ...] = ()
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        import torch.nn.functional as F
+
+        if not self.int4:
+            return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
+        return [y for call in self.int4 for y in call(x)]
+
+
+def _int4_parts(weight: Any) -> tuple[torch.Tensor, int, torch.Tensor] | None:
+    """(packed, group size, scale and zero) of a torchao CPU INT4 weight in the plain
+    weight-only layout; None for anything else."""
+    if type(weight).__name__ != "Int4OpaqueTensor":
+        return None
+    block = getattr(weight, "block_size", None)
+    if (
+        getattr(weight, "act_mapping_type", None) is not None
+        or getattr(weight, "act_pre_scale", None) is not None
+        or not block
+        or block[0] != 1
+        or weight.qdata.shape[0] != weight.shape[0]  # padded output features
+    ):
+        return None
+    return weight.qdata, int(block[1]), weight.scale_and_zero
+
+
+def _projection(linears: Sequence[Any]) -> _Proj:
+    """The products for ``linears``. INT4 members are fused into one kernel call when every
+    output size is a whole number of the kernel's blocks: a size that ends in a partial
+    block takes another code path whose sums differ in the last bit (seen with 32 outputs),
+    so such members get a call of their own, as in the model."""
+    import torch
+
+    parts = [_int4_parts(lin.weight) for lin in linears]
+    if all(p is not None for p in parts):
+        ints = [p for p in parts if p is not None]
+        members = [
+            _Int4(packed, group, scale_zero, [int(lin.weight.shape[0])], lin.bias)
+            for (packed, group, scale_zero), lin in zip(ints, linears, strict=True)
+        ]
+        fusable = (
+            len(members) > 1
+            and len({m.group for m in members}) == 1
+            and all(m.sizes[0] % FUSE_MULTIPLE == 0 for m in members)
+            and len({m.bias is None for m in members}) == 1
+        )
+        if not fusable:
+            return _Proj(int4=members)
+        biases = [m.bias for m in members if m.bias is not None]
+        fused = _Int4(
+            torch.cat([m.packed for m in members], 0),
+            members[0].group,
+            torch.cat([m.scale_zero for m in members], 1).contiguous(),
+            [m.sizes[0] for m in members],
+            torch.cat(biases) if biases else None,
+        )
+        return _Proj(int4=[fused])
+    plain = (torch.Tensor, torch.nn.Parameter)
+    if any(p is not None for p in parts) or any(type(lin.weight) not in plain for lin in linears):
+        raise Unsupported(f"weights of type {type(linears[0].weight).__name__}")
+    weights = tuple(lin.weight for lin in linears)
+    return _Proj(int4=[], weights=weights, biases=tuple(lin.bias for lin in linears))
+
+
+_KV = list["torch.Tensor"]  # one tensor per layer, (1, kv heads, tokens, head dim)
+
+
+class Unsupported(Exception):
+    """The model is outside what the lean loop reproduces exactly; generate() is used."""
+
+
+@dataclass
+class _Layer:
+    qkv: _Proj
+    o: _Proj
+    gate_up: _Proj
+    down: _Proj
+    norm1: Any
+    norm2: Any
+
+
+def _rms(h: torch.Tensor, norm: Any) -> torch.Tensor:
+    """LlamaRMSNorm / Qwen2RMSNorm, op for op."""
+    import torch
+
+    dtype = h.dtype
+    h = h.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + norm.variance_epsilon)
+    out: torch.Tensor = norm.weight * h.to(dtype)
+    return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class FastDecoder:
+    """Greedy decoding of one sequence with the model's own weights, no generate()."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        config = model.config
+        self.model = model
+        # transformers 5.x renamed forward's past_key_values to cache (with a FutureWarning)
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.scaling = self.head_dim**-0.5
+        self.gqa = self.heads != self.kv_heads
+        rotary = model.model.rotary_emb
+        self.inv_freq = rotary.inv_freq
+        self.rope_scale = rotary.attention_scaling
+        self.embed = model.model.embed_tokens
+        self.final_norm = model.model.norm
+        self.lm_head = model.lm_head.weight
+        if type(self.lm_head) not in (torch.Tensor, torch.nn.Parameter) or model.lm_head.bias is not None:
+            raise Unsupported("a quantized lm_head or one with a bias")
+        self.layers = [
+            _Layer(
+                qkv=_projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                o=_projection([layer.self_attn.o_proj]),
+                gate_up=_projection([layer.mlp.gate_proj, layer.mlp.up_proj]),
+                down=_projection([layer.mlp.down_proj]),
+                norm1=layer.input_layernorm,
+                norm2=layer.post_attention_layernorm,
+            )
+            for layer in model.model.layers
+        ]
+
+    @classmethod
+    def build(cls, model: Any) -> FastDecoder:
+        """The loop for ``model``, or :class:`Unsupported` saying why not."""
+        config = model.config
+        if config.model_type not in ARCHITECTURES:
+            known = ", ".join(ARCHITECTURES)
+            raise Unsupported(f"architecture {config.model_type!r} (the loop knows {known})")
+        if getattr(config, "_attn_implementation", None) != "sdpa":
+            raise Unsupported(f"attention implementation {config._attn_implementation!r}")
+        if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or ())):
+            raise Unsupported("sliding-window layers")
+        if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):
+            raise Unsupported("an MLP other than SiLU without bias")
+        if getattr(config, "pretraining_tp", 1) not in (None, 1):
+            raise Unsupported("pretraining_tp > 1")
+        rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
+        if rope_type not in STATIC_ROPE:
+            raise Unsupported(f"rope type {rope_type!r}")
+        if _logits_processors(model):
+            raise Unsupported("the model's generation config asks for logits processors")
+        return cls(model)
+
+    def step(self, token: torch.Tensor, position: int, keys: _KV, values: _KV) -> torch.Tensor:
+        """Logits (vocab,) of the token after ``token`` at ``position``; appends to the KV cache."""
+        import torch
+        import torch.nn.functional as F
+
+        h = self.embed(token.view(1, 1))
+        freqs = torch.tensor([[position]], dtype=torch.float32)[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(h.dtype).unsqueeze(1)
+        sin = (emb.sin() * self.rope_scale).to(h.dtype).unsqueeze(1)
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        for i, layer in enumerate(self.layers):
+            residual = h
+            q, k, v = layer.qkv(_rms(h, layer.norm1))
+            q = q.view(1, 1, heads, dim).transpose(1, 2)
+            k = k.view(1, 1, kv_heads, dim).transpose(1, 2)
+            v = v.view(1, 1, kv_heads, dim).transpose(1, 2)
+            q = (q * cos) + (_rotate_half(q) * sin)
+            k = (k * cos) + (_rotate_half(k) * sin)
+            keys[i] = torch.cat([keys[i], k], dim=-2)
+            values[i] = torch.cat([values[i], v], dim=-2)
+            out = F.scaled_dot_product_attention(
+                q, keys[i], values[i], attn_mask=None, dropout_p=0.0, scale=self.scaling,
+                is_causal=False, enable_gqa=self.gqa,
+            )
+            out = out.reshape(1, -1, 1, dim).transpose(1, 2).contiguous()
+            out = out.reshape(1, 1, -1).contiguous()
+            h = residual + layer.o(out)[0]
+            residual = h
+            gate, up = layer.gate_up(_rms(h, layer.norm2))
+            h = residual + layer.down(F.silu(gate) * up)[0]
+        h = self.final_norm(h)
+        return torch.mv(self.lm_head, h[0, -1])
+
+    def _prefill(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, _KV, _KV]:
+        """The prompt through the model's own forward: last logits, its cache, and the
+        cache's per-layer keys and values for :meth:`step` to extend."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(**inputs, **{self.cache_kwarg: cache}, use_cache=True, logits_to_keep=1)
+        layers: list[Any] = list(cache.layers)
+        return out.logits[0, -1], cache, [la.keys for la in layers], [la.values for la in layers]
+
+    def greedy(
+        self,
+        inputs: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        stop_ids: set[int],
+        on_first: Callable[[], None] | None = None,
+    ) -> list[int]:
+        """New token ids, the stop token included when one ended the answer (as generate())."""
+        logits, _, keys, values = self._prefill(inputs)
+        position = int(inputs["input_ids"].shape[1])
+        token = logits.argmax()
+        tokens = [int(token)]
+        if on_first is not None:
+            on_first()
+        while len(tokens) < max_new_tokens and tokens[-1] not in stop_ids:
+            logits = self.step(token, position, keys, values)
+            position += 1
+            token = logits.argmax()
+            tokens.append(int(token))
+        return tokens
+
+    def verify(self, inputs: dict[str, torch.Tensor], steps: int = 3) -> str | None:
+        """None when this loop's logits equal the model forward's at every step of a probe;
+        otherwise what differed."""
+        import torch
+
+        logits, cache, keys, values = self._prefill(inputs)
+        token = logits.argmax()
+        position = int(inputs["input_ids"].shape[1])
+        mask = inputs.get("attention_mask")
+        for step in range(steps):
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
+            reference = self.model(
+                input_ids=token.view(1, 1),
+                attention_mask=mask,
+                **{self.cache_kwarg: cache},
+                use_cache=True,
+                cache_position=torch.tensor([position]),
+                logits_to_keep=1,
+            ).logits[0, -1]
+            ours = self.step(token, position, keys, values)
+            if not torch.equal(reference, ours):
+                return f"logits differ from the model's forward at decode step {step + 1}"
+            position += 1
+            token = reference.argmax()
+        return None
+
+
+def _logits_processors(model: Any) -> list[str]:
+    """The logits processors generate() would apply in greedy decoding (e.g. a repetition
+    penalty in the model's generation_config); the loop applies none."""
+    import copy
+
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample = False
+    try:
+        processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=1)
+    except Exception as exc:  # a private API: if it moves, take the safe road
+        return [f"unknown ({type(exc).__name__})"]
+    return [type(p).__name__ for p in processors]

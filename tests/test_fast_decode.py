@@ -1,0 +1,148 @@
+"""The lean greedy decode loop: same tokens as generate(), verified at load, falls back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmcheck.engines.base import GenerationConfig
+from pytest_llmcheck.engines.transformers import fastpath
+from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+from pytest_llmcheck.registry import resolve
+
+PROMPTS = ["What is the capital of France?", "明明和白白谁喜欢谁？", "hello world " * 12]
+
+
+def _load(folder: Path, quant: str, decode: str = "fast") -> TransformersEngine:
+    quantizer = get_quantizer(quant)
+    return TransformersEngine.load(resolve(str(folder)), folder, quantizer, threads=1, decode=decode)
+
+
+def _answers(engine: TransformersEngine, tokens: int = 20) -> list[tuple[str, int]]:
+    config = GenerationConfig(max_new_tokens=tokens, threads=1)
+    return [(a.text, a.new_tokens) for a in (engine.generate(p, system=None, config=config) for p in PROMPTS)]
+
+
+@pytest.mark.parametrize("quant", ["int4", "bf16", "none"])
+def test_fast_loop_answers_as_generate_does(tiny_model: Path, quant: str) -> None:
+    fast = _load(tiny_model, quant)
+    slow = _load(tiny_model, quant, decode="generate")
+    assert fast.fast is not None, fast.facts.details["decode"]
+    assert fast.facts.details["decode"].startswith("fast")
+    assert slow.fast is None
+    assert slow.facts.details["decode"] == "generate() (--llm-decode=generate)"
+    got, expected = _answers(fast), _answers(slow)
+    assert got == expected
+    assert all(n == 20 for _, n in got)  # random weights, no stop token: the loop ran to the end
+
+
+def test_fast_loop_stops_where_generate_stops(tiny_model: Path) -> None:
+    engine = _load(tiny_model, "int4")
+    assert engine.fast is not None
+    config = GenerationConfig(max_new_tokens=20, threads=1)
+    ids = engine.fast.greedy(engine._encode(PROMPTS[0], None), 20, set())
+    engine.model.generation_config.eos_token_id = ids[3]  # a token of the answer ends the turn now
+    engine.fast = None
+    expected = engine.generate(PROMPTS[0], system=None, config=config)
+    engine.use_fast_decode()
+    assert engine.fast is not None
+    got = engine.generate(PROMPTS[0], system=None, config=config)
+    assert (got.text, got.new_tokens) == (expected.text, expected.new_tokens)
+    assert got.new_tokens < 20
+
+
+def _tiny_qwen2(int4: bool) -> tuple[Any, Any]:
+    """A random Qwen2 (q/k/v with bias) and its INT4 form, in memory."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_theta=5e5, tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+    for layer in model.model.layers:  # biases of zero would hide a missed bias
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            torch.nn.init.normal_(proj.bias, std=0.5)
+    model.generation_config.eos_token_id = None
+    if int4:
+        get_quantizer("int4").apply(model)
+    return model, {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 3, 250]])}
+
+
+@pytest.mark.parametrize("int4", [True, False], ids=["int4", "bf16"])
+def test_qwen2_with_qkv_bias(int4: bool) -> None:
+    import torch
+
+    model, inputs = _tiny_qwen2(int4)
+    decoder = fastpath.FastDecoder.build(model)
+    assert bool(decoder.layers[0].qkv.int4) is int4
+    with torch.inference_mode():
+        assert decoder.verify(inputs, steps=4) is None
+        expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
+        assert decoder.greedy(inputs, 16, set()) == expected
+
+
+def test_a_loop_that_differs_is_caught_at_load(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def swapped_halves(x: Any) -> Any:  # the other rotary layout: same shapes, other numbers
+        import torch
+
+        half = x.shape[-1] // 2
+        return torch.cat((x[..., half:], -x[..., :half]), dim=-1)
+
+    monkeypatch.setattr(fastpath, "_rotate_half", swapped_halves)
+    engine = _load(tiny_model, "int4")
+    assert engine.fast is None
+    assert engine.facts.details["decode"] == (
+        "generate() (logits differ from the model's forward at decode step 1)"
+    )
+    monkeypatch.undo()
+    assert _answers(engine) == _answers(_load(tiny_model, "int4", decode="generate"))
+
+
+def test_logits_processors_in_the_generation_config_keep_generate(tiny_model: Path) -> None:
+    engine = _load(tiny_model, "int4", decode="generate")
+    engine.model.generation_config.repetition_penalty = 1.3
+    assert engine.use_fast_decode() == (
+        "generate() (the model's generation config asks for logits processors)"
+    )
+    assert engine.fast is None
+
+
+def test_sampling_still_goes_through_generate(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _load(tiny_model, "int4")
+    assert engine.fast is not None
+    monkeypatch.setattr(engine.fast, "greedy", None)  # would raise if called
+    config = GenerationConfig(max_new_tokens=8, temperature=0.7)
+    answer = engine.generate(PROMPTS[0], system=None, config=config)
+    assert answer.new_tokens == 8
+
+
+def test_decode_option_is_checked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--llm-decode=fastest", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --llm-decode: invalid value 'fastest'; allowed: fast, generate"])
+
+
+@pytest.mark.slow
+def test_smollm2_int4_fast_loop_matches_generate() -> None:
+    ref = resolve("smollm2")
+    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer("int4"), threads=1)
+    try:
+        assert engine.fast is not None, engine.facts.details["decode"]
+        config = GenerationConfig(max_new_tokens=40, threads=1)
+        prompts = [
+            "Write three sentences about the city of Paris.",
+            "小明的妈妈有三个孩子，老大叫大毛，老二叫二毛，老三叫什么？",
+        ]
+        got = [engine.generate(p, system=None, config=config).text for p in prompts]
+        engine.fast = None
+        assert got == [engine.generate(p, system=None, config=config).text for p in prompts]
+    finally:
+        engine.close()
