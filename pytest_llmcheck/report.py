@@ -10,6 +10,7 @@ import json
 import math
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,21 @@ def _repeats(case: CaseResult) -> str | None:
 def _preview(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def chart_labels(ids: Sequence[str], limit: int = 24) -> list[str]:
+    """One distinct x-axis label per question, at most ``limit`` characters where possible.
+
+    Long ids are cut in the middle (``examples/py…riddle-1``): ids of one suite share
+    their start and differ at the end, so cutting the end made them all the same label.
+    Labels still equal after that get their position appended (``… #3``)."""
+    head = (limit - 1) // 2
+    labels = []
+    for qid in ids:
+        text = " ".join(qid.split())
+        labels.append(text if len(text) <= limit else f"{text[:head]}…{text[-(limit - 1 - head):]}")
+    counts = Counter(labels)
+    return [f"{label} #{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -385,7 +401,7 @@ def latency_svg(results: SessionResults) -> str:
                         ys.append(case.median_seconds)
                 ax.bar(xs, ys, width=bar_w, label=m.name, color=cmap(i % cmap.N))
             ax.set_xticks(range(n_q))
-            labels = [_preview(q, 24) for q in qids]
+            labels = chart_labels(qids)
             ax.set_xticklabels(
                 labels,
                 rotation=45 if n_q > 8 else 0,

@@ -89,13 +89,14 @@ def test_qwen2_with_qkv_bias(int4: bool) -> None:
 
 
 def test_a_loop_that_differs_is_caught_at_load(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def swapped_halves(x: Any) -> Any:  # the other rotary layout: same shapes, other numbers
+    def sum_in_other_order(x: Any, cos: Any, signed_sin: Any) -> Any:
+        # the same terms as transformers', added the other way round (x*sin first) and with
+        # the product rounded once: what a fused kernel would do; differs in the last bits
         import torch
 
-        half = x.shape[-1] // 2
-        return torch.cat((x[..., half:], -x[..., :half]), dim=-1)
+        return torch.addcmul(torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin, x, cos)
 
-    monkeypatch.setattr(fastpath, "_rotate_half", swapped_halves)
+    monkeypatch.setattr(fastpath, "_rope", sum_in_other_order)
     engine = _load(tiny_model, "int4")
     assert engine.fast is None
     assert engine.facts.details["decode"] == (

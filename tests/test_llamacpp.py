@@ -197,6 +197,24 @@ def test_float_gguf_is_quantized_once_per_machine(pytester: pytest.Pytester, f16
     )
 
 
+def test_no_cache_quantized_copy_is_removed_at_close(
+    f16_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from pytest_llmcheck.engines.llamacpp import load_llamacpp
+    from pytest_llmcheck.settings import Settings
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = Settings(threads=1, no_cache=True, cache_dir=tmp_path / "cache")
+    engine = load_llamacpp(resolve(f"{f16_gguf}@llamacpp"), settings)
+    assert engine.prepared.temporary
+    assert engine.prepared.path.parent.parent == tmp_path
+    assert engine.facts.quant == "Q4_K_M"
+    engine.close()
+    assert list(tmp_path.iterdir()) == []  # no leftover copy, and no cache entry either
+
+
 def test_hub_repo_downloads_only_the_chosen_quant(
     pytester: pytest.Pytester, tmp_path: Path, hub_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

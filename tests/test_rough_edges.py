@@ -59,3 +59,22 @@ def test_other_quantizations_are_other_models_with_their_own_snapshots(
     settings = Settings(models=(str(tiny_model),), quant=quant, models_given=True)
     session = LlmcheckSession(settings, lambda ref: None, tiny_model.parent)  # type: ignore[arg-type,return-value]
     assert [ref.name for ref in session.resolve_models()] == [name]
+
+
+def test_chart_labels_of_long_ids_stay_distinct() -> None:
+    from pytest_llmcheck.report import chart_labels
+
+    ids = [
+        "examples/python_api/test_riddles.py::test_riddle[riddle-1]",
+        "examples/python_api/test_riddles.py::test_riddle[riddle-2]",
+        "examples/riddles/riddles.llm.yaml::riddle-1",
+        "short-id",
+    ]
+    labels = chart_labels(ids)
+    assert len(set(labels)) == len(ids)
+    assert labels[0] == "examples/py…le[riddle-1]"
+    assert labels[3] == "short-id"
+    assert all(len(label) <= 24 for label in labels)
+    # ids alike at both ends still get distinct labels
+    alike = ["a" * 20 + str(i) + "b" * 20 for i in range(3)]
+    assert chart_labels(alike) == [f"{'a' * 11}…{'b' * 12} #{i}" for i in (1, 2, 3)]

@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import mmap
 import re
+import shutil
 import struct
 import threading
 import time
@@ -278,7 +279,11 @@ def quantize(source: Path, target_type: str, cache: Cache | None, threads: int) 
         import tempfile
 
         out = Path(tempfile.mkdtemp(prefix="llmcheck-gguf-")) / QUANT_FILE
-        run(out)
+        try:
+            run(out)
+        except BaseException:
+            shutil.rmtree(out.parent, ignore_errors=True)
+            raise
         return out, time.perf_counter() - start, False
     from ..filehash import FileHashes
 
@@ -339,6 +344,12 @@ class _Prepared:
     prepare_seconds: float
     from_cache: bool
     n_ctx: int  # the model's training context, capped at N_CTX_MAX
+    temporary: bool = False  # a quantized copy made under --llm-no-cache: removed at close
+
+    def discard(self) -> None:
+        """Remove a temporary copy (its folder); cached and original files stay."""
+        if self.temporary:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def prepare(ref: ModelRef, settings: Settings) -> _Prepared:
@@ -350,7 +361,7 @@ def prepare(ref: ModelRef, settings: Settings) -> _Prepared:
     if kind in FLOAT_TYPES and target != "none":
         cache = Cache(settings.cache_dir) if settings.use_cache else None
         out, seconds, cached = quantize(path, target, cache, settings.threads)
-        return _Prepared(out, target, kind, seconds, cached, n_ctx)
+        return _Prepared(out, target, kind, seconds, cached, n_ctx, temporary=cache is None)
     return _Prepared(path, kind, kind, 0.0, False, n_ctx)
 
 
@@ -359,7 +370,11 @@ def load_llamacpp(ref: ModelRef, settings: Settings) -> LlamaCppEngine:
     _requant(settings)  # a bad option value fails before any work
     _llama_cpp()
     prepared = prepare(ref, settings)
-    return LlamaCppEngine.load(ref, prepared, threads=settings.threads, seed=settings.seed)
+    try:
+        return LlamaCppEngine.load(ref, prepared, threads=settings.threads, seed=settings.seed)
+    except BaseException:
+        prepared.discard()
+        raise
 
 
 class LlamaCppEngine:
@@ -539,6 +554,7 @@ class LlamaCppEngine:
             with _quiet():
                 self.llama.close()
             self.llama = None
+        self.prepared.discard()
 
 
 def _header_digest(path: Path) -> str:

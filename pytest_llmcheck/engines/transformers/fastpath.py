@@ -48,16 +48,21 @@ class _Int4:
     sizes: list[int]  # output features of each member, in order
     bias: torch.Tensor | None
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, 1, sum of sizes): exactly what torchao's Int4OpaqueTensor linear computes,
+        for all members at once."""
+        import torch
+
+        mm = torch.ops.aten._weight_int4pack_mm_for_cpu
+        y: torch.Tensor = mm(x.view(1, -1), self.packed, self.group, self.scale_zero).view(1, 1, -1)
+        if self.bias is not None:
+            y += self.bias
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         import torch
 
-        # exactly what torchao's Int4OpaqueTensor linear does, for all members at once
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scale_zero)
-        y = y.reshape(1, 1, -1)
-        if self.bias is not None:
-            y += self.bias
-        y = y.to(x.dtype)
+        y = self.raw(x)
         return list(torch.split(y, self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
 
 
@@ -68,6 +73,11 @@ class _Proj:
     int4: list[_Int4]
     weights: tuple[torch.Tensor, ...] = ()  # plain weights, one linear each
     biases: tuple[torch.Tensor | None, ...] = ()
+
+    @property
+    def single(self) -> _Int4 | None:
+        """The one INT4 call that computes all members, if that is how they run."""
+        return self.int4[0] if len(self.int4) == 1 else None
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         import torch.nn.functional as F
@@ -161,11 +171,14 @@ def _rms(h: torch.Tensor, norm: Any) -> torch.Tensor:
     return out
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with fewer ops: rotate_half(x) is roll(x) with the
+    first half negated, and that sign is moved onto sin (negation is exact, so every product
+    and sum is the one transformers computes). ``x``: (..., head_dim), any heads."""
     import torch
 
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    out: torch.Tensor = (x * cos) + (torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin)
+    return out
 
 
 class FastDecoder:
@@ -231,20 +244,28 @@ class FastDecoder:
         import torch
         import torch.nn.functional as F
 
-        h = self.embed(token.view(1, 1))
+        h = F.embedding(token.view(1, 1), self.embed.weight)
         freqs = torch.tensor([[position]], dtype=torch.float32)[..., None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scale).to(h.dtype).unsqueeze(1)
         sin = (emb.sin() * self.rope_scale).to(h.dtype).unsqueeze(1)
+        half = self.head_dim // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # rotate_half's sign, moved onto sin
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         for i, layer in enumerate(self.layers):
             residual = h
-            q, k, v = layer.qkv(_rms(h, layer.norm1))
-            q = q.view(1, 1, heads, dim).transpose(1, 2)
-            k = k.view(1, 1, kv_heads, dim).transpose(1, 2)
-            v = v.view(1, 1, kv_heads, dim).transpose(1, 2)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            x = _rms(h, layer.norm1)
+            if layer.qkv.single is not None:  # one INT4 call: rotate q and k in one go
+                y = layer.qkv.single.raw(x)
+                qk = _rope(y[..., : (heads + kv_heads) * dim].view(1, 1, heads + kv_heads, dim), cos, sin)
+                qk = qk.transpose(1, 2)
+                q, k = qk[:, :heads], qk[:, heads:]
+                v = y[..., (heads + kv_heads) * dim :].view(1, 1, kv_heads, dim).transpose(1, 2)
+            else:
+                q, k, v = layer.qkv(x)
+                q = _rope(q.view(1, 1, heads, dim), cos, sin).transpose(1, 2)
+                k = _rope(k.view(1, 1, kv_heads, dim), cos, sin).transpose(1, 2)
+                v = v.view(1, 1, kv_heads, dim).transpose(1, 2)
             keys[i] = torch.cat([keys[i], k], dim=-2)
             values[i] = torch.cat([values[i], v], dim=-2)
             out = F.scaled_dot_product_attention(
@@ -257,7 +278,7 @@ class FastDecoder:
             residual = h
             gate, up = layer.gate_up(_rms(h, layer.norm2))
             h = residual + layer.down(F.silu(gate) * up)[0]
-        h = self.final_norm(h)
+        h = _rms(h, self.final_norm)
         return torch.mv(self.lm_head, h[0, -1])
 
     def _prefill(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, _KV, _KV]:

@@ -1,0 +1,184 @@
+"""Decode speed of the torch INT4 path against llama.cpp on the same GGUF, before and after
+the lean decode loop.
+
+    python benchmarks/bench_decode.py            # 64 new tokens, median of 3
+    python benchmarks/bench_decode.py --quick    # 32 new tokens, one repetition
+
+One run, the embedded SmolLM2-135M-Instruct Q4_1 GGUF, the same prompt, greedy, at 1 and
+2 threads. Each row runs in a fresh process (a "session"), one after the other:
+
+- ``torch int4, generate()``: the default engine as it was, ``--llm-decode=generate``;
+- ``torch int4, fast loop``: the default engine now (``--llm-decode=fast``), run in two
+  sessions: "same answer" says whether both gave the same text byte for byte, and the
+  same text as ``generate()``;
+- ``llama.cpp (engine)``: llama-cpp-python as the ``llamacpp`` engine runs it (on an AMX
+  build, without llama.cpp's repacked weight buffers, which crash on batched prompts);
+- ``llama.cpp (repacked)``: the same file with llama.cpp's repacked/AMX weights, the
+  fastest this llama.cpp build decodes (the prompt fed one token at a time so that it
+  does not crash); on a build without AMX it is what the engine runs.
+
+``decode tok/s`` counts the tokens after the first over the time after the first (what
+``llama-bench``'s tg test measures); ``vs llama.cpp`` divides by the fastest llama.cpp row
+of the same thread count (the target is >= 0.5). Machines are noisy: compare rows of one
+run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_engines import table  # noqa: E402
+
+PROMPT = "Write three sentences about the city of Paris."
+TARGET = 0.5
+
+
+def torch_worker(decode: str, threads: int, tokens: int, repeats: int) -> dict[str, object]:
+    from pytest_llmcheck.engines.base import GenerationConfig
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+    from pytest_llmcheck.registry import resolve
+
+    ref = resolve("smollm2")
+    engine = TransformersEngine.load(
+        ref, Path(ref.location), get_quantizer("int4"), threads=threads, decode=decode
+    )
+    config = GenerationConfig(max_new_tokens=tokens, threads=threads)
+    engine.generate(PROMPT, system=None, config=GenerationConfig(max_new_tokens=8, threads=threads))
+    rates, text = [], ""
+    for _ in range(repeats):
+        answer = engine.generate(PROMPT, system=None, config=config)
+        rates.append((answer.new_tokens - 1) / (answer.seconds - answer.ttft))
+        text = answer.text
+    return {"rate": statistics.median(rates), "text": text, "decode": engine.facts.details["decode"]}
+
+
+def llamacpp_engine_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
+    from pytest_llmcheck.engines.base import GenerationConfig
+    from pytest_llmcheck.engines.llamacpp import load_llamacpp
+    from pytest_llmcheck.registry import resolve
+    from pytest_llmcheck.settings import Settings
+
+    engine = load_llamacpp(resolve("smollm2@llamacpp"), Settings(threads=threads, no_cache=True))
+    config = GenerationConfig(max_new_tokens=tokens, threads=threads)
+    engine.generate(PROMPT, system=None, config=GenerationConfig(max_new_tokens=8, threads=threads))
+    rates = []
+    for _ in range(repeats):
+        answer = engine.generate(PROMPT, system=None, config=config)
+        rates.append((answer.new_tokens - 1) / (answer.seconds - answer.ttft))
+    return {"rate": statistics.median(rates), "extra_buffers": engine.extra_buffers}
+
+
+def llamacpp_repacked_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
+    """Decode with llama.cpp's default (repacked) weights, greedy, the prompt token by token."""
+    import llama_cpp
+
+    from pytest_llmcheck.registry import smollm2_path
+
+    llm = llama_cpp.Llama(
+        str(smollm2_path()), n_ctx=2048, n_batch=512, n_ubatch=512,
+        n_threads=threads, n_threads_batch=threads, seed=0, verbose=False,
+    )
+    prompt = llm.tokenize(
+        f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n".encode(), special=True
+    )
+    rates = []
+    for _ in range(repeats + 1):  # the first is the warm-up
+        llm.reset()  # type: ignore[no-untyped-call]
+        for token in prompt:
+            llm.eval([token])
+        token = llm.sample(temp=0.0, repeat_penalty=1.0)
+        start = time.perf_counter()
+        for _ in range(tokens - 1):
+            llm.eval([token])
+            token = llm.sample(temp=0.0, repeat_penalty=1.0)
+        rates.append((tokens - 1) / (time.perf_counter() - start))
+    return {"rate": statistics.median(rates[1:])}
+
+
+def run(kind: str, threads: int, tokens: int, repeats: int) -> dict[str, object] | None:
+    """One row in a fresh process; None when it failed (its stderr's last line is printed)."""
+    command = [sys.executable, __file__, "--worker", kind, str(threads), str(tokens), str(repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        print(f"  {kind} at {threads} threads failed: {tail}", file=sys.stderr)
+        return None
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def worker(kind: str, threads: int, tokens: int, repeats: int) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # libraries' prints stay out of the JSON line
+        if kind.startswith("torch-"):
+            result = torch_worker(kind.removeprefix("torch-"), threads, tokens, repeats)
+        elif kind == "llamacpp-engine":
+            result = llamacpp_engine_worker(threads, tokens, repeats)
+        else:
+            result = llamacpp_repacked_worker(threads, tokens, repeats)
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="32 tokens, one repetition")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, threads, tokens, repeats = args.worker
+        worker(kind, int(threads), int(tokens), int(repeats))
+        return
+    tokens, repeats = (32, 1) if args.quick else (64, 3)
+    from bench_xdist import cpu_name
+
+    from pytest_llmcheck.engines.transformers.weights import cpu_capability
+
+    print(f"{cpu_name()} ({cpu_capability()}), {os.cpu_count()} CPUs")
+    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {tokens} new tokens, median of {repeats}\n")
+    rows = [["engine", "threads", "decode tok/s", "vs llama.cpp", "same answer", "decode path"]]
+    for threads in (1, 2):
+        before = run("torch-generate", threads, tokens, repeats)
+        fast = [run("torch-fast", threads, tokens, repeats) for _ in range(2)]
+        engine = run("llamacpp-engine", threads, tokens, repeats)
+        repacked = run("llamacpp-repacked", threads, tokens, repeats)
+        best = max((float(r["rate"]) for r in (engine, repacked) if r), default=None)  # type: ignore[arg-type]
+
+        def cells(
+            name: str, result: dict[str, object] | None, same: str = "", path: str = "",
+            threads: int = threads, best: float | None = best,
+        ) -> list[str]:
+            if result is None:
+                return [name, str(threads), "failed", "-", same, path]
+            rate = float(result["rate"])  # type: ignore[arg-type]
+            ratio = f"{rate / best:.2f}" if best else "-"
+            return [name, str(threads), f"{rate:.1f}", ratio, same, path]
+
+        texts = {str(r["text"]) for r in fast if r}
+        same = "yes" if len(texts) == 1 and before and before["text"] in texts else "NO"
+        rows.append(cells("torch int4, generate()", before, path="generate()"))
+        for n, result in enumerate(fast, 1):
+            path = str(result["decode"]).split(" (")[0] if result else ""
+            rows.append(cells(f"torch int4, fast loop (session {n})", result, same, path))
+        rows.append(cells("llama.cpp (engine)", engine))
+        rows.append(cells("llama.cpp (repacked)", repacked))
+    print(table(rows))
+    print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions")
+
+
+if __name__ == "__main__":
+    main()
