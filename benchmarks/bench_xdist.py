@@ -7,9 +7,12 @@ The two models are the embedded SmolLM2 GGUF under two references (the alias and
 file's path), so they are two models to pytest (two names, two loads) sharing one INT4
 cache entry, which a first, untimed run fills. Each timed run is a fresh pytest process
 on the riddle suite with a report; "loads" is the sum over workers from report.json.
-Rows: serial at 2 threads; ``-n 2`` with the model scheduler (each model on one worker)
-at 1 thread per worker; ``-n 2 --dist load`` (xdist's own, each worker loads the models
-it meets) at 1 thread per worker. Both ``-n 2`` rows use the same 2 cores as serial.
+Rows: serial at 1 thread and at 2 threads (the default on 2 CPUs); ``-n 2`` with the
+model scheduler (each model on one worker) at 1 thread per worker; ``-n 2 --dist load``
+(xdist's own, each worker loads the models it meets) at 1 thread per worker. All use the
+same 2 cores. "vs serial" divides the wall time by the serial run at the same threads
+per model (1): with one model per worker it is about 0.5 when the answers dominate; each
+worker also starts its own Python, torch and transformers.
 """
 
 from __future__ import annotations
@@ -74,17 +77,22 @@ def main() -> None:
         run(project, cache, models, ["--llm-threads=2"], tokens)  # fill the INT4 cache entry
         print(f"two models (SmolLM2 INT4 twice), riddle suite, {tokens} new tokens; {cpu_name()}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before", flush=True)
-        widths = (24, 14, 6, 7, 10)
-        print(line(("run", "threads", "loads", "wall s", "answers"), widths))
+        widths = (24, 14, 6, 7, 10, 10)
+        print(line(("run", "threads", "loads", "wall s", "vs serial", "answers"), widths))
         print(line(tuple("-" * w for w in widths), widths), flush=True)
+        serial_1 = None
         for label, extra in (
+            ("serial", ["--llm-threads=1"]),
             ("serial", ["--llm-threads=2"]),
             ("-n 2 (model scheduler)", ["-n", "2", "--llm-threads=1"]),
             ("-n 2 --dist load", ["-n", "2", "--dist", "load", "--llm-threads=1"]),
         ):
             seconds, loads, answers = run(project, cache, models, extra, tokens)
+            serial_1 = serial_1 or seconds
+            ratio = f"{seconds / serial_1:.2f}" if extra[-1].endswith("=1") else "-"
             threads = extra[-1].split("=")[1] + (" per worker" if "-n" in extra else "")
-            print(line((label, threads, str(loads), f"{seconds:.1f}", answers), widths), flush=True)
+            cells = (label, threads, str(loads), f"{seconds:.1f}", ratio, answers)
+            print(line(cells, widths), flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} after")
 
 

@@ -113,6 +113,9 @@ def test_logits_processors_in_the_generation_config_keep_generate(tiny_model: Pa
         "generate() (the model's generation config asks for logits processors)"
     )
     assert engine.fast is None
+    assert engine.facts.summary.endswith(
+        "; decode: generate() (the model's generation config asks for logits processors)"
+    )
 
 
 def test_sampling_still_goes_through_generate(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ plugin stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from collections.abc import Iterator, Sequence
@@ -142,8 +143,9 @@ class TransformersEngine:
         if problem is None:
             self.fast = decoder
             decision = "fast (same logits as the model's forward on a probe)"
-        else:
+        else:  # said on the summary line: it explains a slower model
             decision = f"generate() ({problem})"
+            self.facts = dataclasses.replace(self.facts, summary=f"{self.facts.summary}; decode: {decision}")
         self.facts.details["decode"] = decision
         return decision
 
