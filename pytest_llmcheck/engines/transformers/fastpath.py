@@ -127,13 +127,21 @@ def _projection(linears: Sequence[Any]) -> _Proj:
         if not fusable:
             return _Proj(int4=members)
         biases = [m.bias for m in members if m.bias is not None]
+        packed = torch.cat([m.packed for m in members], 0)
         fused = _Int4(
-            torch.cat([m.packed for m in members], 0),
+            packed,
             members[0].group,
             torch.cat([m.scale_zero for m in members], 1).contiguous(),
             [m.sizes[0] for m in members],
             torch.cat(biases) if biases else None,
         )
+        # The model's own weights (still used for prompts) become views of the fused copy,
+        # so fusing does not hold the packed weights twice (the small scales are copied).
+        start = 0
+        for lin, member in zip(linears, members, strict=True):
+            size = member.sizes[0]
+            lin.weight.qdata = packed[start : start + size]  # whole rows: contiguous, same bytes
+            start += size
         return _Proj(int4=[fused])
     plain = (torch.Tensor, torch.nn.Parameter)
     if any(p is not None for p in parts) or any(type(lin.weight) not in plain for lin in linears):
