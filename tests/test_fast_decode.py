@@ -54,38 +54,68 @@ def test_fast_loop_stops_where_generate_stops(tiny_model: Path) -> None:
     assert got.new_tokens < 20
 
 
-def _tiny_qwen2(int4: bool) -> tuple[Any, Any]:
-    """A random Qwen2 (q/k/v with bias) and its INT4 form, in memory."""
+def _tiny(arch: str, int4: bool, *, head_dim: int = 16) -> tuple[Any, Any]:
+    """A random Llama or Qwen2 (q/k/v with bias) in bf16, INT4 if asked, in memory.
+
+    head_dim 16 gives k/v projections of 32 outputs: INT4 q/k/v then run as three calls
+    (a partial kernel block); head_dim 64 gives 64: one fused call, q and k rotated together.
+    """
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(1)
-    config = Qwen2Config(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rope_theta=5e5, tie_word_embeddings=False,
-    )
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
-    for layer in model.model.layers:  # biases of zero would hide a missed bias
-        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-            torch.nn.init.normal_(proj.bias, std=0.5)
+    shape = {
+        "vocab_size": 300, "hidden_size": 2 * head_dim * 2, "intermediate_size": 8 * head_dim,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": head_dim,
+        "max_position_embeddings": 256, "rope_theta": 5e5, "tie_word_embeddings": False,
+    }
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+        for layer in model.model.layers:  # biases of zero would hide a missed bias
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.5)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    model = model.to(torch.bfloat16).eval()
     model.generation_config.eos_token_id = None
     if int4:
         get_quantizer("int4").apply(model)
     return model, {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 3, 250]])}
 
 
+@pytest.mark.parametrize("head_dim", [16, 64], ids=["k-v-apart", "q-k-v-fused"])
 @pytest.mark.parametrize("int4", [True, False], ids=["int4", "bf16"])
-def test_qwen2_with_qkv_bias(int4: bool) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_models_decode_as_generate(arch: str, int4: bool, head_dim: int) -> None:
     import torch
 
-    model, inputs = _tiny_qwen2(int4)
+    model, inputs = _tiny(arch, int4, head_dim=head_dim)
     decoder = fastpath.FastDecoder.build(model)
-    assert bool(decoder.layers[0].qkv.int4) is int4
+    qkv = decoder.layers[0].qkv
+    assert bool(qkv.int4) is int4
+    assert (qkv.single is not None) is (int4 and head_dim == 64)  # the branch under test
     with torch.inference_mode():
         assert decoder.verify(inputs, steps=4) is None
         expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
         assert decoder.greedy(inputs, 16, set()) == expected
+        assert decoder.greedy(inputs, 0, set()) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("min_new_tokens", 8), ("num_beams", 3), ("cache_implementation", "static"),
+     ("repetition_penalty", 1.3)],
+)
+def test_generation_settings_that_change_decoding_keep_generate(setting: str, value: Any) -> None:
+    import torch
+
+    model, inputs = _tiny("llama", True, head_dim=64)
+    with torch.inference_mode():
+        plain = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, 7:].tolist()
+    model.generation_config.eos_token_id = plain[2]  # so that min_new_tokens has an effect
+    setattr(model.generation_config, setting, value)
+    with pytest.raises(fastpath.Unsupported, match=f"generation config sets {setting}"):
+        fastpath.FastDecoder.build(model)
 
 
 def test_a_loop_that_differs_is_caught_at_load(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,16 +136,23 @@ def test_a_loop_that_differs_is_caught_at_load(tiny_model: Path, monkeypatch: py
     assert _answers(engine) == _answers(_load(tiny_model, "int4", decode="generate"))
 
 
-def test_logits_processors_in_the_generation_config_keep_generate(tiny_model: Path) -> None:
+def test_a_generation_setting_keeps_generate_on_the_summary_line(tiny_model: Path) -> None:
+    from transformers import GenerationConfig as HFGenerationConfig
+
     engine = _load(tiny_model, "int4", decode="generate")
     engine.model.generation_config.repetition_penalty = 1.3
-    assert engine.use_fast_decode() == (
-        "generate() (the model's generation config asks for logits processors)"
-    )
+    assert engine.use_fast_decode() == "generate() (the model's generation config sets repetition_penalty)"
     assert engine.fast is None
+    engine.use_fast_decode()  # said once on the summary line, however often asked
+    assert engine.facts.summary.count("; decode: ") == 1
     assert engine.facts.summary.endswith(
-        "; decode: generate() (the model's generation config asks for logits processors)"
+        "; decode: generate() (the model's generation config sets repetition_penalty)"
     )
+    engine.model.generation_config.repetition_penalty = HFGenerationConfig().repetition_penalty
+    engine.use_fast_decode()
+    assert engine.fast is not None
+    engine.close()
+    assert engine.fast is None  # the loop holds the model: close lets it go
 
 
 def test_sampling_still_goes_through_generate(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,7 +145,8 @@ class TransformersEngine:
             decision = "fast (same logits as the model's forward on a probe)"
         else:  # said on the summary line: it explains a slower model
             decision = f"generate() ({problem})"
-            self.facts = dataclasses.replace(self.facts, summary=f"{self.facts.summary}; decode: {decision}")
+            summary = self.facts.summary.split("; decode: ")[0]
+            self.facts = dataclasses.replace(self.facts, summary=f"{summary}; decode: {decision}")
         self.facts.details["decode"] = decision
         return decision
 
@@ -312,6 +313,7 @@ class TransformersEngine:
         return dict(self._fingerprint)
 
     def close(self) -> None:
+        self.fast = None  # it holds the model too
         self.model = None
         self.tokenizer = None
         gc.collect()

@@ -243,6 +243,9 @@ class FastDecoder:
         rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
         if rope_type not in STATIC_ROPE:
             raise Unsupported(f"rope type {rope_type!r}")
+        unusual = _unusual_generation_settings(model.generation_config)
+        if unusual:
+            raise Unsupported(f"the model's generation config sets {', '.join(unusual)}")
         if _logits_processors(model):
             raise Unsupported("the model's generation config asks for logits processors")
         return cls(model)
@@ -307,6 +310,8 @@ class FastDecoder:
         on_first: Callable[[], None] | None = None,
     ) -> list[int]:
         """New token ids, the stop token included when one ended the answer (as generate())."""
+        if max_new_tokens < 1:
+            return []
         logits, _, keys, values = self._prefill(inputs)
         position = int(inputs["input_ids"].shape[1])
         token = logits.argmax()
@@ -346,6 +351,32 @@ class FastDecoder:
             position += 1
             token = reference.argmax()
         return None
+
+
+# generation_config fields that do not change greedy decoding as the engine calls it
+# (do_sample=False, max_new_tokens given, one sequence): special token ids (the loop stops
+# on eos_token_id as generate() does), sampling-only settings, lengths that max_new_tokens
+# overrides, and bookkeeping. Anything else (beams, min_new_tokens, forced or suppressed
+# tokens, stop strings, a static cache, ...) keeps generate().
+NEUTRAL_GENERATION_FIELDS = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k", "top_p",
+    "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "max_length", "max_new_tokens",
+    "transformers_version", "_from_model_config", "use_cache", "output_attentions",
+    "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+})
+
+
+def _unusual_generation_settings(config: Any) -> list[str]:
+    """Fields of the model's generation config, set away from their defaults, that could
+    make generate() decode otherwise than the plain greedy loop."""
+    try:
+        changed = config.to_diff_dict()
+    except Exception as exc:  # not a transformers GenerationConfig: take the safe road
+        return [f"an unreadable config ({type(exc).__name__})"]
+    unusual = sorted(k for k in changed if k not in NEUTRAL_GENERATION_FIELDS)
+    if changed.get("use_cache") is False:
+        unusual.append("use_cache")
+    return unusual
 
 
 def _logits_processors(model: Any) -> list[str]:
