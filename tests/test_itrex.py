@@ -276,13 +276,14 @@ def test_env_create_never_leaves_a_half_built_environment(tmp_path: Path) -> Non
 
 
 def test_tiny_model_int4_through_pytest_twice_byte_identical(inner: pytest.Pytester) -> None:
+    """The first session quantizes and saves the INT4 weights; the second loads them."""
     answers = inner.path / "answers.bin"
-    for _ in range(2):
+    for when in ("[0-9]*.*s", "from cache (built in *s)"):
         result = inner.runpytest_subprocess()
         result.assert_outcomes(passed=2)
         result.stdout.fnmatch_lines([
             "llmcheck: tiny-llama@itrex ready in *itrex rtn int4: 14/14 linear layers "
-            "(int4_clip, group 32, compute int8)*",
+            f"(int4_clip, group 32, compute int8), {when}",
         ])
         info = json.loads((inner.path / "info.json").read_text())
         assert not running(info["worker"])
@@ -291,6 +292,13 @@ def test_tiny_model_int4_through_pytest_twice_byte_identical(inner: pytest.Pytes
     assert len(first) > 12
     assert first == second
     assert rest == b""
+    entries = [e for e in Cache(inner.path / "cache").list() if e["kind"] == "itrex-int4"]
+    assert len(entries) == 1
+    assert entries[0]["ready"]
+    # without the cache it quantizes again, and answers the same
+    result = inner.runpytest_subprocess("--llm-no-cache")
+    result.stdout.fnmatch_lines(["llmcheck: tiny-llama@itrex ready in *compute int8), [0-9]*.*s"])
+    assert answers.read_bytes().split(b"\0")[2] == first
 
 
 def test_zero_converted_layers_is_a_clear_error(itrex_python: str, tiny_model: Path, tmp_path: Path) -> None:

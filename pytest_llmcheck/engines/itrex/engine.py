@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -27,8 +28,9 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import LlmcheckError
 from ...registry import ModelRef
@@ -36,6 +38,9 @@ from ...settings import Settings
 from ..base import Answer, GenerationConfig, LoadFacts
 from .compat import legacy_view
 from .env import ItrexPython, locate
+
+if TYPE_CHECKING:
+    from ...cache import Cache
 
 WORKER = Path(__file__).with_name("worker.py")
 # Runs worker.py as a script without putting its folder on sys.path (-I: no user site,
@@ -45,6 +50,8 @@ QUANT_CHOICES = ("int4", "none")
 DEFAULT_TIMEOUT = 600.0
 START_TIMEOUT = 120.0
 LOG_TAIL = 25  # log lines attached to a report
+CACHE_KIND = "itrex-int4"  # cache entries of ITREX's saved INT4 weights
+BUILT_FILE = "llmcheck-built.json"  # in such an entry: how long quantizing took
 
 _LIVE: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
 
@@ -274,8 +281,13 @@ class ItrexEngine:
     @classmethod
     def start(cls, ref: ModelRef, folder: Path, python: ItrexPython, *, quant: str = "int4",
               threads: int = 1, timeout: float = DEFAULT_TIMEOUT, modules_cache: Path | None = None,
-              workdir: Path | None = None) -> ItrexEngine:
-        """Start a worker for the transformers folder ``folder`` and load the model in it."""
+              workdir: Path | None = None, cache: Cache | None = None,
+              identity: dict[str, Any] | None = None) -> ItrexEngine:
+        """Start a worker for the transformers folder ``folder`` and load the model in it.
+
+        With a cache and the source's ``identity``, ITREX's INT4 weights are saved once per
+        machine (kind ``itrex-int4``) and later sessions load them instead of quantizing.
+        """
         _check_quant(quant)
         check_remote_code(ref, folder)
         workdir = workdir or Path(tempfile.mkdtemp(prefix="llmcheck-itrex-"))
@@ -297,11 +309,16 @@ class ItrexEngine:
             raise
         engine = cls(ref, worker, python, quant=quant, threads=threads, timeout=timeout, workdir=workdir)
         engine.rewrites = rewrites
+        from_cache = False
         try:
-            engine.loaded = worker.request(
-                "load", max(timeout * 3, START_TIMEOUT), path=str(view), quant=quant, threads=threads,
-                trust_remote_code=ref.trust_remote_code,
+            load = functools.partial(
+                worker.request, "load", max(timeout * 3, START_TIMEOUT), path=str(view), quant=quant,
+                threads=threads, trust_remote_code=ref.trust_remote_code,
             )
+            if quant == "int4" and cache is not None and identity is not None:
+                engine.loaded, from_cache = engine._load_cached(load, cache, identity, folder)
+            else:
+                engine.loaded = load()
         except BaseException as exc:
             engine.close()
             if isinstance(exc, WorkerError) and "trust_remote_code" in str(exc):
@@ -310,16 +327,40 @@ class ItrexEngine:
                     f"--llm-trust-remote-code={ref.name.split('@')[0]}", exc.details
                 ) from None
             raise
-        engine.facts = engine._facts(engine.loaded, 0.0, False)
+        engine.facts = engine._facts(engine.loaded, 0.0, from_cache)
         return engine
+
+    def _load_cached(self, load: Callable[..., dict[str, Any]], cache: Cache, identity: dict[str, Any],
+                     folder: Path) -> tuple[dict[str, Any], bool]:
+        """Load the INT4 weights from the cache, saving them there first if they are not yet:
+        (the worker's load reply, whether it came from the cache)."""
+        key = {**identity, "recipe": "itrex-rtn-int4-compute-int8", "cpu": cpu_flags(),
+               "versions": self.worker.ready.get("versions", {})}
+        entry = cache.entry(CACHE_KIND, key)
+        built = None
+        if not entry.ready:
+            with entry.build() as tmp:
+                if tmp is not None:
+                    for code in folder.glob("*.py"):  # a model's own code goes with its config
+                        shutil.copy2(code, tmp / code.name)
+                    built = load(save_to=str(tmp))
+                    (tmp / BUILT_FILE).write_text(json.dumps({"seconds": built["seconds"]}), encoding="utf-8")
+        loaded = load(saved=str(entry.path))
+        if built is not None:  # quantized in this session: say so, with its time
+            return {**loaded, "seconds": built["seconds"] + loaded["seconds"]}, False
+        with contextlib.suppress(OSError, ValueError):
+            built = json.loads((entry.path / BUILT_FILE).read_text(encoding="utf-8"))
+            loaded["built_seconds"] = built["seconds"]
+        return loaded, True
 
     def _facts(self, loaded: dict[str, Any], prepare_seconds: float, from_cache: bool) -> LoadFacts:
         total, done = int(loaded["layers_total"]), int(loaded["layers_converted"])
         recipe = loaded.get("recipe") or {}
         if self.quant == "int4":
+            when = (f"from cache (built in {float(loaded.get('built_seconds', 0.0)):.2f}s)" if from_cache
+                    else f"{float(loaded['seconds']):.2f}s")
             summary = (f"itrex rtn int4: {done}/{total} linear layers ({recipe.get('weight_dtype')}, "
-                       f"group {recipe.get('group_size')}, compute {recipe.get('compute_dtype')}), "
-                       f"{float(loaded['seconds']):.2f}s")
+                       f"group {recipe.get('group_size')}, compute {recipe.get('compute_dtype')}), {when}")
         else:
             summary = f"itrex worker, not quantized (fp32), {total} linear layers"
         return LoadFacts(
@@ -454,14 +495,19 @@ def load_itrex(ref: ModelRef, settings: Settings) -> ItrexEngine:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     from ...cache import Cache
-    from ..transformers.weights import weights_identity
+    from ..transformers.weights import source_identity, weights_identity
 
     source = Path(ref.location)
+    weights = source if ref.gguf_file else folder
+    cache = Cache(settings.cache_dir) if settings.use_cache else None
     engine = ItrexEngine.start(
         ref, folder, python, quant=quant, threads=settings.threads, timeout=timeout,
         modules_cache=Cache(settings.cache_dir).scratch("itrex-modules"), workdir=workdir,
+        cache=cache, identity=source_identity(ref, weights, cache.root) if cache is not None else None,
     )
-    engine.weights_id = weights_identity(ref, source if ref.gguf_file else folder)
+    engine.weights_id = weights_identity(ref, weights)
+    if quant == "int4" and cache is not None:  # "from cache" speaks of the INT4 weights then
+        from_cache = engine.facts.from_cache
     engine.facts = engine._facts(engine.loaded, prepare, from_cache)
     return engine
 

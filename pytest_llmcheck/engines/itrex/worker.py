@@ -29,6 +29,7 @@ from typing import Any
 
 FAULT_ENV = "LLMCHECK_ITREX_FAULT"  # tests only: crash | raise | hang, on the first generate
 DEFAULT_QWEN_SYSTEM = "You are a helpful assistant."  # Qwen's own chat() default
+RECIPE_FILE = "llmcheck-recipe.json"  # beside saved INT4 weights: the recipe ITREX settled on
 
 
 def _die_with_parent(parent: int, lifeline: int) -> None:
@@ -86,6 +87,15 @@ class Worker:
             self.model = AutoModelForCausalLM.from_pretrained(
                 path, torch_dtype=torch.float32, trust_remote_code=trust
             )
+        elif self.quant == "int4" and req.get("saved"):
+            # INT4 weights saved by an earlier session (ITREX's save_low_bit): no quantizing
+            from intel_extension_for_transformers.transformers import AutoModelForCausalLM as ItrexAuto
+
+            saved = req["saved"]
+            with open(os.path.join(saved, RECIPE_FILE), encoding="utf-8") as fh:
+                details = json.load(fh)
+            self.model = None  # a model loaded before (the one that was saved) goes first
+            self.model = ItrexAuto.from_pretrained(saved, use_neural_speed=False, trust_remote_code=trust)
         elif self.quant == "int4":
             from intel_extension_for_transformers.transformers import AutoModelForCausalLM as ItrexAuto
             from intel_extension_for_transformers.transformers import RtnConfig
@@ -109,6 +119,13 @@ class Worker:
                 f"ITREX converted 0 of {total} linear layers (lm_head excluded) to INT4; its weight-only "
                 f"path does not fit this model ({type(self.model).__name__})"
             )
+        if self.quant == "int4" and req.get("save_to"):
+            # for the launcher's cache: saving converts the layers back to ITREX's public
+            # format, so the launcher loads the saved copy next (op "load" with "saved")
+            save_to = req["save_to"]
+            self.model.save_pretrained(save_to)
+            with open(os.path.join(save_to, RECIPE_FILE), "w", encoding="utf-8") as fh:
+                json.dump(details, fh)
         chat = req.get("chat", "auto")
         has_chat = callable(getattr(self.model, "chat", None)) and trust
         if chat == "auto":
