@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 PROG = "llmcheck"
-KIND_CHOICES = ("download", "converted", "quantized")
+KIND_CHOICES = ("download", "converted", "quantized", "gguf-quantized", "itrex-int4")  # cache entry kinds
 ENV_ENGINES = ("itrex",)  # engines that run in a Python environment of their own
 
 
@@ -261,7 +261,7 @@ def entry_name(kind: str, key: object, path: Path) -> tuple[str, str]:
         rev = f"@{key['revision']}" if key.get("revision") else ""
         return f"{key.get('source')}:{key.get('repo')}{rev}", ""
     recipe = key.get("recipe")
-    detail = ""
+    detail = recipe if isinstance(recipe, str) else ""  # e.g. itrex-rtn-int4-compute-int8
     if isinstance(recipe, dict):
         detail = str(recipe.get("method", ""))
         if recipe.get("group_size"):

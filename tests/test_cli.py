@@ -201,3 +201,21 @@ def test_the_cli_imports_no_heavy_modules() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind", ["gguf-quantized", "itrex-int4"])
+def test_engine_cache_kinds_can_be_listed_and_cleared(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_llmcheck.cache import Cache
+
+    cache = Cache(tmp_path)
+    with cache.entry(kind, {"name": "m", "recipe": "itrex-rtn-int4-compute-int8"}).build() as tmp:
+        assert tmp is not None
+        (tmp / "w.bin").write_bytes(b"x" * 10)
+    with cache.entry("quantized", {"name": "other"}).build():
+        pass
+    assert main(["list", "--cache-dir", str(tmp_path)]) == 0
+    assert f"{kind}  m" in capsys.readouterr().out
+    assert main(["clear", "--kind", kind, "--cache-dir", str(tmp_path), "--yes"]) == 0
+    assert [e["kind"] for e in cache.list()] == ["quantized"]
