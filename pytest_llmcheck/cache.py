@@ -133,6 +133,12 @@ class CacheEntry:
             return []
         return sorted(parent.glob(f"{glob_escape(self.path.name)}{_TMP}*"))
 
+    def discard(self) -> None:
+        """Remove a ready entry that proved unusable (under its lock): the next build redoes it."""
+        with FileLock(str(self.lock_path)):
+            (self.path / MARKER).unlink(missing_ok=True)  # not ready from here on, even if removal stalls
+            _remove(self.path)
+
     def _clean_stale(self) -> None:
         """Remove temp folders whose builder died; only called while holding the lock."""
         for tmp in self.temp_folders():

@@ -295,10 +295,79 @@ def test_tiny_model_int4_through_pytest_twice_byte_identical(inner: pytest.Pytes
     entries = [e for e in Cache(inner.path / "cache").list() if e["kind"] == "itrex-int4"]
     assert len(entries) == 1
     assert entries[0]["ready"]
+    # a damaged entry is not trusted: it is removed and built again, with the same answer
+    (Path(str(entries[0]["path"])) / "model.safetensors").write_bytes(b"not safetensors")
+    result = inner.runpytest_subprocess()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["llmcheck: tiny-llama@itrex ready in *compute int8), [0-9]*.*s"])
+    assert answers.read_bytes().split(b"\0")[2] == first
+    (entry,) = [e for e in Cache(inner.path / "cache").list() if e["kind"] == "itrex-int4"]
+    assert entry["ready"]
+    assert (Path(str(entry["path"])) / "model.safetensors").stat().st_size > 1000
     # without the cache it quantizes again, and answers the same
     result = inner.runpytest_subprocess("--llm-no-cache")
     result.stdout.fnmatch_lines(["llmcheck: tiny-llama@itrex ready in *compute int8), [0-9]*.*s"])
-    assert answers.read_bytes().split(b"\0")[2] == first
+    assert answers.read_bytes().split(b"\0")[3] == first
+
+
+MINI_CONFIG = """
+from transformers import LlamaConfig
+
+
+class MiniConfig(LlamaConfig):
+    pass
+"""
+MINI_MODEL = """
+from transformers import LlamaForCausalLM
+
+from .configuration_mini import MiniConfig  # relative imports, as Qwen's and ChatGLM's code has
+from .mini_utils import NAME
+
+
+class MiniForCausalLM(LlamaForCausalLM):
+    config_class = MiniConfig
+    mini_name = NAME
+"""
+
+
+def test_model_with_its_own_code_is_cached_and_reloaded(
+    pytester: pytest.Pytester, itrex_python: str, tiny_model: Path
+) -> None:
+    """A model whose config names its own code: the saved INT4 copy carries the code and
+    loads through it (from the cache's temp folder too, whose name is no module name)."""
+    folder = pytester.path / "mini.llama"
+    shutil.copytree(tiny_model, folder)
+    (folder / "configuration_mini.py").write_text(MINI_CONFIG, encoding="utf-8")
+    (folder / "modeling_mini.py").write_text(MINI_MODEL, encoding="utf-8")
+    (folder / "mini_utils.py").write_text("NAME = 'mini'\n", encoding="utf-8")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_mini.MiniConfig",
+                          "AutoModelForCausalLM": "modeling_mini.MiniForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    pytester.makepyfile(
+        """
+        import os
+        def test_answer(llm):
+            assert llm.engine.loaded["model_class"] == "MiniForCausalLM"
+            with open(os.environ["ITREX_ANSWERS"], "ab") as f:
+                f.write(llm.ask("明明和白白谁喜欢谁？").text.encode("utf-8") + b"\\0")
+        """
+    )
+    answers = pytester.path / "answers.bin"
+    args = [f"--llm-model={folder}@itrex", "--llm-trust-remote-code=mini.llama",
+            f"--llm-itrex-python={itrex_python}", f"--llm-cache-dir={pytester.path / 'cache'}",
+            "--llm-threads=1", "--llm-max-new-tokens=8", "-p", "no:cacheprovider"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ITREX_ANSWERS", str(answers))
+        for when in ("[0-9]*.*s", "from cache (built in *s)"):
+            result = pytester.runpytest_subprocess(*args)
+            result.assert_outcomes(passed=1)
+            result.stdout.fnmatch_lines(
+                [f"mini.llama@itrex (*): loaded 1x in *; itrex rtn int4: 14/14 *, {when}"]
+            )
+    first, second, _ = answers.read_bytes().split(b"\0")
+    assert first == second
+    assert len(first) > 4
 
 
 def test_zero_converted_layers_is_a_clear_error(itrex_python: str, tiny_model: Path, tmp_path: Path) -> None:

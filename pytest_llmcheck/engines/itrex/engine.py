@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import selectors
@@ -51,6 +52,7 @@ DEFAULT_TIMEOUT = 600.0
 START_TIMEOUT = 120.0
 LOG_TAIL = 25  # log lines attached to a report
 CACHE_KIND = "itrex-int4"  # cache entries of ITREX's saved INT4 weights
+RECIPE = {"algorithm": "rtn", "bits": 4, "compute_dtype": "int8"}  # the worker's RtnConfig; part of the key
 BUILT_FILE = "llmcheck-built.json"  # in such an entry: how long quantizing took
 
 _LIVE: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
@@ -101,6 +103,9 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
         """Send one request and wait for its reply; raise WorkerError on failure, death or timeout."""
@@ -276,6 +281,8 @@ class ItrexEngine:
         self.loaded: dict[str, Any] = {}
         self.weights_id: dict[str, Any] = {}
         self.rewrites: list[str] = []
+        self.quantize_seconds = 0.0  # quantizing and saving for the cache, in this session
+        self._respawn: Callable[[], WorkerProcess] | None = None  # a fresh worker, same settings
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
@@ -309,14 +316,19 @@ class ItrexEngine:
             raise
         engine = cls(ref, worker, python, quant=quant, threads=threads, timeout=timeout, workdir=workdir)
         engine.rewrites = rewrites
-        from_cache = False
-        try:
-            load = functools.partial(
-                worker.request, "load", max(timeout * 3, START_TIMEOUT), path=str(view), quant=quant,
-                threads=threads, trust_remote_code=ref.trust_remote_code,
+        engine._respawn = functools.partial(WorkerProcess, python.path, workdir, env=env)
+        from_cache, quantized = False, 0.0
+
+        def load(**extra: Any) -> dict[str, Any]:
+            return engine.worker.request(
+                "load", max(timeout * 3, START_TIMEOUT), path=str(view), quant=quant, threads=threads,
+                trust_remote_code=ref.trust_remote_code, recipe=dict(RECIPE), **extra,
             )
+
+        try:
             if quant == "int4" and cache is not None and identity is not None:
-                engine.loaded, from_cache = engine._load_cached(load, cache, identity, folder)
+                cached = engine._load_cached(load, cache, identity, folder, view)
+                engine.loaded, from_cache, quantized = cached
             else:
                 engine.loaded = load()
         except BaseException as exc:
@@ -327,38 +339,75 @@ class ItrexEngine:
                     f"--llm-trust-remote-code={ref.name.split('@')[0]}", exc.details
                 ) from None
             raise
+        engine.quantize_seconds = quantized
         engine.facts = engine._facts(engine.loaded, 0.0, from_cache)
         return engine
 
     def _load_cached(self, load: Callable[..., dict[str, Any]], cache: Cache, identity: dict[str, Any],
-                     folder: Path) -> tuple[dict[str, Any], bool]:
+                     folder: Path, view: Path) -> tuple[dict[str, Any], bool, float]:
         """Load the INT4 weights from the cache, saving them there first if they are not yet:
-        (the worker's load reply, whether it came from the cache)."""
-        key = {**identity, "recipe": "itrex-rtn-int4-compute-int8", "cpu": cpu_flags(),
-               "versions": self.worker.ready.get("versions", {})}
+        (the worker's load reply, whether it came from the cache, seconds spent quantizing
+        and saving in this session).
+
+        A saved copy is loaded back before its entry is committed, so an entry ITREX cannot
+        load is never taken as good; a ready entry that fails to load is removed and built
+        again, once."""
+        key = {
+            **identity,
+            "recipe": dict(RECIPE),
+            "config": hashlib.sha256((view / "config.json").read_bytes()).hexdigest()[:16],  # after rewrites
+            "cpu": cpu_flags(),
+            "versions": self.worker.ready.get("versions", {}),
+        }
         entry = cache.entry(CACHE_KIND, key)
-        built = None
-        if not entry.ready:
+        for attempt in (1, 2):
+            if entry.ready:
+                try:
+                    loaded = load(saved=self._link(entry.path))
+                except WorkerError:
+                    if attempt == 2:
+                        raise
+                    entry.discard()  # damaged or unreadable: build it again
+                    if not self.worker.alive() and self._respawn is not None:  # ITREX may exit()
+                        self.worker.close()
+                        self.worker = self._respawn()
+                    continue
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    built = json.loads((entry.path / BUILT_FILE).read_text(encoding="utf-8"))
+                    loaded["built_seconds"] = float(built["seconds"])
+                return loaded, True, 0.0
             with entry.build() as tmp:
-                if tmp is not None:
-                    for code in folder.glob("*.py"):  # a model's own code goes with its config
-                        shutil.copy2(code, tmp / code.name)
-                    built = load(save_to=str(tmp))
-                    (tmp / BUILT_FILE).write_text(json.dumps({"seconds": built["seconds"]}), encoding="utf-8")
-        loaded = load(saved=str(entry.path))
-        if built is not None:  # quantized in this session: say so, with its time
-            return {**loaded, "seconds": built["seconds"] + loaded["seconds"]}, False
-        with contextlib.suppress(OSError, ValueError):
-            built = json.loads((entry.path / BUILT_FILE).read_text(encoding="utf-8"))
-            loaded["built_seconds"] = built["seconds"]
-        return loaded, True
+                if tmp is None:  # another session built it meanwhile
+                    continue
+                for code in folder.glob("*.py"):  # a model's own code goes with its config
+                    shutil.copy2(code, tmp / code.name)
+                start = time.perf_counter()
+                load(save_to=str(tmp))
+                seconds = time.perf_counter() - start
+                (tmp / BUILT_FILE).write_text(json.dumps({"seconds": seconds}), encoding="utf-8")
+                # saving turned the layers into ITREX's public format: answer from the saved
+                # copy, as every later session will, and commit the entry only if it loads
+                loaded = load(saved=self._link(tmp))
+            return loaded, False, seconds
+        raise WorkerError(f"the itrex cache entry {entry.path} could not be built")
+
+    def _link(self, saved: Path) -> str:
+        """``saved`` under a plain name: transformers names a model's own code after its folder,
+        and a folder name with dots (a cache temp folder's) is no module name."""
+        link = self.workdir / "int4"
+        link.unlink(missing_ok=True)
+        link.symlink_to(saved, target_is_directory=True)
+        return str(link)
 
     def _facts(self, loaded: dict[str, Any], prepare_seconds: float, from_cache: bool) -> LoadFacts:
         total, done = int(loaded["layers_total"]), int(loaded["layers_converted"])
         recipe = loaded.get("recipe") or {}
         if self.quant == "int4":
-            when = (f"from cache (built in {float(loaded.get('built_seconds', 0.0)):.2f}s)" if from_cache
-                    else f"{float(loaded['seconds']):.2f}s")
+            if from_cache:
+                built = loaded.get("built_seconds")
+                when = f"from cache (built in {float(built):.2f}s)" if built is not None else "from cache"
+            else:
+                when = f"{float(loaded['seconds']) + self.quantize_seconds:.2f}s"
             summary = (f"itrex rtn int4: {done}/{total} linear layers ({recipe.get('weight_dtype')}, "
                        f"group {recipe.get('group_size')}, compute {recipe.get('compute_dtype')}), {when}")
         else:
@@ -368,7 +417,7 @@ class ItrexEngine:
             summary=summary,
             quant="int4" if self.quant == "int4" else "fp32",
             from_cache=from_cache,
-            prepare_seconds=prepare_seconds,
+            prepare_seconds=prepare_seconds + self.quantize_seconds,
             details={
                 "quantization": self.recipe(),
                 "threads": self.threads,
@@ -500,10 +549,15 @@ def load_itrex(ref: ModelRef, settings: Settings) -> ItrexEngine:
     source = Path(ref.location)
     weights = source if ref.gguf_file else folder
     cache = Cache(settings.cache_dir) if settings.use_cache else None
+    identity = None
+    if cache is not None:
+        identity = source_identity(ref, weights, cache.root)
+        if ref.gguf_file:  # the worker loads the converted folder: its entry (named by its key) counts
+            identity["converted"] = folder.name
     engine = ItrexEngine.start(
         ref, folder, python, quant=quant, threads=settings.threads, timeout=timeout,
         modules_cache=Cache(settings.cache_dir).scratch("itrex-modules"), workdir=workdir,
-        cache=cache, identity=source_identity(ref, weights, cache.root) if cache is not None else None,
+        cache=cache, identity=identity,
     )
     engine.weights_id = weights_identity(ref, weights)
     if quant == "int4" and cache is not None:  # "from cache" speaks of the INT4 weights then

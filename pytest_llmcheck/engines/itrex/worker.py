@@ -94,13 +94,17 @@ class Worker:
             saved = req["saved"]
             with open(os.path.join(saved, RECIPE_FILE), encoding="utf-8") as fh:
                 details = json.load(fh)
-            self.model = None  # a model loaded before (the one that was saved) goes first
+            self.model = None  # a model loaded before (the one that was saved) goes first:
+            import gc  # ITREX's models sit in reference cycles, so only a collection frees them
+
+            gc.collect()
             self.model = ItrexAuto.from_pretrained(saved, use_neural_speed=False, trust_remote_code=trust)
         elif self.quant == "int4":
             from intel_extension_for_transformers.transformers import AutoModelForCausalLM as ItrexAuto
             from intel_extension_for_transformers.transformers import RtnConfig
 
-            qconfig = RtnConfig(bits=4, compute_dtype="int8")
+            recipe = req.get("recipe") or {"bits": 4, "compute_dtype": "int8"}  # set by the launcher
+            qconfig = RtnConfig(bits=int(recipe["bits"]), compute_dtype=str(recipe["compute_dtype"]))
             fields = ("bits", "weight_dtype", "compute_dtype", "scale_dtype", "group_size", "scheme")
             details = {"algorithm": "rtn", **{f: getattr(qconfig, f, None) for f in fields}}
             self.model = ItrexAuto.from_pretrained(
@@ -304,6 +308,10 @@ def main(argv: list[str]) -> int:
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # library prints (C or Python) land in the log, not in the protocol
     sys.stdout = sys.stderr
+    # requests come on a private copy of fd 0 too: ITREX answers some load errors with the
+    # builtin exit(), which closes sys.stdin before raising SystemExit
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115  # for the worker's lifetime
 
     def reply(message: dict[str, Any]) -> None:
         replies.write(json.dumps(message, ensure_ascii=False) + "\n")
@@ -311,7 +319,7 @@ def main(argv: list[str]) -> int:
 
     worker = Worker()
     reply({"event": "ready", "pid": os.getpid(), "versions": _versions()})
-    for line in sys.stdin:
+    for line in requests:
         if not line.strip():
             continue
         req = json.loads(line)
