@@ -160,6 +160,11 @@ def test_engine_answers_like_the_original_and_caches_the_conversion(
         }
         assert "converted" in engine.facts.summary
         assert engine.facts.details["conversion"]["seconds"] > 0
+        # the converted Qwen (Qwen2, q/k/v with bias) answered through the lean decode loop;
+        # GLM is not one of its architectures and keeps generate()
+        decode = engine.facts.details["decode"]
+        expected = "fast" if model == "qwen" else "generate() (architecture 'glm'"
+        assert decode.startswith(expected)
     finally:
         engine.close()
     entries = [e for e in cache.list() if e["kind"] == "converted"]
