@@ -8,10 +8,13 @@ the same kernels on the same tensors in the same order, so it produces the same 
 bit for bit, with the Python around them cut to a minimum:
 
 - the INT4 products of q/k/v and of gate/up run as one call each on the weights
-  concatenated along the output dimension (each output column is computed on its own,
-  so the numbers do not change);
+  concatenated along the output dimension, when every member's output size is a whole
+  number of the kernel's 64-wide blocks (each block of outputs is then computed as it
+  was alone; a partial block takes a tail path that rounds differently);
 - the bf16 ``lm_head`` runs as a matrix-vector product (``torch.mv``), which on the CPUs
-  measured is twice as fast as ``linear`` for one token and gives the same values.
+  measured is twice as fast as ``linear`` for one token and gives the same values;
+- rotary embedding is ``x * cos + roll(x) * sin`` with rotate_half's sign moved onto
+  ``sin`` (negation is exact), q and k rotated in one go when they come from one call.
 
 Nothing of this is taken on trust: :meth:`FastDecoder.verify` runs a probe prompt through
 both the model's own forward and this loop and compares the logits of every step exactly;
