@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.cache import Cache
-from pytest_llmcheck.cli import main
+from pytest_llmcheck.cli import KIND_CHOICES, main
+from pytest_llmcheck.engines.itrex.engine import CACHE_KIND as ITREX_KIND
+from pytest_llmcheck.engines.llamacpp import KIND as LLAMACPP_KIND
 from pytest_llmcheck.hub import cache_entry
 from pytest_llmcheck.registry import resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
@@ -203,12 +205,13 @@ def test_the_cli_imports_no_heavy_modules() -> None:
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("kind", ["gguf-quantized", "itrex-int4"])
+@pytest.mark.parametrize("kind", [LLAMACPP_KIND, ITREX_KIND])  # the engines' own constants
 def test_engine_cache_kinds_can_be_listed_and_cleared(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pytest_llmcheck.cache import Cache
 
+    assert kind in KIND_CHOICES
     cache = Cache(tmp_path)
     with cache.entry(kind, {"name": "m", "recipe": "itrex-rtn-int4-compute-int8"}).build() as tmp:
         assert tmp is not None

@@ -109,7 +109,7 @@ class WorkerProcess:
 
     def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
         """Send one request and wait for its reply; raise WorkerError on failure, death or timeout."""
-        if self.proc.poll() is not None:
+        if not self.alive():
             raise self._error(f"the itrex worker (pid {self.pid}) is not running: {self._exit_text()}")
         self._next_id += 1
         line = json.dumps({"id": self._next_id, "op": op, **fields}, ensure_ascii=False) + "\n"

@@ -249,8 +249,6 @@ class FastDecoder:
         unusual = _unusual_generation_settings(model.generation_config)
         if unusual:
             raise Unsupported(f"the model's generation config sets {', '.join(unusual)}")
-        if _logits_processors(model):
-            raise Unsupported("the model's generation config asks for logits processors")
         return cls(model)
 
     def step(self, token: torch.Tensor, position: int, keys: _KV, values: _KV) -> torch.Tensor:
@@ -380,17 +378,3 @@ def _unusual_generation_settings(config: Any) -> list[str]:
     if changed.get("use_cache") is False:
         unusual.append("use_cache")
     return unusual
-
-
-def _logits_processors(model: Any) -> list[str]:
-    """The logits processors generate() would apply in greedy decoding (e.g. a repetition
-    penalty in the model's generation_config); the loop applies none."""
-    import copy
-
-    config = copy.deepcopy(model.generation_config)
-    config.do_sample = False
-    try:
-        processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=1)
-    except Exception as exc:  # a private API: if it moves, take the safe road
-        return [f"unknown ({type(exc).__name__})"]
-    return [type(p).__name__ for p in processors]
