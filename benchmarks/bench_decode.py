@@ -19,8 +19,13 @@ One run, the embedded SmolLM2-135M-Instruct Q4_1 GGUF, the same prompt, greedy, 
 
 ``decode tok/s`` counts the tokens after the first over the time after the first (what
 ``llama-bench``'s tg test measures); ``vs llama.cpp`` divides by the fastest llama.cpp row
-of the same thread count (the target is >= 0.5). Machines are noisy: compare rows of one
-run, not runs.
+of the same thread count (the target is >= 0.5); ``RSS MiB`` is the process's resident
+memory after the answers. Machines are noisy: compare rows of one run, not runs.
+
+A second table splits the fast loop's time per token (one fresh process): the whole
+step, the step with its INT4 kernel calls replaced by ready zeros, and with the
+``lm_head`` product replaced too; the differences are what those two cost. Beside it,
+``lm_head`` alone as ``linear`` (what transformers calls) and as ``mv`` (what the loop calls).
 """
 
 from __future__ import annotations
@@ -60,7 +65,79 @@ def torch_worker(decode: str, threads: int, tokens: int, repeats: int) -> dict[s
         answer = engine.generate(PROMPT, system=None, config=config)
         rates.append((answer.new_tokens - 1) / (answer.seconds - answer.ttft))
         text = answer.text
-    return {"rate": statistics.median(rates), "text": text, "decode": engine.facts.details["decode"]}
+    return {"rate": statistics.median(rates), "text": text, "decode": engine.facts.details["decode"],
+            "rss": rss_mib()}
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def split_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
+    """Milliseconds per token of the fast loop, whole and without its big products."""
+    import torch
+    import torch.nn.functional as F
+
+    from pytest_llmcheck.engines.transformers import fastpath
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+    from pytest_llmcheck.registry import resolve
+
+    ref = resolve("smollm2")
+    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer("int4"), threads=threads)
+    decoder = engine.fast
+    assert decoder is not None, engine.facts.details["decode"]
+    inputs = engine._encode(PROMPT, None)
+    torch.set_num_threads(threads)
+
+    def ms_per_token() -> float:
+        runs = []
+        with torch.inference_mode():
+            decoder.greedy(inputs, 8, set())  # warm-up
+            for _ in range(repeats):
+                start = time.perf_counter()
+                decoder.greedy(inputs, 1, set())
+                prefill = time.perf_counter() - start
+                start = time.perf_counter()
+                decoder.greedy(inputs, tokens, set())
+                runs.append((time.perf_counter() - start - prefill) / (tokens - 1) * 1000)
+        return statistics.median(runs)
+
+    def product_ms(fn: object, x: object) -> float:
+        with torch.inference_mode():
+            for _ in range(5):
+                fn(x)  # type: ignore[operator]
+            start = time.perf_counter()
+            for _ in range(50):
+                fn(x)  # type: ignore[operator]
+        return (time.perf_counter() - start) / 50 * 1000
+
+    whole = ms_per_token()
+    zeros: dict[int, torch.Tensor] = {}
+
+    def no_int4(self: fastpath._Int4, x: torch.Tensor) -> torch.Tensor:
+        n = sum(self.sizes)
+        return zeros.setdefault(n, torch.zeros(1, 1, n, dtype=x.dtype))
+
+    head = decoder.lm_head
+    hidden = torch.randn(head.shape[1], dtype=head.dtype)
+    linear = product_ms(lambda h: F.linear(h[None], head), hidden)
+    mv = product_ms(lambda h: torch.mv(head, h), hidden)
+    real_raw, real_mv = fastpath._Int4.raw, torch.mv
+    try:
+        fastpath._Int4.raw = no_int4  # type: ignore[method-assign]
+        without_int4 = ms_per_token()
+        logits = torch.zeros(head.shape[0], dtype=head.dtype)
+        torch.mv = lambda *_: logits  # type: ignore[assignment]
+        rest = ms_per_token()
+    finally:
+        fastpath._Int4.raw, torch.mv = real_raw, real_mv  # type: ignore[method-assign]
+    return {"whole": whole, "int4": whole - without_int4, "lm_head": without_int4 - rest, "rest": rest,
+            "linear": linear, "mv": mv}
 
 
 def llamacpp_engine_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
@@ -123,7 +200,9 @@ def worker(kind: str, threads: int, tokens: int, repeats: int) -> None:
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):  # libraries' prints stay out of the JSON line
-        if kind.startswith("torch-"):
+        if kind == "split":
+            result = split_worker(threads, tokens, repeats)
+        elif kind.startswith("torch-"):
             result = torch_worker(kind.removeprefix("torch-"), threads, tokens, repeats)
         elif kind == "llamacpp-engine":
             result = llamacpp_engine_worker(threads, tokens, repeats)
@@ -150,7 +229,7 @@ def main() -> None:
 
     print(f"{cpu_name()} ({cpu_capability()}), {os.cpu_count()} CPUs")
     print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {tokens} new tokens, median of {repeats}\n")
-    rows = [["engine", "threads", "decode tok/s", "vs llama.cpp", "same answer", "decode path"]]
+    rows = [["engine", "threads", "decode tok/s", "vs llama.cpp", "same answer", "decode path", "RSS MiB"]]
     for threads in (1, 2):
         before = run("torch-generate", threads, tokens, repeats)
         fast = [run("torch-fast", threads, tokens, repeats) for _ in range(2)]
@@ -163,10 +242,11 @@ def main() -> None:
             threads: int = threads, best: float | None = best,
         ) -> list[str]:
             if result is None:
-                return [name, str(threads), "failed", "-", same, path]
+                return [name, str(threads), "failed", "-", same, path, "-"]
             rate = float(result["rate"])  # type: ignore[arg-type]
             ratio = f"{rate / best:.2f}" if best else "-"
-            return [name, str(threads), f"{rate:.1f}", ratio, same, path]
+            rss = f"{float(result['rss']):.0f}" if "rss" in result else "-"  # type: ignore[arg-type]
+            return [name, str(threads), f"{rate:.1f}", ratio, same, path, rss]
 
         texts = {str(r["text"]) for r in fast if r}
         same = "yes" if len(texts) == 1 and before and before["text"] in texts else "NO"
@@ -177,7 +257,17 @@ def main() -> None:
         rows.append(cells("llama.cpp (engine)", engine))
         rows.append(cells("llama.cpp (repacked)", repacked))
     print(table(rows))
-    print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions")
+    print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions\n")
+    parts = [["threads", "ms/token", "INT4 kernel", "lm_head (mv)", "the rest", "lm_head as linear", "as mv"]]
+    for threads in (1, 2):
+        split = run("split", threads, tokens, repeats)
+        if split is None:
+            continue
+        ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
+        parts.append([str(threads), *(f"{ms[k]:.1f}" for k in ("whole", "int4", "lm_head", "rest")),
+                      f"{ms['linear']:.1f}", f"{ms['mv']:.1f}"])
+    print("time per token of the fast loop, ms (a product's cost: the step without it, subtracted)")
+    print(table(parts))
 
 
 if __name__ == "__main__":
