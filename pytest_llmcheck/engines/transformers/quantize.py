@@ -22,6 +22,8 @@ from ...errors import LlmcheckError, LlmcheckWarning
 if TYPE_CHECKING:
     import torch
 
+    from ...cache import Cache
+
 
 @dataclass
 class QuantReport:
@@ -44,10 +46,16 @@ class QuantReport:
             if self.seconds
             else f"from cache (built in {self.details.get('built_seconds', 0):.2f}s)"
         )
-        return (
+        text = (
             f"{self.method}: {self.layers_quantized}/{self.layers_total} linear layers, "
             f"weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}, {when}"
         )
+        if "w4a8_layers" in self.details:  # int4-a8: what runs with int8 activations
+            built = self.details.get("kernel_build_seconds", 0)
+            kernel = f"kernel built in {built:.2f}s" if built else "kernel cached"
+            head = " incl. lm_head" if self.details.get("w4a8_lm_head") else ""
+            text += f"; int8 activations in {self.details['w4a8_layers']} layers{head} ({kernel})"
+        return text
 
 
 def _mib(n: int) -> str:
@@ -74,6 +82,15 @@ class Quantizer(Protocol):
         ...
 
     def apply(self, model: torch.nn.Module) -> QuantReport:
+        """The conversion whose result the cache keeps."""
+        ...
+
+    def weights_recipe(self) -> dict[str, Any]:
+        """What the cached weights depend on (recipes sharing them share one entry)."""
+        ...
+
+    def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
+        """What is done after every load, from the cache or not."""
         ...
 
 
@@ -139,6 +156,12 @@ class NoQuant:
         layers = len(_linear_layers(model))
         return QuantReport(method=self.name, layers_total=layers, bytes_before=size, bytes_after=size)
 
+    def weights_recipe(self) -> dict[str, Any]:
+        return self.recipe()
+
+    def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class TorchaoInt4:
@@ -176,17 +199,48 @@ class TorchaoInt4:
         quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=self.group_size), filter_fn=self.eligible)
         seconds = time.perf_counter() - start
         total, done = count_quantized(model)
-        report = QuantReport(
-            method=self.name,
+        report = QuantReport(  # what the cache keeps: the INT4 weights, whichever recipe uses them
+            method="int4",
             layers_total=total,
             layers_quantized=done,
             bytes_before=before,
             bytes_after=weight_bytes(model),
             seconds=seconds,
-            details=self.recipe(),
+            details=self.weights_recipe(),
         )
         check_coverage(report, self.min_fraction)
         return report
+
+    def weights_recipe(self) -> dict[str, Any]:
+        return TorchaoInt4.recipe(self)
+
+    def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TorchaoInt4A8(TorchaoInt4):
+    """``int4``'s weights (the same cache entry) multiplied by int8 activations, the way
+    llama.cpp multiplies: about 3x faster per token on AVX512-VNNI CPUs, other answers
+    (see ``w4a8``)."""
+
+    name: str = "int4-a8"
+
+    def recipe(self) -> dict[str, Any]:
+        return {**super().recipe(), "activations": "int8, dynamic, per 32 (llmcheck w4a8 kernel)",
+                "lm_head": "int4, per 32, when its shape fits the kernel"}
+
+    def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
+        from . import w4a8
+
+        compiled = w4a8.load_kernel(cache)
+        start = time.perf_counter()
+        layers = w4a8.convert(model)
+        report.method = self.name
+        head = w4a8.is_w4a8(getattr(model, "lm_head", None))
+        report.details = {**report.details, **self.recipe(), "w4a8_layers": layers, "w4a8_lm_head": head,
+                          "repack_seconds": round(time.perf_counter() - start, 3),
+                          "kernel_build_seconds": round(compiled, 3)}
 
 
 def check_coverage(report: QuantReport, min_fraction: float) -> None:
@@ -208,6 +262,7 @@ def check_coverage(report: QuantReport, min_fraction: float) -> None:
 
 QUANTIZERS: dict[str, Quantizer] = {
     "int4": TorchaoInt4(),
+    "int4-a8": TorchaoInt4A8(),
     "bf16": NoQuant(name="bf16", load_dtype="bfloat16"),
     "none": NoQuant(name="none", load_dtype="float32"),
 }

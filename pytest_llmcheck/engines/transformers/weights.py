@@ -234,7 +234,7 @@ def _cache_key(identity: dict[str, Any], quantizer: Quantizer) -> dict[str, Any]
     return {
         **identity,
         "versions": library_versions(),
-        "recipe": quantizer.recipe(),
+        "recipe": quantizer.weights_recipe(),
         "cpu": cpu_capability(),  # the INT4 packed layout differs between AVX2 and AVX512
     }
 
@@ -299,8 +299,24 @@ def load_model(
 
     A folder whose config.json names an architecture with a native conversion (Qwen v1,
     ChatGLM2/3) is converted first and never runs its own code; the converted folder then
-    takes the same INT4 / bf16 / fp32 path as any model.
+    takes the same INT4 / bf16 / fp32 path as any model. The quantizer's last step
+    (``finish``) runs on what was loaded, from the cache or not.
     """
+    loaded = _load_and_convert(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)
+    start = time.perf_counter()
+    quantizer.finish(loaded.model, loaded.quant, cache)
+    loaded.load_seconds += time.perf_counter() - start
+    return loaded
+
+
+def _load_and_convert(
+    ref: ModelRef,
+    folder: Path,
+    quantizer: Quantizer,
+    *,
+    cache: Cache | None,
+    trust_remote_code: bool,
+) -> Loaded:
     start = time.perf_counter()
     conversion = None if ref.gguf_file else detect_conversion(folder)
     memo = cache.root if cache is not None else None

@@ -1,0 +1,280 @@
+"""The ``int4-a8`` recipe: torchao's INT4 weights multiplied by int8 activations.
+
+torch's CPU INT4 kernel keeps activations in bf16 and dequantizes every weight before
+multiplying; at one token per step that dequantization is most of a small model's time.
+llama.cpp quantizes the activations to int8 in blocks of 32 instead and multiplies integers
+with AVX512-VNNI. This module does the same on torchao's INT4 weights (the same cached
+entry as ``--llm-quant=int4``, repacked at load), with a small C++ kernel (``w4a8.cpp``)
+compiled once per machine into the cache.
+
+The answers differ from ``int4`` (activations lose precision), so the recipe is opt-in and
+has snapshots of its own; they repeat across sessions and thread counts, because every
+output is summed by one thread in a fixed order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...cache import Cache
+from ...errors import LlmcheckError
+
+if TYPE_CHECKING:
+    import torch
+
+SOURCE = Path(__file__).with_name("w4a8.cpp")
+LIBRARY = "w4a8.so"
+CACHE_KIND = "kernel"
+BLOCK = 64  # torchao's AVX512 packing interleaves 64 outputs; other sizes are packed otherwise
+FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++20", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
+         "-mavx512vnni", "-mfma", "-w")
+MAX_PROBE_ERROR = 0.05  # relative error of a layer's product against torch's kernel, checked at load
+
+
+class W4A8Error(LlmcheckError):
+    """The int4-a8 recipe cannot run here (CPU, compiler or model shape)."""
+
+
+def cpu_problem() -> str | None:
+    """Why this CPU cannot run the kernel, or None."""
+    from .weights import cpu_capability
+
+    capability = cpu_capability()
+    if not capability.startswith("AVX512") or "VNNI" not in capability.split():
+        return f"it needs AVX512 with VNNI; torch reports this CPU as {capability!r}"
+    return None
+
+
+def _registered() -> bool:
+    import torch
+
+    return hasattr(torch.ops.llmcheck, "w4a8_mm")
+
+
+def _compile(folder: Path) -> Path:
+    """Build the kernel into ``folder`` with the compiler torch extensions use."""
+    import torch.utils.cpp_extension as ext
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {compiler!r} on PATH to build its kernel "
+                        "(install g++, or set CXX)")
+    out = folder / LIBRARY
+    command = [compiler, *FLAGS, *(f"-I{p}" for p in ext.include_paths()), str(SOURCE),
+               *(f"-L{p}" for p in ext.library_paths()), "-lc10", "-ltorch_cpu", "-o", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise W4A8Error(f"--llm-quant=int4-a8: building its kernel failed ({compiler}): {tail}")
+    return out
+
+
+def kernel_key() -> dict[str, Any]:
+    """What the compiled library depends on: its source, flags, torch and the compiler."""
+    import torch
+
+    compiler = os.environ.get("CXX", "c++")
+    with contextlib.suppress(OSError):
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False)
+        compiler = f"{compiler}: {version.stdout.splitlines()[0] if version.stdout else '?'}"
+    return {
+        "kernel": "w4a8",
+        "source": hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16],
+        "flags": list(FLAGS),
+        "torch": torch.__version__,
+        "compiler": compiler,
+        "python": sys.version.split()[0],
+    }
+
+
+def load_kernel(cache: Cache | None) -> float:
+    """Make ``torch.ops.llmcheck.w4a8_mm`` available; returns the seconds spent compiling
+    (0 when it was built before). Built once per machine in the cache (atomically, under a
+    lock); without a cache, in a temporary folder for this process."""
+    import time
+
+    import torch
+
+    if _registered():
+        return 0.0
+    problem = cpu_problem()
+    if problem:
+        raise W4A8Error(f"--llm-quant=int4-a8 cannot run on this machine: {problem}; use --llm-quant=int4")
+    start = time.perf_counter()
+    built = False
+    if cache is None:
+        with tempfile.TemporaryDirectory(prefix="llmcheck-w4a8-") as tmp:
+            torch.ops.load_library(str(_compile(Path(tmp))))  # type: ignore[no-untyped-call]  # mapped: may go
+        return time.perf_counter() - start
+    entry = cache.entry(CACHE_KIND, kernel_key())
+    if not entry.ready:
+        with entry.build() as tmp:
+            if tmp is not None:
+                _compile(tmp)
+                built = True
+    torch.ops.load_library(str(entry.path / LIBRARY))  # type: ignore[no-untyped-call]
+    return time.perf_counter() - start if built else 0.0
+
+
+def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's AVX512 INT4 layout -> the kernel's (see w4a8.cpp).
+
+    torchao: ``qdata`` uint8 (N, K/2), per 64 outputs and per k 32 bytes whose low nibbles
+    are outputs 0..31 and high nibbles 32..63; ``scale_zero`` bf16 (K/group, N, 2).
+    """
+    import torch
+
+    n, k = int(qdata.shape[0]), int(qdata.shape[1]) * 2
+    blocks = qdata.view(n // BLOCK, k, BLOCK // 2)
+    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).permute(0, 2, 1).reshape(n, k)  # (N, K), 0..15
+    return _tiles(q, scale_zero[..., 0].t(), scale_zero[..., 1].t(), group)
+
+
+def _tiles(
+    q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's layout of ``q`` (N, K) in 0..15 with ``scale`` and ``zero`` (N, K/group)."""
+    import torch
+
+    n, k = int(q.shape[0]), int(q.shape[1])
+    tiles = q.view(n // 16, 16, k // 8, 2, 4).permute(0, 2, 1, 4, 3)  # tile, k/8, n, j, low/high
+    packed = (tiles[..., 0] | (tiles[..., 1] << 4)).contiguous().view(n // 16, k // 8, 64)
+    sz = torch.stack([scale, zero], dim=-1).to(torch.bfloat16)  # (N, K/group, 2)
+    sz = sz.view(n // 16, 16, k // group, 2).permute(0, 2, 3, 1).contiguous()
+    return packed, sz
+
+
+def quantize(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain (N, K) weight to 4 bits per group of ``group`` (min/max, as torchao's
+    asymmetric INT4: ``w = (q - 8) * scale + zero``) in the kernel's layout."""
+    import torch
+
+    n, k = int(weight.shape[0]), int(weight.shape[1])
+    w = weight.detach().float().view(n, k // group, group)
+    low, high = w.amin(-1), w.amax(-1)
+    scale = ((high - low) / 15).to(torch.bfloat16).float()  # the kernel reads bf16 scales and zeros
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = ((w - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8).view(n, k)
+    zero = low + 8 * scale
+    return _tiles(q, scale, zero, group)
+
+
+def dequantize(packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
+    """The fp32 (N, K) weight the kernel multiplies by (for checks)."""
+    import torch
+
+    tiles, k8 = int(packed.shape[0]), int(packed.shape[1])
+    b = packed.view(tiles, k8, 16, 4)
+    q = torch.stack([b & 0xF, b >> 4], dim=3).permute(0, 2, 1, 3, 4).reshape(tiles * 16, k8 * 8).float()
+    s = sz.float().permute(0, 3, 1, 2).reshape(tiles * 16, -1, 2)  # (N, K/group, 2)
+    scale = s[..., 0].repeat_interleave(group, dim=1)
+    zero = s[..., 1].repeat_interleave(group, dim=1)
+    return (q - 8) * scale + zero
+
+
+def _module_class() -> type:
+    import torch
+
+    class W4A8Linear(torch.nn.Module):
+        """A linear layer computed by the w4a8 kernel (bf16 in, bf16 out)."""
+
+        def __init__(self, packed: torch.Tensor, sz: torch.Tensor, bias: torch.Tensor | None,
+                     in_features: int, out_features: int, group: int) -> None:
+            super().__init__()
+            self.in_features, self.out_features, self.group = in_features, out_features, group
+            self.register_buffer("packed", packed)
+            self.register_buffer("sz", sz)
+            self.register_buffer("bias", bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = torch.ops.llmcheck.w4a8_mm(x.contiguous(), self.packed, self.sz, self.bias,
+                                                           self.group)
+            return out
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}"
+
+    return W4A8Linear
+
+
+_CLASS: list[type] = []
+
+
+def linear_class() -> type:
+    """The module type int4-a8 layers become (made once: torch is imported lazily)."""
+    if not _CLASS:
+        _CLASS.append(_module_class())
+    return _CLASS[0]
+
+
+def is_w4a8(module: Any) -> bool:
+    return bool(_CLASS) and isinstance(module, _CLASS[0])
+
+
+def _check(name: str, layer: Any, reference: Callable[[torch.Tensor], torch.Tensor], generator: Any) -> None:
+    """Refuse a layer whose product is off from ``reference`` beyond int8 activations' error."""
+    import torch
+
+    probe = torch.randn(1, layer.in_features, generator=generator).to(torch.bfloat16)
+    with torch.inference_mode():
+        want = reference(probe).float()
+        if layer.bias is not None:
+            want += layer.bias.float()
+        got = layer(probe).float()
+    error = float((got - want).norm() / want.norm().clamp_min(1e-12))
+    if not error < MAX_PROBE_ERROR:
+        raise W4A8Error(f"--llm-quant=int4-a8: layer {name} computes wrongly (relative error {error:.3f} "
+                        f"on a probe, allowed {MAX_PROBE_ERROR}); use --llm-quant=int4")
+
+
+def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
+    """Replace every torchao INT4 linear layer of ``model``, and its bf16 ``lm_head`` (the
+    largest single product of a small model: llama.cpp keeps it in 4-8 bits too), by a
+    :func:`linear_class` layer; returns how many. Each layer is checked on a probe input
+    against torch's INT4 kernel (or the dequantized weight), so a layout this code does
+    not know is refused, not answered with."""
+    import torch
+
+    from .fastpath import _int4_parts
+
+    cls = linear_class()
+    generator = torch.Generator().manual_seed(0)
+    converted = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        n, k = int(module.weight.shape[0]), int(module.weight.shape[1])
+        parts = _int4_parts(module.weight)
+        bias = None if module.bias is None else module.bias.detach().to(torch.bfloat16)
+        if parts is not None:
+            qdata, group, scale_zero = parts
+            if n % BLOCK or group % 8:
+                raise W4A8Error(f"--llm-quant=int4-a8: layer {name} has {n} outputs (group {group}); the "
+                                f"kernel needs a multiple of {BLOCK} (use --llm-quant=int4)")
+            layer = cls(*repack(qdata, scale_zero, group), bias, k, n, group)
+            def int4_product(x: torch.Tensor, q: Any = qdata, g: int = group, sz: Any = scale_zero) -> Any:
+                return torch.ops.aten._weight_int4pack_mm_for_cpu(x, q, g, sz)
+
+            _check(name, layer, int4_product, generator)
+        elif name.endswith("lm_head") and n % 16 == 0 and k % lm_head_group == 0:
+            layer = cls(*quantize(module.weight, lm_head_group), bias, k, n, lm_head_group)
+            weight = dequantize(layer.packed, layer.sz, lm_head_group)
+            def dequantized_product(x: torch.Tensor, w: torch.Tensor = weight) -> torch.Tensor:
+                return x.float() @ w.t()
+
+            _check(name, layer, dequantized_product, generator)
+        else:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, leaf, layer)
+        converted += 1
+    return converted

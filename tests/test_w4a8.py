@@ -1,0 +1,270 @@
+"""The int4-a8 recipe: torchao's INT4 weights times int8 activations (w4a8.cpp).
+
+The kernel against an integer reference written in torch, the repacking against torchao's
+own layout, determinism (threads, batch), the lean loop on such a model, the pytest path
+with its own model name and snapshots, the shared cache entry, and the refusals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.engines.base import GenerationConfig
+from pytest_llmcheck.engines.transformers import fastpath, w4a8
+from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+from pytest_llmcheck.registry import resolve
+from tests.tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.skipif(w4a8.cpu_problem() is not None, reason=f"CPU: {w4a8.cpu_problem()}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> None:
+    w4a8.load_kernel(Cache(tmp_path_factory.mktemp("kernel-cache")))
+
+
+def _torchao_weight(n: int, k: int, group: int, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """Random 4-bit ints, scales and zeros, and torchao's packed form of them."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int32)
+    scale = (torch.rand(k // group, n, generator=g) * 0.02 + 0.001).to(torch.bfloat16)
+    zero = (torch.rand(k // group, n, generator=g) * 0.02 - 0.01).to(torch.bfloat16)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    return q, scale, zero, packed
+
+
+def _reference(x: Any, q: Any, scale: Any, zero: Any, group: int) -> Any:
+    """The kernel's arithmetic, written plainly: int8 activations per group (fp32 scale
+    max|x|/127, round half to even), integer dot products, then the scales (fp64 here)."""
+    import torch
+
+    m, k = x.shape
+    xf = x.float().view(m, k // group, group)
+    sa = xf.abs().amax(-1) / 127
+    inverse = torch.where(sa > 0, 1 / sa, torch.zeros_like(sa))
+    qa = torch.round(xf * inverse[..., None]).to(torch.int64)  # (m, groups, group)
+    qw = q.to(torch.int64).view(q.shape[0], k // group, group)  # (n, groups, group)
+    dots = torch.einsum("mgk,ngk->mng", qa, qw - 8).double()
+    sums = qa.sum(-1).double()  # (m, groups)
+    s, z = scale.double().t(), zero.double().t()  # (n, groups)
+    return (sa.double()[:, None, :] * (s[None] * dots + z[None] * sums[:, None, :])).sum(-1)
+
+
+def test_kernel_computes_the_integer_reference() -> None:
+    import torch
+
+    n, k, group = 192, 96, 32
+    q, scale, zero, packed = _torchao_weight(n, k, group)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    weights = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
+    got = torch.ops.llmcheck.w4a8_mm(x, *weights, None, group)
+    want = _reference(x, q, scale, zero, group)
+    assert got.dtype == torch.bfloat16
+    assert got.shape == (3, n)
+    # only the final rounding to bf16 (8 bits) and fp32 summation separate them
+    assert torch.allclose(got.double(), want, rtol=1e-2, atol=1e-3 * float(want.abs().max()))
+    # and it is the product it stands for, within what int8 activations cost
+    exact = x.double() @ ((q.double() - 8) * scale.double().t().repeat_interleave(group, 1)
+                          + zero.double().t().repeat_interleave(group, 1)).t()
+    assert float((got.double() - exact).norm() / exact.norm()) < 0.02
+
+
+def test_repack_reads_torchao_layout_exactly() -> None:
+    import torch
+
+    n, k, group = 128, 64, 32
+    q, scale, zero, packed = _torchao_weight(n, k, group, seed=3)
+    kernel_packed, sz = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
+    scales = scale.float().t().repeat_interleave(group, 1)
+    zeros = zero.float().t().repeat_interleave(group, 1)
+    expected = (q.float() - 8) * scales + zeros
+    assert torch.equal(w4a8.dequantize(kernel_packed, sz, group), expected)
+
+
+def test_results_do_not_depend_on_threads_or_batch() -> None:
+    import torch
+
+    n, k, group = 256, 128, 32
+    _, scale, zero, packed = _torchao_weight(n, k, group, seed=5)
+    weights = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
+    bias = torch.randn(n).to(torch.bfloat16)
+    x = torch.randn(5, k).to(torch.bfloat16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batch = torch.ops.llmcheck.w4a8_mm(x, *weights, bias, group)
+        torch.set_num_threads(1)
+        rows = [torch.ops.llmcheck.w4a8_mm(x[i : i + 1], *weights, bias, group)[0] for i in range(5)]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(batch, torch.stack(rows))  # prompt rows as the decode steps compute them
+
+
+def test_quantized_lm_head_stays_within_half_a_step() -> None:
+    import torch
+
+    weight = torch.randn(64, 96).to(torch.bfloat16)
+    packed, sz = w4a8.quantize(weight, 32)
+    back = w4a8.dequantize(packed, sz, 32)
+    step = sz.float()[:, :, 0, :].permute(0, 2, 1).reshape(64, 3).repeat_interleave(32, 1)
+    # half a step, plus the bf16 rounding of the zero point
+    assert bool(((back - weight.float()).abs() <= step / 2 + 1e-2 * weight.float().abs().max()).all())
+
+
+def _tiny(arch: str) -> tuple[Any, Any]:
+    """A random Llama or Qwen2 (q/k/v biases) whose every product fits the kernel, INT4 and
+    converted; vocabulary 320 so that lm_head is converted too."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(2)
+    shape = {"vocab_size": 320, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+             "max_position_embeddings": 256, "tie_word_embeddings": False}
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.5)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    model = model.to(torch.bfloat16).eval()
+    model.generation_config.eos_token_id = None
+    get_quantizer("int4").apply(model)
+    return model, {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 3, 250]])}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
+    import torch
+
+    model, inputs = _tiny(arch)
+    with torch.inference_mode():
+        int4_logits = model(**inputs).logits
+    assert w4a8.convert(model) == 15  # 7 per layer and lm_head
+    assert w4a8.is_w4a8(model.lm_head)
+    decoder = fastpath.FastDecoder.build(model)
+    qkv = decoder.layers[0].qkv.single
+    assert isinstance(qkv, fastpath._W4A8)
+    assert qkv.sizes == [256, 128, 128]
+    assert decoder.head is not None
+    with torch.inference_mode():
+        assert decoder.verify(inputs, steps=4) is None  # bit for bit against the model's forward
+        expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
+        assert decoder.greedy(inputs, 16, set()) == expected
+        logits = model(**inputs).logits
+    assert not torch.equal(logits, int4_logits)  # another recipe: other numbers, near the same
+    cosine = torch.nn.functional.cosine_similarity
+    similarity = cosine(logits.flatten().float(), int4_logits.flatten().float(), 0)
+    assert similarity > 0.95
+
+
+def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    folder = build_tiny_model(tmp_path / "tiny-llama", hidden=128)  # k/v: 64 outputs
+    pytester.makepyfile(
+        """
+        import os
+        def test_write(llm):
+            answer = llm.ask("明明和白白谁喜欢谁？")
+            with open(os.environ["ANSWER_FILE"], "ab") as f:
+                f.write(answer.text.encode("utf-8") + b"\\0")
+        """
+    )
+    cache = pytester.path / "cache"
+    answers = []
+    for run, threads in enumerate((2, 1)):
+        out = pytester.path / f"answer{run}.bin"
+        pytester._monkeypatch.setenv("ANSWER_FILE", str(out))
+        result = pytester.runpytest_subprocess(
+            f"--llm-model={folder}", "--llm-quant=int4-a8", "--llm-max-new-tokens=24",
+            f"--llm-threads={threads}",
+            f"--llm-cache-dir={cache}", "-v", "-p", "no:cacheprovider",
+        )
+        result.assert_outcomes(passed=1)
+        kernel = "kernel built in *s" if run == 0 else "kernel cached"
+        result.stdout.fnmatch_lines([
+            "*test_write[[]tiny-llama-int4a8[]] PASSED*",
+            f"tiny-llama-int4a8 (*): loaded 1x in *; int4-a8: 14/14 linear layers, *; "
+            f"int8 activations in 14 layers ({kernel})*",  # lm_head: a vocabulary of 374 does not fit
+        ])
+        answers.append(out.read_bytes())
+    assert len(answers[0]) > 24
+    assert answers[0] == answers[1]  # two sessions, 2 then 1 thread: the same bytes
+    kinds = sorted(e["kind"] for e in Cache(cache).list())
+    assert kinds == ["kernel", "quantized"]
+    result = pytester.runpytest_subprocess(
+        f"--llm-model={folder}", "--llm-max-new-tokens=24", f"--llm-cache-dir={cache}",
+        "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["tiny-llama (*): loaded 1x in *; int4: 14/14 linear layers, *from cache*"])
+    assert sorted(e["kind"] for e in Cache(cache).list()) == kinds  # int4 read the same entry
+
+
+def test_layers_the_kernel_cannot_take_are_refused(tiny_model: Path) -> None:
+    # hidden 64: k/v projections of 32 outputs, which torchao packs in another layout
+    with pytest.raises(w4a8.W4A8Error, match=r"layer model\.layers\.0\.self_attn\.k_proj has 32 outputs"):
+        TransformersEngine.load(resolve(str(tiny_model)), tiny_model, get_quantizer("int4-a8"), threads=1)
+
+
+def test_no_compiler_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(w4a8.W4A8Error, match=r"no C\+\+ compiler 'no-such-compiler' on PATH"):
+        w4a8._compile(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compile_error_is_reported_and_nothing_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(w4a8, "SOURCE", broken)
+    monkeypatch.setattr(w4a8, "_registered", lambda: False)
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(w4a8.W4A8Error, match=r"building its kernel failed"):
+        w4a8.load_kernel(cache)
+    assert cache.list() == []
+
+
+def test_a_cpu_without_vnni_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llmcheck.engines.transformers import weights
+
+    monkeypatch.setattr(weights, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(w4a8, "_registered", lambda: False)
+    with pytest.raises(w4a8.W4A8Error, match=r"needs AVX512 with VNNI; torch reports this CPU as 'AVX2'; "
+                                              r"use --llm-quant=int4"):
+        w4a8.load_kernel(None)
+
+
+@pytest.mark.slow
+def test_smollm2_int4_a8_answers_and_repeats(tmp_path: Path) -> None:
+    ref = resolve("smollm2")
+    cache = Cache(tmp_path / "cache")
+    prompts = ["What is the capital of France? Answer in one word.",
+               "Write three sentences about the city of Paris."]
+    texts = []
+    for threads in (2, 1):
+        engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer("int4-a8"), threads=threads,
+                                         cache=cache)
+        config = GenerationConfig(max_new_tokens=40, threads=threads)
+        try:
+            assert engine.fast is not None, engine.facts.details["decode"]
+            assert engine.quant.details["w4a8_layers"] == 211
+            assert engine.quant.details["w4a8_lm_head"]
+            texts.append([engine.generate(p, system=None, config=config).text for p in prompts])
+            engine.fast = None  # generate() on the same layers
+            assert texts[-1] == [engine.generate(p, system=None, config=config).text for p in prompts]
+        finally:
+            engine.close()
+    assert texts[0] == texts[1]  # 2 threads, then 1: the same answers
+    assert "Paris" in texts[0][0]
