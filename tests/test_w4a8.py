@@ -118,6 +118,23 @@ def test_quantized_lm_head_stays_within_half_a_step() -> None:
     assert bool(((back - weight.float()).abs() <= step / 2 + 1e-2 * weight.float().abs().max()).all())
 
 
+def test_rms_norm_is_transformers_within_bf16_rounding() -> None:
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(576, eps=1e-5).to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight, mean=1.0, std=0.3)
+    x = (torch.randn(4, 576) * 3).to(torch.bfloat16)
+    with torch.inference_mode():
+        want = norm(x).float()
+        got = torch.ops.llmcheck.rms_norm(x, norm.weight, 1e-5)
+        rows = torch.cat([torch.ops.llmcheck.rms_norm(x[i : i + 1], norm.weight, 1e-5) for i in range(4)])
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, rows)  # a prompt's rows as decode steps compute them
+    # the sum of squares in another order moves a value by at most a bf16 step or two
+    assert bool(((got.float() - want).abs() <= 2 * 2**-8 * want.abs() + 1e-6).all())
+
+
 def _tiny(arch: str) -> tuple[Any, Any]:
     """A random Llama or Qwen2 (q/k/v biases) whose every product fits the kernel, INT4 and
     converted; vocabulary 320 so that lm_head is converted too."""
@@ -149,7 +166,9 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     with torch.inference_mode():
         int4_logits = model(**inputs).logits
     assert w4a8.convert(model) == 15  # 7 per layer and lm_head
+    assert w4a8.convert_norms(model) == 5  # 2 per layer and the final one
     assert w4a8.is_w4a8(model.lm_head)
+    assert w4a8.is_w4a8_norm(model.model.norm)
     decoder = fastpath.FastDecoder.build(model)
     qkv = decoder.layers[0].qkv.single
     assert isinstance(qkv, fastpath._W4A8)
@@ -261,6 +280,7 @@ def test_smollm2_int4_a8_answers_and_repeats(tmp_path: Path) -> None:
             assert engine.fast is not None, engine.facts.details["decode"]
             assert engine.quant.details["w4a8_layers"] == 211
             assert engine.quant.details["w4a8_lm_head"]
+            assert engine.quant.details["w4a8_norms"] == 61
             texts.append([engine.generate(p, system=None, config=config).text for p in prompts])
             engine.fast = None  # generate() on the same layers
             assert texts[-1] == [engine.generate(p, system=None, config=config).text for p in prompts]

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .w4a8 import is_w4a8_norm
+
 if TYPE_CHECKING:
     import torch
 
@@ -222,8 +224,12 @@ class _Layer:
 
 
 def _rms(h: torch.Tensor, norm: Any) -> torch.Tensor:
-    """LlamaRMSNorm / Qwen2RMSNorm, op for op."""
+    """LlamaRMSNorm / Qwen2RMSNorm, op for op (int4-a8's norm: its one kernel call)."""
     import torch
+
+    if is_w4a8_norm(norm):
+        fused: torch.Tensor = torch.ops.llmcheck.rms_norm(h, norm.weight, norm.variance_epsilon)
+        return fused
 
     dtype = h.dtype
     h = h.to(torch.float32)
@@ -376,14 +382,14 @@ class FastDecoder:
             return []
         logits, _, keys, values = self._prefill(inputs)
         position = int(inputs["input_ids"].shape[1])
-        token = logits.argmax()
+        token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
         tokens = [int(token)]
         if on_first is not None:
             on_first()
         while len(tokens) < max_new_tokens and tokens[-1] not in stop_ids:
             logits = self.step(token, position, keys, values)
             position += 1
-            token = logits.argmax()
+            token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
             tokens.append(int(token))
         return tokens
 
@@ -393,7 +399,7 @@ class FastDecoder:
         import torch
 
         logits, cache, keys, values = self._prefill(inputs)
-        token = logits.argmax()
+        token = logits.float().argmax()
         position = int(inputs["input_ids"].shape[1])
         mask = inputs.get("attention_mask")
         for step in range(steps):
@@ -411,7 +417,7 @@ class FastDecoder:
             if not torch.equal(reference, ours):
                 return f"logits differ from the model's forward at decode step {step + 1}"
             position += 1
-            token = reference.argmax()
+            token = reference.float().argmax()
         return None
 
 

@@ -228,7 +228,7 @@ class TorchaoInt4A8(TorchaoInt4):
 
     def recipe(self) -> dict[str, Any]:
         return {**super().recipe(), "activations": "int8, dynamic, per 32 (llmcheck w4a8 kernel)",
-                "lm_head": "int4, per 32, when its shape fits the kernel"}
+                "lm_head": "int4, per 32, when its shape fits the kernel", "rms_norm": "llmcheck kernel"}
 
     def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
         from . import w4a8
@@ -236,9 +236,11 @@ class TorchaoInt4A8(TorchaoInt4):
         compiled = w4a8.load_kernel(cache)
         start = time.perf_counter()
         layers = w4a8.convert(model)
+        norms = w4a8.convert_norms(model)
         report.method = self.name
         head = w4a8.is_w4a8(getattr(model, "lm_head", None))
         report.details = {**report.details, **self.recipe(), "w4a8_layers": layers, "w4a8_lm_head": head,
+                          "w4a8_norms": norms,
                           "repack_seconds": round(time.perf_counter() - start, 3),
                           "kernel_build_seconds": round(compiled, 3)}
 

@@ -57,7 +57,7 @@ def cpu_problem() -> str | None:
 def _registered() -> bool:
     import torch
 
-    return hasattr(torch.ops.llmcheck, "w4a8_mm")
+    return hasattr(torch.ops.llmcheck, "w4a8_mm") and hasattr(torch.ops.llmcheck, "rms_norm")
 
 
 def _compile(folder: Path) -> Path:
@@ -181,7 +181,10 @@ def dequantize(packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tens
     return (q - 8) * scale + zero
 
 
-def _module_class() -> type:
+NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "GlmRMSNorm")  # transformers' modules of one same formula
+
+
+def _module_classes() -> tuple[type, type]:
     import torch
 
     class W4A8Linear(torch.nn.Module):
@@ -203,21 +206,42 @@ def _module_class() -> type:
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}"
 
-    return W4A8Linear
+    class W4A8RMSNorm(torch.nn.Module):
+        """transformers' RMSNorm in one kernel call (``rms_norm`` in w4a8.cpp)."""
+
+        def __init__(self, weight: torch.Tensor, eps: float) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+            self.variance_epsilon = eps
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            norm = torch.ops.llmcheck.rms_norm
+            out: torch.Tensor = norm(x.contiguous(), self.weight, self.variance_epsilon)
+            return out
+
+    return W4A8Linear, W4A8RMSNorm
 
 
-_CLASS: list[type] = []
+_CLASSES: list[tuple[type, type]] = []
+
+
+def _classes() -> tuple[type, type]:
+    """The module types int4-a8 layers become (made once: torch is imported lazily)."""
+    if not _CLASSES:
+        _CLASSES.append(_module_classes())
+    return _CLASSES[0]
 
 
 def linear_class() -> type:
-    """The module type int4-a8 layers become (made once: torch is imported lazily)."""
-    if not _CLASS:
-        _CLASS.append(_module_class())
-    return _CLASS[0]
+    return _classes()[0]
 
 
 def is_w4a8(module: Any) -> bool:
-    return bool(_CLASS) and isinstance(module, _CLASS[0])
+    return bool(_CLASSES) and isinstance(module, _CLASSES[0][0])
+
+
+def is_w4a8_norm(module: Any) -> bool:
+    return bool(_CLASSES) and isinstance(module, _CLASSES[0][1])
 
 
 def _check(name: str, layer: Any, reference: Callable[[torch.Tensor], torch.Tensor], generator: Any) -> None:
@@ -274,7 +298,34 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
             _check(name, layer, dequantized_product, generator)
         else:
             continue
-        owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, leaf, layer)
+        _replace(model, name, layer)
+        converted += 1
+    return converted
+
+
+def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, module)
+
+
+def convert_norms(model: torch.nn.Module) -> int:
+    """Replace transformers' bf16 RMSNorm modules (Llama, Qwen2, GLM) by the kernel's
+    one-call version; returns how many. Each is checked against the module it replaces."""
+    import torch
+
+    norm_class = _classes()[1]
+    generator = torch.Generator().manual_seed(1)
+    converted = 0
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ not in NORMS or module.weight.dtype != torch.bfloat16:
+            continue
+        norm = norm_class(module.weight, float(module.variance_epsilon))
+        probe = torch.randn(2, int(module.weight.shape[0]), generator=generator).to(torch.bfloat16)
+        with torch.inference_mode():
+            want, got = module(probe).float(), norm(probe).float()
+        error = float((got - want).norm() / want.norm().clamp_min(1e-12))
+        if not error < 0.01:  # bf16 rounding of a sum taken in another order, no more
+            raise W4A8Error(f"--llm-quant=int4-a8: norm {name} computes wrongly (relative error {error:.4f})")
+        _replace(model, name, norm)
         converted += 1
     return converted
