@@ -13,6 +13,10 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "torch==${TORCH_VERSION}"
 if [ "${1:-}" = "--test" ]; then
+    # a C++ compiler: llama-cpp-python builds from source, --llm-quant=int4-a8 compiles its kernel
+    if ! command -v c++ >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+    fi
     "${pip[@]}" -e ".[test,llamacpp]"
     if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi "CJK"; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -227,8 +227,13 @@ class TorchaoInt4A8(TorchaoInt4):
     name: str = "int4-a8"
 
     def recipe(self) -> dict[str, Any]:
-        return {**super().recipe(), "activations": "int8, dynamic, per 32 (llmcheck w4a8 kernel)",
-                "lm_head": "int4, per 32, when its shape fits the kernel", "rms_norm": "llmcheck kernel"}
+        from .w4a8 import kernel_source_digest
+
+        return {
+            "method": "torchao-int4-weight-only", "group_size": self.group_size,
+            "activations": "int8, dynamic, per 32", "lm_head": "int4, per 32, when its shape fits the kernel",
+            "rms_norm": "one kernel call", "kernel": f"w4a8.cpp {kernel_source_digest()}",
+        }
 
     def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
         from . import w4a8

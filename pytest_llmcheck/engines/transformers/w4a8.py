@@ -78,6 +78,12 @@ def _compile(folder: Path) -> Path:
     return out
 
 
+def kernel_source_digest() -> str:
+    """The kernel source's digest: int4-a8 fingerprints carry it (a changed kernel may
+    change answers)."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+
+
 def kernel_key() -> dict[str, Any]:
     """What the compiled library depends on: its source, flags, torch and the compiler."""
     import torch
@@ -88,7 +94,7 @@ def kernel_key() -> dict[str, Any]:
         compiler = f"{compiler}: {version.stdout.splitlines()[0] if version.stdout else '?'}"
     return {
         "kernel": "w4a8",
-        "source": hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16],
+        "source": kernel_source_digest(),
         "flags": list(FLAGS),
         "torch": torch.__version__,
         "compiler": compiler,
