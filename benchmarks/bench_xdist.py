@@ -12,7 +12,9 @@ model scheduler (each model on one worker) at 1 thread per worker; ``-n 2 --dist
 (xdist's own, each worker loads the models it meets) at 1 thread per worker. All use the
 same 2 cores. "vs serial" divides the wall time by the serial run at the same threads
 per model (1): with one model per worker it is about 0.5 when the answers dominate; each
-worker also starts its own Python, torch and transformers.
+worker also starts its own Python, torch and transformers. Two more runs with one new
+token per answer measure that fixed part, and the rest (the answers' further tokens) is
+compared on its own.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main() -> None:
         print(line(("run", "threads", "loads", "wall s", "vs serial", "answers"), widths))
         print(line(tuple("-" * w for w in widths), widths), flush=True)
         serial_1 = None
+        walls: dict[str, float] = {}
         for label, extra in (
             ("serial", ["--llm-threads=1"]),
             ("serial", ["--llm-threads=2"]),
@@ -93,6 +96,16 @@ def main() -> None:
             threads = extra[-1].split("=")[1] + (" per worker" if "-n" in extra else "")
             cells = (label, threads, str(loads), f"{seconds:.1f}", ratio, answers)
             print(line(cells, widths), flush=True)
+            walls[label if "-n" in extra else f"serial {threads}"] = seconds
+        # the same two runs with one new token per answer: what does not shrink with more workers
+        fixed_serial, _, _ = run(project, cache, models, ["--llm-threads=1"], 1)
+        fixed_n2, _, _ = run(project, cache, models, ["-n", "2", "--llm-threads=1"], 1)
+        answers_serial = walls["serial 1"] - fixed_serial
+        answers_n2 = walls["-n 2 (model scheduler)"] - fixed_n2
+        print(f"\nwith 1 new token per answer (start-up, collection, loads, prompts): "
+              f"serial {fixed_serial:.1f} s, -n 2 {fixed_n2:.1f} s")
+        print(f"the rest (the {tokens - 1} further tokens of each answer): serial {answers_serial:.1f} s, "
+              f"-n 2 {answers_n2:.1f} s = {answers_n2 / answers_serial:.2f} x")
         print(f"load average {os.getloadavg()[0]:.1f} after")
 
 

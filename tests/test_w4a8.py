@@ -20,12 +20,18 @@ from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.registry import resolve
 from tests.tiny_model import build_tiny_model
 
-pytestmark = pytest.mark.skipif(w4a8.cpu_problem() is not None, reason=f"CPU: {w4a8.cpu_problem()}")
+_CPU = w4a8.cpu_problem()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> None:
     w4a8.load_kernel(Cache(tmp_path_factory.mktemp("kernel-cache")))
+
+
+def needs_kernel(test: Any) -> Any:
+    """Tests that run the kernel: on an AVX512-VNNI CPU (the refusals below run anywhere)."""
+    test = pytest.mark.usefixtures("kernel")(test)
+    return pytest.mark.skipif(_CPU is not None, reason=f"the kernel cannot run here: {_CPU}")(test)
 
 
 def _torchao_weight(n: int, k: int, group: int, seed: int = 0) -> tuple[Any, Any, Any, Any]:
@@ -57,6 +63,7 @@ def _reference(x: Any, q: Any, scale: Any, zero: Any, group: int) -> Any:
     return (sa.double()[:, None, :] * (s[None] * dots + z[None] * sums[:, None, :])).sum(-1)
 
 
+@needs_kernel
 def test_kernel_computes_the_integer_reference() -> None:
     import torch
 
@@ -76,6 +83,7 @@ def test_kernel_computes_the_integer_reference() -> None:
     assert float((got.double() - exact).norm() / exact.norm()) < 0.02
 
 
+@needs_kernel
 def test_repack_reads_torchao_layout_exactly() -> None:
     import torch
 
@@ -88,6 +96,7 @@ def test_repack_reads_torchao_layout_exactly() -> None:
     assert torch.equal(w4a8.dequantize(kernel_packed, sz, group), expected)
 
 
+@needs_kernel
 def test_results_do_not_depend_on_threads_or_batch() -> None:
     import torch
 
@@ -107,6 +116,7 @@ def test_results_do_not_depend_on_threads_or_batch() -> None:
     assert torch.equal(batch, torch.stack(rows))  # prompt rows as the decode steps compute them
 
 
+@needs_kernel
 def test_quantized_lm_head_stays_within_half_a_step() -> None:
     import torch
 
@@ -118,6 +128,7 @@ def test_quantized_lm_head_stays_within_half_a_step() -> None:
     assert bool(((back - weight.float()).abs() <= step / 2 + 1e-2 * weight.float().abs().max()).all())
 
 
+@needs_kernel
 def test_rms_norm_is_transformers_within_bf16_rounding() -> None:
     import torch
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -158,6 +169,7 @@ def _tiny(arch: str) -> tuple[Any, Any]:
     return model, {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 3, 250]])}
 
 
+@needs_kernel
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     import torch
@@ -185,6 +197,7 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     assert similarity > 0.95
 
 
+@needs_kernel
 def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
@@ -229,6 +242,7 @@ def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
     assert sorted(e["kind"] for e in Cache(cache).list()) == kinds  # int4 read the same entry
 
 
+@needs_kernel
 def test_layers_the_kernel_cannot_take_are_refused(tiny_model: Path) -> None:
     # hidden 64: k/v projections of 32 outputs, which torchao packs in another layout
     with pytest.raises(w4a8.W4A8Error, match=r"layer model\.layers\.0\.self_attn\.k_proj has 32 outputs"):
@@ -248,7 +262,8 @@ def test_a_compile_error_is_reported_and_nothing_is_cached(
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(w4a8, "SOURCE", broken)
-    monkeypatch.setattr(w4a8, "_registered", lambda: False)
+    monkeypatch.setattr(w4a8, "_namespace_taken", lambda: False)
+    monkeypatch.setattr(w4a8, "cpu_problem", lambda: None)
     cache = Cache(tmp_path / "cache")
     with pytest.raises(w4a8.W4A8Error, match=r"building its kernel failed"):
         w4a8.load_kernel(cache)
@@ -259,12 +274,78 @@ def test_a_cpu_without_vnni_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_llmcheck.engines.transformers import weights
 
     monkeypatch.setattr(weights, "cpu_capability", lambda: "AVX2")
-    monkeypatch.setattr(w4a8, "_registered", lambda: False)
+    monkeypatch.setattr(w4a8, "_namespace_taken", lambda: False)
     with pytest.raises(w4a8.W4A8Error, match=r"needs AVX512 with VNNI; torch reports this CPU as 'AVX2'; "
                                               r"use --llm-quant=int4"):
         w4a8.load_kernel(None)
+    # and before any INT4 work: the quantizer's first step refuses
+    model = _plain_tiny()
+    before = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    with pytest.raises(w4a8.W4A8Error, match=r"needs AVX512 with VNNI"):
+        get_quantizer("int4-a8").apply(model)
+    assert type(model.model.layers[0].mlp.down_proj.weight).__name__ == "Parameter"
+    assert model.model.layers[0].mlp.down_proj.weight.equal(before)
 
 
+def _plain_tiny() -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    return LlamaForCausalLM(config).to(torch.bfloat16).eval()
+
+
+@needs_kernel
+def test_nan_and_extreme_activations_give_nan_or_exact_zeros() -> None:
+    import torch
+
+    n, k, group = 64, 64, 32
+    _, scale, zero, packed = _torchao_weight(n, k, group, seed=7)
+    weights = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
+    x = torch.randn(4, k).to(torch.bfloat16)
+    x[0, 3] = float("nan")
+    x[1, 40] = float("inf")
+    x[2] = 0
+    x[3, :group] = 1e-38  # below what max|x|/127 can scale: counts as zeros
+    y = torch.ops.llmcheck.w4a8_mm(x, *weights, None, group).float()
+    assert bool(y[0].isnan().all())
+    assert bool(y[1].isnan().all())  # not plausible numbers
+    expected_zero = torch.ops.llmcheck.w4a8_mm(torch.zeros(1, k, dtype=torch.bfloat16), *weights, None, group)
+    assert torch.equal(y[2], expected_zero[0].float())
+    only_second = x[3:4].clone()
+    only_second[0, :group] = 0
+    assert torch.equal(y[3], torch.ops.llmcheck.w4a8_mm(only_second, *weights, None, group)[0].float())
+    with pytest.raises(RuntimeError, match="contiguous uint8"):
+        torch.ops.llmcheck.w4a8_mm(x, weights[0].transpose(0, 1), weights[1], None, group)
+
+
+@pytest.mark.skipif(_CPU is not None, reason=f"the kernel cannot run here: {_CPU}")
+def test_a_cached_kernel_that_does_not_load_is_built_again(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pytest_llmcheck.cache import Cache; "
+        "from pytest_llmcheck.engines.transformers import w4a8; "
+        "print(w4a8.load_kernel(Cache(sys.argv[1])))"
+    )
+
+    def session() -> str:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    assert session().startswith("built in ")
+    assert session() == "cached"
+    (entry,) = [e for e in Cache(tmp_path).list() if e["kind"] == w4a8.CACHE_KIND]
+    (Path(str(entry["path"])) / w4a8.LIBRARY).write_bytes(b"not a library")
+    assert session().startswith("built in ")  # removed and built again, not an OSError forever
+    assert session() == "cached"
+
+
+@needs_kernel
 @pytest.mark.slow
 def test_smollm2_int4_a8_answers_and_repeats(tmp_path: Path) -> None:
     ref = resolve("smollm2")

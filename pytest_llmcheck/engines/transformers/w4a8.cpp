@@ -28,28 +28,36 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kTileN = 16;
 
-// per group: int8 activations, their scale and their sum
+// per group: int8 activations, their scale and their sum. A group holding a NaN or an
+// infinity gets a NaN scale (its outputs are NaN, not plausible numbers); a group too small to scale
+// (max |x| / 127 below the smallest normal float) counts as zeros.
 void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, float* sa, int32_t* sq) {
   for (int64_t g = 0; g < K / group; ++g) {
     float amax = 0.f;
+    bool bad = false;
     for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-      amax = std::fmax(amax, std::fabs(static_cast<float>(x[k])));
+      const float v = static_cast<float>(x[k]);
+      bad |= !std::isfinite(v);
+      amax = std::fmax(amax, std::fabs(v));
     }
     const float scale = amax / 127.f;
-    const float inverse = scale > 0.f ? 1.f / scale : 0.f;
+    const bool usable = !bad && scale >= std::numeric_limits<float>::min();
+    const float inverse = usable ? 1.f / scale : 0.f;
     int32_t sum = 0;
     for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-      const int32_t q = static_cast<int32_t>(std::nearbyint(static_cast<float>(x[k]) * inverse));
+      const float r = std::nearbyint(static_cast<float>(x[k]) * inverse);
+      const int32_t q = static_cast<int32_t>(std::fmin(127.f, std::fmax(-127.f, r)));
       qa[k] = static_cast<int8_t>(q);
       sum += q;
     }
-    sa[g] = scale;
+    sa[g] = bad ? std::numeric_limits<float>::quiet_NaN() : (usable ? scale : 0.f);
     sq[g] = sum;
   }
 }
@@ -91,14 +99,17 @@ inline __m512 dot_tile(const uint8_t* packed, const c10::BFloat16* sz, const int
 at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sz,
                    const std::optional<at::Tensor>& bias, int64_t group) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous(), "w4a8_mm: x must be contiguous bf16");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == 64,
-              "w4a8_mm: packed must be uint8 [N/16, K/8, 64]");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == 64 &&
+                  packed.is_contiguous(),
+              "w4a8_mm: packed must be contiguous uint8 [N/16, K/8, 64]");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0 && group > 0, "w4a8_mm: empty input or group");
   const int64_t K = x.size(-1);
   const int64_t M = x.numel() / K;
   const int64_t NB = packed.size(0);
   const int64_t N = NB * kTileN;
   TORCH_CHECK(packed.size(1) * 8 == K && group % 8 == 0 && K % group == 0, "w4a8_mm: shapes do not match");
-  TORCH_CHECK(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.numel() == NB * (K / group) * 32, "w4a8_mm: bad scales");
+  TORCH_CHECK(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.numel() == NB * (K / group) * 32,
+              "w4a8_mm: bad scales");
   const c10::BFloat16* bias_data = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() && bias->numel() == N,
@@ -120,12 +131,13 @@ at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const auto* pd = packed.data_ptr<uint8_t>();
   const auto* sd = sz.data_ptr<c10::BFloat16>();
   auto* od = out.data_ptr<c10::BFloat16>();
-  // work items: (row, tile) pairs; one thread computes each output, whatever the thread count
+  // work items: (tile, row) pairs, a tile's rows together so that its weights stay in cache
+  // over a prompt; one thread computes each output, whatever the thread count
   at::parallel_for(0, M * NB, 4, [&](int64_t begin, int64_t end) {
     alignas(64) float y[kTileN];
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t m = i / NB;
-      const int64_t nb = i % NB;
+      const int64_t nb = i / M;
+      const int64_t m = i % M;
       const __m512 acc = dot_tile(pd + nb * (K / 8) * 64, sd + nb * groups * 32, qa.data() + m * K,
                                   sa.data() + m * groups, sq.data() + m * groups, K, group);
       _mm512_store_ps(y, acc);

@@ -55,13 +55,35 @@ def cpu_problem() -> str | None:
 
 
 def _registered() -> bool:
+    """Both ops of this kernel are in the process."""
     import torch
 
     return hasattr(torch.ops.llmcheck, "w4a8_mm") and hasattr(torch.ops.llmcheck, "rms_norm")
 
 
+def _namespace_taken() -> bool:
+    """Some library registered ``llmcheck`` ops: loading a second one would abort the process
+    (torch allows one TORCH_LIBRARY block per namespace)."""
+    import torch
+
+    return hasattr(torch.ops.llmcheck, "w4a8_mm") or hasattr(torch.ops.llmcheck, "rms_norm")
+
+
+def _load(path: Path) -> None:
+    import torch
+
+    try:
+        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} does not load: {first}") from None
+    if not _registered():
+        raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} lacks the w4a8_mm and rms_norm ops")
+
+
 def _compile(folder: Path) -> Path:
     """Build the kernel into ``folder`` with the compiler torch extensions use."""
+    import torch
     import torch.utils.cpp_extension as ext
 
     compiler = os.environ.get("CXX", "c++")
@@ -69,7 +91,8 @@ def _compile(folder: Path) -> Path:
         raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {compiler!r} on PATH to build its kernel "
                         "(install g++, or set CXX)")
     out = folder / LIBRARY
-    command = [compiler, *FLAGS, *(f"-I{p}" for p in ext.include_paths()), str(SOURCE),
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"  # as torch was built
+    command = [compiler, *FLAGS, abi, *(f"-I{p}" for p in ext.include_paths()), str(SOURCE),
                *(f"-L{p}" for p in ext.library_paths()), "-lc10", "-ltorch_cpu", "-o", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -102,33 +125,50 @@ def kernel_key() -> dict[str, Any]:
     }
 
 
-def load_kernel(cache: Cache | None) -> float:
-    """Make ``torch.ops.llmcheck.w4a8_mm`` available; returns the seconds spent compiling
-    (0 when it was built before). Built once per machine in the cache (atomically, under a
-    lock); without a cache, in a temporary folder for this process."""
-    import time
-
-    import torch
-
-    if _registered():
-        return 0.0
+def preflight() -> None:
+    """Refuse early (before any INT4 work) on a CPU or machine the kernel cannot run on."""
+    if _namespace_taken():
+        return
     problem = cpu_problem()
     if problem:
         raise W4A8Error(f"--llm-quant=int4-a8 cannot run on this machine: {problem}; use --llm-quant=int4")
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {compiler!r} on PATH to build its kernel "
+                        "(install g++, or set CXX)")
+
+
+def load_kernel(cache: Cache | None) -> str:
+    """Make the kernel's ops available; says how (``built in 5.61s``, ``cached``, ``already
+    loaded``). Built once per machine into the cache, and loaded from the build folder before
+    the entry is committed, so an entry that does not load is never taken as good; a ready
+    entry that fails to load is removed and built again. Without a cache, built in a
+    temporary folder for this process."""
+    import time
+
+    if _namespace_taken():
+        if not _registered():
+            raise W4A8Error("--llm-quant=int4-a8: another version of its kernel is loaded in this process")
+        return "already loaded"
+    preflight()
     start = time.perf_counter()
-    built = False
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="llmcheck-w4a8-") as tmp:
-            torch.ops.load_library(str(_compile(Path(tmp))))  # type: ignore[no-untyped-call]  # mapped: may go
-        return time.perf_counter() - start
+            _load(_compile(Path(tmp)))  # mapped into the process: the file may go
+        return f"built in {time.perf_counter() - start:.2f}s"
     entry = cache.entry(CACHE_KIND, kernel_key())
-    if not entry.ready:
-        with entry.build() as tmp:
-            if tmp is not None:
-                _compile(tmp)
-                built = True
-    torch.ops.load_library(str(entry.path / LIBRARY))  # type: ignore[no-untyped-call]
-    return time.perf_counter() - start if built else 0.0
+    if entry.ready:
+        try:
+            _load(entry.path / LIBRARY)
+            return "cached"
+        except W4A8Error:
+            entry.discard()  # damaged or built elsewhere: build it again
+    with entry.build() as tmp:
+        if tmp is not None:
+            _load(_compile(tmp))
+            return f"built in {time.perf_counter() - start:.2f}s"
+    _load(entry.path / LIBRARY)  # another process built it while this one waited
+    return "cached"
 
 
 def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,9 +199,17 @@ def _tiles(
     return packed, sz
 
 
-def quantize(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(weight: torch.Tensor, group: int, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """A plain (N, K) weight to 4 bits per group of ``group`` (min/max, as torchao's
-    asymmetric INT4: ``w = (q - 8) * scale + zero``) in the kernel's layout."""
+    asymmetric INT4: ``w = (q - 8) * scale + zero``) in the kernel's layout; ``rows`` outputs
+    at a time, so that a large vocabulary's fp32 temporaries stay small."""
+    import torch
+
+    parts = [_quantize_rows(weight[i : i + rows], group) for i in range(0, int(weight.shape[0]), rows)]
+    return torch.cat([p for p, _ in parts]), torch.cat([z for _, z in parts])
+
+
+def _quantize_rows(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     n, k = int(weight.shape[0]), int(weight.shape[1])
@@ -269,9 +317,9 @@ def _check(name: str, layer: Any, reference: Callable[[torch.Tensor], torch.Tens
 def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
     """Replace every torchao INT4 linear layer of ``model``, and its bf16 ``lm_head`` (the
     largest single product of a small model: llama.cpp keeps it in 4-8 bits too), by a
-    :func:`linear_class` layer; returns how many. Each layer is checked on a probe input
-    against torch's INT4 kernel (or the dequantized weight), so a layout this code does
-    not know is refused, not answered with."""
+    :func:`linear_class` layer; returns how many. Each layer is checked on a probe input:
+    INT4 layers against torch's INT4 kernel (so a layout this code does not know is
+    refused, not answered with), ``lm_head`` against its dequantized weights' first rows."""
     import torch
 
     from .fastpath import _int4_parts
@@ -279,9 +327,10 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
     cls = linear_class()
     generator = torch.Generator().manual_seed(0)
     converted = 0
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, torch.nn.Linear):
-            continue
+    # names, not modules: a replaced layer's INT4 weights are freed as the loop goes on
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    for name in names:
+        module: Any = model.get_submodule(name)
         n, k = int(module.weight.shape[0]), int(module.weight.shape[1])
         parts = _int4_parts(module.weight)
         bias = None if module.bias is None else module.bias.detach().to(torch.bfloat16)
@@ -291,22 +340,33 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
                 raise W4A8Error(f"--llm-quant=int4-a8: layer {name} has {n} outputs (group {group}); the "
                                 f"kernel needs a multiple of {BLOCK} (use --llm-quant=int4)")
             layer = cls(*repack(qdata, scale_zero, group), bias, k, n, group)
+
             def int4_product(x: torch.Tensor, q: Any = qdata, g: int = group, sz: Any = scale_zero) -> Any:
                 return torch.ops.aten._weight_int4pack_mm_for_cpu(x, q, g, sz)
 
             _check(name, layer, int4_product, generator)
         elif name.endswith("lm_head") and n % 16 == 0 and k % lm_head_group == 0:
             layer = cls(*quantize(module.weight, lm_head_group), bias, k, n, lm_head_group)
-            weight = dequantize(layer.packed, layer.sz, lm_head_group)
+            tiles = min(64, n // 16)  # the first 1024 outputs: enough to catch a wrong layout
+            head = cls(layer.packed[:tiles], layer.sz[:tiles], None if bias is None else bias[: tiles * 16],
+                       k, tiles * 16, lm_head_group)
+            weight = dequantize(head.packed, head.sz, lm_head_group)
+
             def dequantized_product(x: torch.Tensor, w: torch.Tensor = weight) -> torch.Tensor:
                 return x.float() @ w.t()
 
-            _check(name, layer, dequantized_product, generator)
+            _check(name, head, dequantized_product, generator)
         else:
             continue
+        del module, parts
         _replace(model, name, layer)
         converted += 1
     return converted
+
+
+def buffer_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the kernel layers' weights (buffers, which parameter counts miss)."""
+    return sum(int(b.numel() * b.element_size()) for m in model.modules() if is_w4a8(m) for b in m.buffers())
 
 
 def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
