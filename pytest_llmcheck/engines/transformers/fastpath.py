@@ -15,6 +15,9 @@ bit for bit, with the Python around them cut to a minimum:
   measured is twice as fast as ``linear`` for one token and gives the same values;
 - rotary embedding is ``x * cos + roll(x) * sin`` with rotate_half's sign moved onto
   ``sin`` (negation is exact), q and k rotated in one go when they come from one call.
+- a model converted by ``--llm-quant=int4-a8`` (see ``w4a8``) runs its own kernel calls:
+  q/k/v and gate/up fused (any size: each 16 outputs are summed on their own), its
+  RMSNorm as one call and its INT4 ``lm_head``; the check below applies all the same.
 
 Nothing of this is taken on trust: :meth:`FastDecoder.verify` runs a probe prompt through
 both the model's own forward and this loop and compares the logits of every step exactly;
