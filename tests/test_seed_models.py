@@ -695,3 +695,36 @@ def test_seed_command_through_the_stand_in_hub(
         assert len(model["cases"]) == 5
         assert model["fingerprint"]["conversion"]["converted"] is True
         assert model["fingerprint"]["quantization"]["method"] == "torchao-int4-weight-only"
+
+
+@pytest.mark.parametrize("model", ["qwen", "chatglm3"])
+def test_int4_a8_runs_on_both_seed_models_and_repeats(seed_dir: Path, model: str, tmp_path: Path) -> None:
+    """The opt-in int4-a8 recipe on the converted seeds: every INT4 layer through the kernel,
+    the norms too; Qwen (a Qwen2 now) on the lean loop, ChatGLM3 (GLM) through generate()
+    on the same kernel layers; the same answers in a second session at another thread count."""
+    from pytest_llmcheck.engines.transformers import w4a8
+
+    if w4a8.cpu_problem() is not None:
+        pytest.skip(f"the kernel cannot run here: {w4a8.cpu_problem()}")
+    spec = ModelRef(name=model, source="local", location=str(seed_dir / FIXTURES[model]))
+    cache = Cache(tmp_path / "cache")
+    prompts = [riddle["prompt"] for riddle in reference(seed_dir, model)["riddles"][:2]]
+    answers = []
+    for threads in (2, 1):
+        engine = TransformersEngine.load(spec, Path(spec.location), get_quantizer("int4-a8"), threads=threads,
+                                         cache=cache)
+        try:
+            details = engine.quant.details
+            assert engine.quant.method == "int4-a8"
+            assert details["w4a8_layers"] == engine.quant.layers_quantized + int(details["w4a8_lm_head"])
+            assert details["w4a8_norms"] == 2 * 2 + 1  # two layers, and the final norm
+            assert details["w4a8_lm_head"] is (model == "chatglm3")  # Qwen's 151851 outputs do not fit
+            decode = engine.facts.details["decode"]
+            expected = "fast" if model == "qwen" else "generate() (architecture"
+            assert decode.startswith(expected)
+            config = GenerationConfig(max_new_tokens=16, threads=threads)
+            answers.append([engine.generate(p, system=None, config=config).text for p in prompts])
+        finally:
+            engine.close()
+    assert answers[0] == answers[1]
+    assert all(answers[0])

@@ -243,10 +243,43 @@ def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
 
 
 @needs_kernel
-def test_layers_the_kernel_cannot_take_are_refused(tiny_model: Path) -> None:
-    # hidden 64: k/v projections of 32 outputs, which torchao packs in another layout
-    with pytest.raises(w4a8.W4A8Error, match=r"layer model\.layers\.0\.self_attn\.k_proj has 32 outputs"):
-        TransformersEngine.load(resolve(str(tiny_model)), tiny_model, get_quantizer("int4-a8"), threads=1)
+@pytest.mark.parametrize("n", [32, 96, 176])
+def test_repack_reads_the_partial_last_block(n: int) -> None:
+    import torch
+
+    k, group = 64, 32
+    q, scale, zero, packed = _torchao_weight(n, k, group, seed=n)  # n % 64 != 0: another layout at the end
+    kernel_packed, sz = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
+    scales = scale.float().t().repeat_interleave(group, 1)
+    zeros = zero.float().t().repeat_interleave(group, 1)
+    assert torch.equal(w4a8.dequantize(kernel_packed, sz, group), (q.float() - 8) * scales + zeros)
+
+
+@needs_kernel
+def test_the_tiny_model_with_32_output_layers_converts_whole(tiny_model: Path) -> None:
+    # hidden 64: k/v projections of 32 outputs, packed by torchao in its partial-block layout
+    quantizer = get_quantizer("int4-a8")
+    engine = TransformersEngine.load(resolve(str(tiny_model)), tiny_model, quantizer, threads=1)
+    try:
+        assert engine.quant.details["w4a8_layers"] == 14
+        assert engine.fast is not None, engine.facts.details["decode"]
+        answer = engine.generate("What is the capital of France?", system=None,
+                                 config=GenerationConfig(max_new_tokens=8, threads=1))
+        assert answer.new_tokens == 8
+    finally:
+        engine.close()
+
+
+@needs_kernel
+def test_weights_the_kernel_does_not_know_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llmcheck.engines.transformers import fastpath as fp
+
+    model = _plain_tiny()
+    get_quantizer("int4").apply(model)
+    monkeypatch.setattr(fp, "_int4_parts", lambda weight: None)  # as for a layout of another kind
+    with pytest.raises(w4a8.W4A8Error, match=r"layer model\.layers\.0\.self_attn\.q_proj holds weights of "
+                                              r"type Int4OpaqueTensor, which the kernel does not take"):
+        w4a8.convert(model)
 
 
 def test_no_compiler_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 SOURCE = Path(__file__).with_name("w4a8.cpp")
 LIBRARY = "w4a8.so"
 CACHE_KIND = "kernel"
-BLOCK = 64  # torchao's AVX512 packing interleaves 64 outputs; other sizes are packed otherwise
+BLOCK = 64  # torchao's AVX512 packing interleaves 64 outputs; a last partial block is packed otherwise
+TILE = 16  # the kernel's outputs per tile (and torchao's required multiple)
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++20", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
          "-mavx512vnni", "-mfma", "-w")
 MAX_PROBE_ERROR = 0.05  # relative error of a layer's product against torch's kernel, checked at load
@@ -175,14 +176,23 @@ def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int) -> tuple[t
     """torchao's AVX512 INT4 layout -> the kernel's (see w4a8.cpp).
 
     torchao: ``qdata`` uint8 (N, K/2), per 64 outputs and per k 32 bytes whose low nibbles
-    are outputs 0..31 and high nibbles 32..63; ``scale_zero`` bf16 (K/group, N, 2).
+    are outputs 0..31 and high nibbles 32..63, then the last N % 64 outputs per k with two
+    neighbours per byte (low nibble first); ``scale_zero`` bf16 (K/group, N, 2). torchao
+    packs only N divisible by 16, which is the kernel's tile.
     """
     import torch
 
     n, k = int(qdata.shape[0]), int(qdata.shape[1]) * 2
-    blocks = qdata.view(n // BLOCK, k, BLOCK // 2)
-    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).permute(0, 2, 1).reshape(n, k)  # (N, K), 0..15
-    return _tiles(q, scale_zero[..., 0].t(), scale_zero[..., 1].t(), group)
+    full = n // BLOCK * BLOCK
+    parts = []
+    if full:
+        blocks = qdata[:full].reshape(full // BLOCK, k, BLOCK // 2)
+        parts.append(torch.cat([blocks & 0xF, blocks >> 4], dim=2).permute(0, 2, 1).reshape(full, k))
+    if n > full:  # the last n % 64 outputs: per k, one byte per two neighbouring outputs
+        tail = qdata[full:].reshape(k, (n - full) // 2)
+        parts.append(torch.stack([tail & 0xF, tail >> 4], dim=2).reshape(k, n - full).t())
+    q = torch.cat(parts) if len(parts) > 1 else parts[0]  # (N, K), 0..15
+    return _tiles(q.contiguous(), scale_zero[..., 0].t(), scale_zero[..., 1].t(), group)
 
 
 def _tiles(
@@ -336,16 +346,19 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
         bias = None if module.bias is None else module.bias.detach().to(torch.bfloat16)
         if parts is not None:
             qdata, group, scale_zero = parts
-            if n % BLOCK or group % 8:
+            if n % TILE or group % 8:
                 raise W4A8Error(f"--llm-quant=int4-a8: layer {name} has {n} outputs (group {group}); the "
-                                f"kernel needs a multiple of {BLOCK} (use --llm-quant=int4)")
+                                f"kernel needs a multiple of {TILE} (use --llm-quant=int4)")
             layer = cls(*repack(qdata, scale_zero, group), bias, k, n, group)
 
             def int4_product(x: torch.Tensor, q: Any = qdata, g: int = group, sz: Any = scale_zero) -> Any:
                 return torch.ops.aten._weight_int4pack_mm_for_cpu(x, q, g, sz)
 
             _check(name, layer, int4_product, generator)
-        elif name.endswith("lm_head") and n % 16 == 0 and k % lm_head_group == 0:
+        elif type(module.weight) not in (torch.Tensor, torch.nn.Parameter):
+            raise W4A8Error(f"--llm-quant=int4-a8: layer {name} holds weights of type "
+                            f"{type(module.weight).__name__}, which the kernel does not take")
+        elif name.endswith("lm_head") and n % TILE == 0 and k % lm_head_group == 0:
             layer = cls(*quantize(module.weight, lm_head_group), bias, k, n, lm_head_group)
             tiles = min(64, n // 16)  # the first 1024 outputs: enough to catch a wrong layout
             head = cls(layer.packed[:tiles], layer.sz[:tiles], None if bias is None else bias[: tiles * 16],
