@@ -36,8 +36,8 @@ namespace {
 constexpr int64_t kTileN = 16;
 
 // per group: int8 activations, their scale and their sum. A group holding a NaN or an
-// infinity gets a NaN scale (its outputs are NaN, not plausible numbers); a group too small to scale
-// (max |x| / 127 below the smallest normal float) counts as zeros.
+// infinity gets a NaN scale (its outputs are NaN, not plausible numbers); a group too small
+// to scale (max |x| / 127 below the smallest normal float) counts as zeros.
 void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, float* sa, int32_t* sq) {
   for (int64_t g = 0; g < K / group; ++g) {
     float amax = 0.f;
@@ -62,12 +62,13 @@ void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, 
   }
 }
 
-// 16 outputs of one row: tile ``nb`` of the weights against one quantized row
+// 16 bf16 values as fp32 (exact: bf16 is fp32's upper half)
 inline __m512 load_bf16(const c10::BFloat16* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
+// 16 outputs of one row: one tile of the weights against one quantized row
 inline __m512 dot_tile(const uint8_t* packed, const c10::BFloat16* sz, const int8_t* qa, const float* sa,
                        const int32_t* sq, int64_t K, int64_t group) {
   const __m512i low = _mm512_set1_epi8(0x0F);
