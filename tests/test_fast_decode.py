@@ -12,6 +12,7 @@ from pytest_llmcheck.engines.transformers import fastpath
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.registry import resolve
+from tests.tiny_model import tiny_in_memory
 
 PROMPTS = ["What is the capital of France?", "明明和白白谁喜欢谁？", "hello world " * 12]
 
@@ -54,42 +55,13 @@ def test_fast_loop_stops_where_generate_stops(tiny_model: Path) -> None:
     assert got.new_tokens < 20
 
 
-def _tiny(arch: str, int4: bool, *, head_dim: int = 16) -> tuple[Any, Any]:
-    """A random Llama or Qwen2 (q/k/v with bias) in bf16, INT4 if asked, in memory.
-
-    head_dim 16 gives k/v projections of 32 outputs: INT4 q/k/v then run as three calls
-    (a partial kernel block); head_dim 64 gives 64: one fused call, q and k rotated together.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(1)
-    shape = {
-        "vocab_size": 300, "hidden_size": 2 * head_dim * 2, "intermediate_size": 8 * head_dim,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": head_dim,
-        "max_position_embeddings": 256, "rope_theta": 5e5, "tie_word_embeddings": False,
-    }
-    if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**shape))
-        for layer in model.model.layers:  # biases of zero would hide a missed bias
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                torch.nn.init.normal_(proj.bias, std=0.5)
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**shape))
-    model = model.to(torch.bfloat16).eval()
-    model.generation_config.eos_token_id = None
-    if int4:
-        get_quantizer("int4").apply(model)
-    return model, {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 3, 250]])}
-
-
 @pytest.mark.parametrize("head_dim", [16, 64], ids=["k-v-apart", "q-k-v-fused"])
 @pytest.mark.parametrize("int4", [True, False], ids=["int4", "bf16"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_tiny_models_decode_as_generate(arch: str, int4: bool, head_dim: int) -> None:
     import torch
 
-    model, inputs = _tiny(arch, int4, head_dim=head_dim)
+    model, inputs = tiny_in_memory(arch, int4, head_dim=head_dim)
     decoder = fastpath.FastDecoder.build(model)
     qkv = decoder.layers[0].qkv
     assert bool(qkv.int4) is int4
@@ -109,7 +81,7 @@ def test_tiny_models_decode_as_generate(arch: str, int4: bool, head_dim: int) ->
 def test_generation_settings_that_change_decoding_keep_generate(setting: str, value: Any) -> None:
     import torch
 
-    model, inputs = _tiny("llama", True, head_dim=64)
+    model, inputs = tiny_in_memory("llama", True, head_dim=64)
     with torch.inference_mode():
         plain = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, 7:].tolist()
     model.generation_config.eos_token_id = plain[2]  # so that min_new_tokens has an effect

@@ -18,7 +18,7 @@ from pytest_llmcheck.engines.transformers import fastpath, w4a8
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.registry import resolve
-from tests.tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model, tiny_in_memory
 
 _CPU = w4a8.cpu_problem()
 
@@ -146,35 +146,13 @@ def test_rms_norm_is_transformers_within_bf16_rounding() -> None:
     assert bool(((got.float() - want).abs() <= 2 * 2**-8 * want.abs() + 1e-6).all())
 
 
-def _tiny(arch: str) -> tuple[Any, Any]:
-    """A random Llama or Qwen2 (q/k/v biases) whose every product fits the kernel, INT4 and
-    converted; vocabulary 320 so that lm_head is converted too."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(2)
-    shape = {"vocab_size": 320, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
-             "max_position_embeddings": 256, "tie_word_embeddings": False}
-    if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**shape))
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                torch.nn.init.normal_(proj.bias, std=0.5)
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**shape))
-    model = model.to(torch.bfloat16).eval()
-    model.generation_config.eos_token_id = None
-    get_quantizer("int4").apply(model)
-    return model, {"input_ids": torch.tensor([[5, 17, 42, 99, 7, 3, 250]])}
-
-
 @needs_kernel
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     import torch
 
-    model, inputs = _tiny(arch)
+    # every product fits the kernel; a vocabulary of 320 so that lm_head is converted too
+    model, inputs = tiny_in_memory(arch, True, head_dim=64, vocab=320)
     with torch.inference_mode():
         int4_logits = model(**inputs).logits
     assert w4a8.convert(model) == 15  # 7 per layer and lm_head
