@@ -115,10 +115,10 @@ def standalone(threads: int, tokens: int, repeats: int) -> list[Run]:
 
     import llama_cpp
 
-    from pytest_llmcheck.engines.llamacpp import N_BATCH, N_CTX_MAX, _no_extra_buffers, amx_compiled
+    from pytest_llmcheck.engines.llamacpp import N_BATCH, N_CTX_MAX, amx_compiled, no_extra_buffers
     from pytest_llmcheck.registry import smollm2_path
 
-    guard = _no_extra_buffers(llama_cpp) if amx_compiled(llama_cpp) else contextlib.nullcontext()
+    guard = no_extra_buffers(llama_cpp) if amx_compiled(llama_cpp) else contextlib.nullcontext()
     with guard:
         llm = llama_cpp.Llama(
             str(smollm2_path()),

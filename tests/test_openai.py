@@ -10,6 +10,7 @@ what the real one cannot be made to: 429/5xx, a malformed or stalled stream, a
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,7 +62,7 @@ class LlamaServer:
         args = [
             sys.executable,
             "-m",
-            "tests.llama_server",
+            "pytest_llmcheck.llama_server",
             "--model",
             str(smollm2_path()),
             "--model_alias",
@@ -175,6 +176,32 @@ def test_suite_runs_against_the_server_and_the_key_is_written_nowhere(
     for path in written:
         assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in result.stdout.str() + result.stderr.str()
+
+
+def test_committed_riddle_snapshots_hold_against_the_real_server(
+    pytester: pytest.Pytester, server: LlamaServer, key: str
+) -> None:
+    """examples/riddles' ``smollm2@openai`` snapshots were recorded against the README's server
+    command (default threads); this server runs 1 thread on another port: the same answers."""
+    riddles = ROOT / "examples" / "riddles"
+    shutil.copy(riddles / "riddles.llm.yaml", pytester.path)
+    snapshots = pytester.path / "__snapshots__" / "riddles.llm"
+    snapshots.mkdir(parents=True)
+    committed = sorted((riddles / "__snapshots__" / "riddles.llm").glob("*[[]smollm2@openai].txt"))
+    assert len(committed) == 5
+    for path in committed:
+        shutil.copy(path, snapshots)
+    pytester.makeini(
+        f"[pytest]\naddopts = -p no:cacheprovider\nllmcheck_openai_url = {server.url}\n"
+        f"llmcheck_openai_key_env = {KEY_ENV}\n"
+    )
+    result = pytester.runpytest("--llm-model=openai:smollm2", "--llm-soft", "--llm-report=out")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["5 snapshots passed."])
+    # The server computes: pytest's own CPU time is not the answer's and is not reported as such.
+    (model,) = json.loads((pytester.path / "out" / "report.json").read_text(encoding="utf-8"))["models"]
+    assert model["median_cpu_seconds"] is None
+    assert all(case["cpu_seconds"] == [] for case in model["cases"])
 
 
 def test_xdist_two_workers_share_the_server_and_the_report_gathers(

@@ -312,7 +312,7 @@ def amx_compiled(lc: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _no_extra_buffers(lc: Any) -> Iterator[None]:
+def no_extra_buffers(lc: Any) -> Iterator[None]:
     """Load without llama.cpp's extra weight buffers (AMX, repacked): ``--no-repack`` of its CLI.
 
     The AMX buffer type of llama.cpp builds with AMX crashed (SIGSEGV) on every prompt of
@@ -424,7 +424,7 @@ class LlamaCppEngine:
         safe = amx_compiled(lc)
         log = _Quiet()
         try:
-            with _quiet() as log, _no_extra_buffers(lc) if safe else contextlib.nullcontext():
+            with _quiet() as log, no_extra_buffers(lc) if safe else contextlib.nullcontext():
                 llama = lc.Llama(
                     str(prepared.path),
                     n_ctx=prepared.n_ctx,

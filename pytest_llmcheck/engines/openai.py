@@ -145,7 +145,9 @@ class OpenAIEngine:
         self.served_models: list[str] = []
         self.served_model: str | None = None  # the id the server answers with
         self.system_fingerprint: str | None = None
-        self.facts = LoadFacts(seconds=0.0, summary=f"server {endpoint.shown_url}, model {endpoint.model}")
+        self.facts = LoadFacts(
+            seconds=0.0, summary=f"server {endpoint.shown_url}, model {endpoint.model}", in_process=False
+        )
 
     # -- HTTP
 
@@ -252,6 +254,7 @@ class OpenAIEngine:
         self.facts = LoadFacts(
             seconds=time.perf_counter() - start,
             summary=f"server {url}, model {served}{fp}",
+            in_process=False,  # the server computes: pytest's CPU time is not the answer's
             details={"base_url": url, "model": self.endpoint.model, "served_model": served},
         )
 
