@@ -104,7 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # A header line, not a Python warning: it describes the machine, not the code under test.
-    busy = oversubscribed()
+    session = config.stash.get(SESSION_KEY, None)
+    busy = oversubscribed(session.settings.threads if session is not None else 1)
     return [f"llmcheck: WARNING: {busy}"] if busy is not None else []
 
 

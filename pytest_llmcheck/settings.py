@@ -171,8 +171,13 @@ def default_threads() -> int:
     return max(1, usable_cpus() // max(1, int(workers) if workers.isdigit() else 1))
 
 
-def oversubscribed() -> str | None:
-    """A warning when other work already keeps the CPUs busy (1-minute load average)."""
+def oversubscribed(threads: int = 1) -> str | None:
+    """A warning when other work already keeps the CPUs busy (1-minute load average).
+
+    At more than one thread, CPU time is no steadier than wall time on a busy machine:
+    torch's OpenMP threads spin (libgomp: 300000 spins) while a descheduled sibling is
+    away, so the warning names the two remedies that ``benchmarks/bench_noise.py`` measures.
+    """
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -180,11 +185,17 @@ def oversubscribed() -> str | None:
     cpus = usable_cpus()
     if load <= cpus + 0.5:
         return None
-    return (
+    text = (
         f"the load average ({load:.1f}) exceeds the {cpus} CPU(s) this process may use: wall-clock "
         "latencies will be noisy; compare CPU time instead (max_cpu_seconds, tok/CPU-s, "
         "--benchmark-timer=time.process_time)"
     )
+    if threads > 1 and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        text += (
+            f"; at {threads} threads CPU time also counts OpenMP spin-waits: use --llm-threads=1, "
+            "or GOMP_SPINCOUNT=3000 in the environment"
+        )
+    return text
 
 
 # -- validators: each raises pytest.UsageError with one line naming value and what is allowed

@@ -65,6 +65,17 @@ def test_a_busy_machine_is_named_in_a_warning(fake: pytest.Pytester, monkeypatch
     result.stdout.fnmatch_lines(
         ["llmcheck: WARNING: the load average (5.0) exceeds the 2 CPU(s)*max_cpu_seconds*"]
     )
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    result = fake.runpytest("--llm-model=fake:a", "--llm-threads=1")
+    result.stdout.fnmatch_lines(["llmcheck: WARNING: the load average (5.0)*"])
+    assert "spin-waits" not in result.stdout.str()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    result = fake.runpytest("--llm-model=fake:a", "--llm-threads=2")
+    result.stdout.fnmatch_lines(
+        ["*; at 2 threads CPU time also counts OpenMP spin-waits: use --llm-threads=1, or GOMP_SPINC*"]
+    )
+    monkeypatch.setenv("GOMP_SPINCOUNT", "3000")
+    assert "spin-waits" not in fake.runpytest("--llm-model=fake:a", "--llm-threads=2").stdout.str()
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     assert "load average" not in fake.runpytest("--llm-model=fake:a").stdout.str()
 
