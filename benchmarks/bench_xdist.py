@@ -2,6 +2,7 @@
 
     python benchmarks/bench_xdist.py            # the five riddles, 64 new tokens
     python benchmarks/bench_xdist.py --quick    # 16 new tokens
+    python benchmarks/bench_xdist.py --copies 4 # each riddle 4 times: answering outweighs start-up
 
 The two models are the embedded SmolLM2 GGUF under two references (the alias and the
 file's path), so they are two models to pytest (two names, two loads) sharing one INT4
@@ -23,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +64,10 @@ def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--quick", action="store_true", help="16 new tokens instead of 64")
+    parser.add_argument(
+        "--copies", type=int, default=1,
+        help="each riddle K times (ids riddle-1-2, ...): more answering per model load (default: 1)",
+    )
     args = parser.parse_args()
     tokens = 16 if args.quick else 64
 
@@ -74,10 +78,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmcheck-xdist-") as tmp:
         project, cache = Path(tmp) / "project", Path(tmp) / "cache"
         project.mkdir()
-        shutil.copy(ROOT / "examples" / "riddles" / "riddles.llm.yaml", project)
+        write_suite(project / "riddles.llm.yaml", args.copies)
         models = f"smollm2,{gguf}"
         run(project, cache, models, ["--llm-threads=2"], tokens)  # fill the INT4 cache entry
-        print(f"two models (SmolLM2 INT4 twice), riddle suite, {tokens} new tokens; {cpu_name()}, "
+        suite = "riddle suite" if args.copies == 1 else f"riddle suite x{args.copies}"
+        print(f"two models (SmolLM2 INT4 twice), {suite}, {tokens} new tokens; {cpu_name()}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before", flush=True)
         widths = (24, 14, 6, 7, 10, 10)
         print(line(("run", "threads", "loads", "wall s", "vs serial", "answers"), widths))
@@ -107,6 +112,18 @@ def main() -> None:
         print(f"the rest (the {tokens - 1} further tokens of each answer): serial {answers_serial:.1f} s, "
               f"-n 2 {answers_n2:.1f} s = {answers_n2 / answers_serial:.2f} x")
         print(f"load average {os.getloadavg()[0]:.1f} after")
+
+
+def write_suite(path: Path, copies: int) -> None:
+    """The riddle suite, each question ``copies`` times under its own id (the same greedy answer)."""
+    import yaml
+
+    suite = yaml.safe_load((ROOT / "examples" / "riddles" / "riddles.llm.yaml").read_text(encoding="utf-8"))
+    if copies > 1:
+        suite["questions"] = [
+            {**q, "id": f"{q['id']}-{k}"} for k in range(1, copies + 1) for q in suite["questions"]
+        ]
+    path.write_text(yaml.safe_dump(suite, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 def line(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
