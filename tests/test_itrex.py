@@ -79,6 +79,8 @@ def inner(pytester: pytest.Pytester, itrex_python: str, tiny_model: Path) -> pyt
             with open(os.environ["ITREX_ANSWERS"], "ab") as f:
                 f.write(answer.text.encode("utf-8") + b"\\0")
             assert answer.new_tokens == 12
+            with open(os.environ["ITREX_INFO"] + ".times", "a") as f:  # the worker computes: its CPU time
+                f.write(json.dumps([answer.seconds, answer.cpu_seconds]) + "\\n")
 
         def test_second(llm):
             assert llm.ask("What is the capital of France?").new_tokens == 12
@@ -290,6 +292,11 @@ def test_tiny_model_int4_through_pytest_twice_byte_identical(inner: pytest.Pytes
         assert workers_of(info["pytest"]) == []
     first, second, rest = answers.read_bytes().split(b"\0")
     assert len(first) > 12
+    # CPU time is the worker's, which computes at 1 thread (pytest's own process only waits on a pipe)
+    for line in (inner.path / "info.json.times").read_text().splitlines():
+        seconds, cpu = json.loads(line)
+        assert cpu is not None
+        assert cpu >= 0.2 * seconds, (seconds, cpu)
     assert first == second
     assert rest == b""
     entries = [e for e in Cache(inner.path / "cache").list() if e["kind"] == "itrex-int4"]

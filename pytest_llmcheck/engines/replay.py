@@ -46,7 +46,8 @@ class ReplayEngine:
                 self.by_text[rec.prompt].append(rec)
         self.calls: dict[str, int] = defaultdict(int)
         summary = f"replay of {len(mine)} recorded answers from {recorded.source}"
-        self.facts = LoadFacts(seconds=0.0, summary=summary)
+        # computes nothing: pytest's CPU time of a lookup is no answer's CPU time
+        self.facts = LoadFacts(seconds=0.0, summary=summary, in_process=False)
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         found = self.by_prompt.get((prompt, system)) or self.by_text.get(prompt)

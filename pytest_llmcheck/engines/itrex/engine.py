@@ -418,6 +418,7 @@ class ItrexEngine:
             quant="int4" if self.quant == "int4" else "fp32",
             from_cache=from_cache,
             prepare_seconds=prepare_seconds + self.quantize_seconds,
+            in_process=False,  # answers carry the worker's CPU time
             details={
                 "quantization": self.recipe(),
                 "threads": self.threads,
@@ -447,6 +448,7 @@ class ItrexEngine:
             new_tokens=int(reply["new_tokens"]),
             seconds=float(reply["seconds"]),
             ttft=float(reply["ttft"]),
+            cpu_seconds=float(reply["cpu_seconds"]),
         )
 
     def generate_raw(self, prompt: str, *, system: str | None, config: GenerationConfig,
