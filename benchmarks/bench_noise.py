@@ -109,9 +109,15 @@ def main() -> None:
     for spin in spincounts:
         if spin != "default" and not spin.isdigit():
             sys.exit(f"--spincounts: {spin!r} is neither 'default' nor a whole number")
-    plan = [(q, 1, "default") for q in args.quant.split(",")]
+    from pytest_llmcheck.settings import QUANT_CHOICES
+
+    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+    for quant in quants:
+        if quant not in QUANT_CHOICES:
+            sys.exit(f"--quant: {quant!r} is not one of {', '.join(QUANT_CHOICES)}")
+    plan = [(q, 1, "default") for q in quants]
     if cpus > 1:
-        plan += [(q, cpus, spin) for q in args.quant.split(",") for spin in spincounts]
+        plan += [(q, cpus, spin) for q in quants for spin in spincounts]
     rows = [["recipe", "threads", "GOMP_SPINCOUNT", "wall quiet s", "wall busy s", "wall moved",
              "cpu quiet s", "cpu busy s", "cpu moved", "target"]]
     for quant, threads, spin in plan:

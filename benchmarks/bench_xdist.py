@@ -69,6 +69,8 @@ def main() -> None:
         help="each riddle K times (ids riddle-1-2, ...): more answering per model load (default: 1)",
     )
     args = parser.parse_args()
+    if args.copies < 1:
+        parser.error(f"--copies: {args.copies} is too small; expected a whole number >= 1")
     tokens = 16 if args.quick else 64
 
     from pytest_llmcheck.registry import resolve

@@ -58,7 +58,10 @@ class LLM:
         return self.ref.name
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**self.engine.fingerprint(), "generation": self.session.generation.as_dict()}
+        generation = self.session.generation.as_dict()
+        if not self.engine.facts.uses_threads:  # a server's threads are its own: not ours to record
+            del generation["threads"]
+        return {**self.engine.fingerprint(), "generation": generation}
 
     def ask(
         self,
@@ -263,6 +266,7 @@ class LLM:
             rounds=self.session.settings.repeat,
             group=self.ref.name,
             use_benchmark=not self._benchmark_used,
+            in_process=in_process,
         )
         self._benchmark_used = self._benchmark_used or used
         if used:

@@ -20,7 +20,7 @@ from .engines.registry import EngineError, EngineRegistry
 from .errors import LlmcheckError
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
-from .settings import Settings, add_aliases, add_options, oversubscribed
+from .settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
 from .suite import Question, SuiteError, is_suite_file, load_suite
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # A header line, not a Python warning: it describes the machine, not the code under test.
     session = config.stash.get(SESSION_KEY, None)
-    busy = oversubscribed(session.settings.threads if session is not None else 1)
+    busy = oversubscribed(worker_threads(session.settings, config.option) if session is not None else 1)
     return [f"llmcheck: WARNING: {busy}"] if busy is not None else []
 
 

@@ -52,6 +52,7 @@ class Recording:
     system: str | None = None
     seconds: float | None = None
     new_tokens: int | None = None
+    cpu_seconds: float | None = None  # the CPU time the answer took, when its report recorded it
     person: str | None = None  # the person's verdict: "pass" | "fail"
     note: str | None = None
     from_snapshot: bool = False  # ``model`` is a snapshot file's parameter part
@@ -115,12 +116,16 @@ def _from_report(path: Path, data: Any = None) -> Recorded:
             answers = case.get("answers") or ([case["answer"]] if case.get("answer") else [])
             seconds = case.get("seconds") or []
             tokens = case.get("new_tokens") or []
+            # kept only for answers that all had it: the list holds the known values alone
+            cpu = case.get("cpu_seconds") or []
+            cpu = cpu if len(cpu) == len(answers) else []
             for i, text in enumerate(answers):
                 recordings.append(Recording(
                     model=name, answer=str(text), question=case.get("case_id"),
                     prompt=case.get("prompt") or None,
                     seconds=seconds[i] if i < len(seconds) else None,
                     new_tokens=tokens[i] if i < len(tokens) else None,
+                    cpu_seconds=float(cpu[i]) if i < len(cpu) else None,
                 ))
     return Recorded(path, recordings, fingerprints=fingerprints)
 

@@ -161,14 +161,27 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
+def default_threads(workers: int | None = None) -> int:
     """One share of the usable CPUs per xdist worker, at least 1.
 
     Two workers each running 2 threads on 2 cores is the 14x slowdown the default
     used to cause; a share each keeps the cores busy without oversubscribing them.
+    ``workers``: the worker count when known (the controller); a worker reads its own.
     """
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
-    return max(1, usable_cpus() // max(1, int(workers) if workers.isdigit() else 1))
+    if workers is None:
+        count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+        workers = int(count) if count.isdigit() else 1
+    return max(1, usable_cpus() // max(1, workers))
+
+
+def worker_threads(settings: Settings, option: Any) -> int:
+    """The threads each model computes with, as seen from any process: xdist's controller
+    (which prints the header) has no ``PYTEST_XDIST_WORKER_COUNT``; its ``tx`` list counts
+    the workers it starts."""
+    if settings.threads_given:
+        return settings.threads
+    workers = len(getattr(option, "tx", None) or []) if getattr(option, "dist", "no") != "no" else 0
+    return default_threads(workers) if workers else settings.threads
 
 
 def oversubscribed(threads: int = 1) -> str | None:
@@ -190,7 +203,8 @@ def oversubscribed(threads: int = 1) -> str | None:
         "latencies will be noisy; compare CPU time instead (max_cpu_seconds, tok/CPU-s, "
         "--benchmark-timer=time.process_time)"
     )
-    if threads > 1 and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    if threads > 1 and "GOMP_SPINCOUNT" not in os.environ and not passive:
         text += (
             f"; at {threads} threads CPU time also counts OpenMP spin-waits: use --llm-threads=1 "
             "(GOMP_SPINCOUNT=3000 in the environment cuts most of them)"
@@ -258,6 +272,7 @@ class Settings:
     judge_from_ini: bool = False  # a suite's judge_model overrides an ini judge, not a command-line one
     progress: bool = False  # download bars on the terminal: not under -q, in CI or without a TTY
     models_given: bool = False  # the user chose models: resolve them at configure time (usage errors)
+    threads_given: bool = False  # --llm-threads or its ini: not the per-worker default
     shard: Shard | None = None  # --llm-shard=K/N: this job runs part K of N
 
     @property
@@ -327,6 +342,7 @@ class Settings:
             engine = "replay" if values["replay"][1] not in (None, "", []) else "transformers"
         cache = get("cache-dir", path, None)
         report = get("report", path, None)
+        threads = get("threads", lambda w, v: parse_int(w, v, minimum=1), None)
         return cls(
             models=models or (DEFAULT_MODEL,),
             models_given=bool(models),
@@ -342,7 +358,8 @@ class Settings:
             },
             quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
             max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
-            threads=get("threads", lambda w, v: parse_int(w, v, minimum=1), None) or default_threads(),
+            threads=threads or default_threads(),
+            threads_given=threads is not None,
             seed=get("seed", lambda w, v: parse_int(w, v, minimum=0), 0),
             cache_dir=cache if cache is not None else default_cache_dir(),
             offline=flag("offline"),  # LLMCHECK_OFFLINE / HF_HUB_OFFLINE are honoured by hub.download

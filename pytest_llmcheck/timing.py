@@ -7,12 +7,14 @@ still recorded by the plugin for the summary and the report.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .engines.base import Answer
+from .errors import LlmcheckWarning
 
 if TYPE_CHECKING:
     from .case import LLM
@@ -25,6 +27,15 @@ def _benchmark(request: pytest.FixtureRequest) -> Any | None:
         return None
 
 
+def _timer_name(config: pytest.Config) -> str:
+    return str(config.getoption("benchmark_timer", None) or "")
+
+
+def _cpu_timer(config: pytest.Config) -> bool:
+    """Whether pytest-benchmark times with a CPU clock of this process."""
+    return _timer_name(config).endswith(("process_time", "thread_time", "process_time_ns", "thread_time_ns"))
+
+
 def run_timed(
     request: pytest.FixtureRequest,
     once: Callable[[], None],
@@ -32,9 +43,19 @@ def run_timed(
     rounds: int,
     group: str,
     use_benchmark: bool,
+    in_process: bool = True,
 ) -> bool:
     """Call ``once`` ``rounds`` times; return whether pytest-benchmark timed them."""
     bench = _benchmark(request) if use_benchmark else None
+    if bench is not None and not bench.disabled and not in_process and _cpu_timer(request.config):
+        warnings.warn(
+            LlmcheckWarning(
+                f"--benchmark-timer={_timer_name(request.config)} times pytest's own process, but model "
+                f"{group!r} computes in another (a worker or a server): its benchmark record is not "
+                "its CPU time; gate on max_cpu_seconds or the cpu_seconds in extra_info instead"
+            ),
+            stacklevel=2,
+        )
     if bench is None or bench.disabled:
         def all_rounds() -> None:
             for _ in range(rounds):

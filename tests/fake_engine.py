@@ -3,9 +3,11 @@
 Inner pytest sessions load it with ``-p tests.fake_engine`` and use models named
 ``fake:<name>``. Answers come from ``fake_answers.json`` in the inner rootdir:
 ``{"<model name>": {"<prompt>": "answer" | {"text": ..., "seconds": ..., "sleep": ..., "choices": [...]}}}``;
-without an entry the answer echoes the prompt. ``seconds`` is the latency the answer reports;
+without an entry the answer echoes the prompt. ``seconds`` is the latency the answer reports
+(``cpu_seconds`` its CPU time; without it the plugin measures pytest's);
 ``sleep`` really waits that long (for wall-clock timers such as pytest-benchmark). A model
-named ``broken`` fails to load; one named ``plain...`` has no ``next_token_probs`` (cannot judge).
+named ``broken`` fails to load; one named ``plain...`` has no ``next_token_probs`` (cannot judge);
+one named ``remote...`` computes "elsewhere" (no CPU time of its own, threads do not apply).
 As a judge, a fake model reads ``"__judge__": {"<text in the judge prompt>": P(yes)}``.
 ``GENERATES`` lists every generation as "<model>: <prompt>".
 """
@@ -44,16 +46,19 @@ class PlainFakeEngine:
         self.model = model
         self.answers = answers
         summary = "fake-int4: 4/4 linear layers, weights 0.0 MiB -> 0.0 MiB, 0.02s"
-        self.facts = LoadFacts(seconds=0.01, summary=summary, quant="int4", prepare_seconds=0.02)
+        # a model named ``remote...`` computes elsewhere, as a server or a worker process does
+        remote = model.startswith("remote")
+        self.facts = LoadFacts(seconds=0.01, summary=summary, quant="int4", prepare_seconds=0.02,
+                               in_process=not remote, uses_threads=not remote)
         self.closed = False
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         assert not self.closed, "generate() on a released model"
         GENERATES.append(f"{self.model}: {prompt}")
         spec = self.answers.get(prompt, f"echo: {prompt}")
-        seconds = None
+        seconds = cpu = None
         if isinstance(spec, dict):
-            seconds = spec.get("seconds")
+            seconds, cpu = spec.get("seconds"), spec.get("cpu_seconds")
             time.sleep(float(spec.get("sleep", 0)))
             if "choices" in spec and not config.greedy:
                 rng = random.Random(config.seed)  # like a real engine: the seed decides the sample
@@ -66,7 +71,7 @@ class PlainFakeEngine:
         elapsed = 0.001 if seconds is None else float(seconds)
         return Answer(text=" ".join(words) if len(words) < len(text.split()) else text, prompt=prompt,
                       system=system, prompt_tokens=len(prompt.split()), new_tokens=len(words),
-                      seconds=elapsed, ttft=elapsed / 4)
+                      seconds=elapsed, ttft=elapsed / 4, cpu_seconds=None if cpu is None else float(cpu))
 
     def fingerprint(self) -> dict[str, Any]:
         return {"engine": "fake", "model": self.model, "answers_version": self.answers.get("__version__", 1)}

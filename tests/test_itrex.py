@@ -296,7 +296,7 @@ def test_tiny_model_int4_through_pytest_twice_byte_identical(inner: pytest.Pytes
     for line in (inner.path / "info.json.times").read_text().splitlines():
         seconds, cpu = json.loads(line)
         assert cpu is not None
-        assert cpu >= 0.2 * seconds, (seconds, cpu)
+        assert cpu >= 0.05 * seconds, (seconds, cpu)  # pytest's waiting would be ~0.001x
     assert first == second
     assert rest == b""
     entries = [e for e in Cache(inner.path / "cache").list() if e["kind"] == "itrex-int4"]

@@ -364,6 +364,8 @@ def test_5xx_is_retried_with_backoff_and_recovers(tmp_path: Path) -> None:
         waited = time.perf_counter() - start
     assert answer.text == "Rome."
     assert waited >= 0.5 + 1.0  # the backoff: 0.5 s, then 1 s
+    assert answer.seconds < 1.0  # the answer's own time: the attempt that answered, not the backoff
+    assert 0 <= answer.ttft <= answer.seconds
 
 
 def test_malformed_interrupted_and_stalled_streams(tmp_path: Path) -> None:

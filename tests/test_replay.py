@@ -29,7 +29,8 @@ questions:
 def recorded(fake: pytest.Pytester) -> pytest.Pytester:
     """A session of model ``a`` with its report in out/."""
     fake.makefile(".llm.yaml", riddles=SUITE)
-    table = {"a": {"Capital of France?": {"text": "Paris, France.", "seconds": 3.5}, "Two plus two?": "4"}}
+    capital = {"text": "Paris, France.", "seconds": 3.5, "cpu_seconds": 1.25}
+    table = {"a": {"Capital of France?": capital, "Two plus two?": "4"}}
     (fake.path / "fake_answers.json").write_text(json.dumps(table), encoding="utf-8")
     fake.runpytest("--llm-model=fake:a", "--llm-report=out", "-p", "no:syrupy").assert_outcomes(passed=2)
     fake_engine.GENERATES.clear()
@@ -38,7 +39,7 @@ def recorded(fake: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_replay_rechecks_edited_expectations_without_the_model(recorded: pytest.Pytester) -> None:
-    suite = SUITE.replace('{contains: "Paris"}', '{contains: "Lyon", max_seconds: 2}')
+    suite = SUITE.replace('{contains: "Paris"}', '{contains: "Lyon", max_seconds: 2, max_cpu_seconds: 1}')
     suite += '  - id: new\n    prompt: "A question nobody asked"\n'
     (recorded.path / "riddles.llm.yaml").write_text(suite, encoding="utf-8")
     result = recorded.runpytest(
@@ -47,8 +48,9 @@ def test_replay_rechecks_edited_expectations_without_the_model(recorded: pytest.
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(
         [
-            "LLM answer failed expectation: contains 'Lyon' not found (and 1 more)",
+            "LLM answer failed expectation: contains 'Lyon' not found (and 2 more)",
             "*max_seconds 2 exceeded: took 3.50s",  # the recorded latency
+            "*max_cpu_seconds 1 exceeded: used 1.25s of CPU",  # and its CPU time
             "model 'a': replay: out/report.json has no answer of model 'a' to the prompt "
             "'A question nobody asked'",
         ]
@@ -63,9 +65,9 @@ def test_replay_from_the_report_folder_and_from_snapshots(recorded: pytest.Pytes
         "--llm-model=replay:a", "--llm-replay=out", "-p", "no:syrupy", "-p", "no:randomly"
     )
     result.assert_outcomes(passed=2)
-    # a replayed answer computed nothing here: no CPU time of pytest's lookup passes for the answer's
+    # a replayed answer computed nothing here: its CPU time is the recorded one, not a lookup's
     result.stdout.fnmatch_lines(
-        ["  question  verdict  seconds  cpu s  tok/s*", "  capital   PASS     3.50     -  *"]
+        ["  question  verdict  seconds  cpu s  tok/s*", "  capital   PASS     3.50     1.25  *"]
     )
     recorded.runpytest("--llm-model=fake:a", "--snapshot-update").assert_outcomes(passed=2)
     shutil.rmtree(recorded.path / "out")

@@ -74,8 +74,18 @@ def test_a_busy_machine_is_named_in_a_warning(fake: pytest.Pytester, monkeypatch
     result.stdout.fnmatch_lines(
         ["*; at 2 threads CPU time also counts OpenMP spin-waits: use --llm-threads=1 (GOMP_SPINCOUNT=3000 *"]
     )
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # spins harder: still named
+    assert "spin-waits" in fake.runpytest("--llm-model=fake:a", "--llm-threads=2").stdout.str()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "spin-waits" not in fake.runpytest("--llm-model=fake:a", "--llm-threads=2").stdout.str()
+    monkeypatch.delenv("OMP_WAIT_POLICY")
     monkeypatch.setenv("GOMP_SPINCOUNT", "3000")
     assert "spin-waits" not in fake.runpytest("--llm-model=fake:a", "--llm-threads=2").stdout.str()
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    # xdist's controller prints the header: its workers run 1 thread each on the 2 CPUs
+    result = fake.runpytest("--llm-model=fake:a", "-n", "2")
+    result.stdout.fnmatch_lines(["llmcheck: WARNING: the load average (5.0)*"])
+    assert "spin-waits" not in result.stdout.str()
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     assert "load average" not in fake.runpytest("--llm-model=fake:a").stdout.str()
 
@@ -112,3 +122,34 @@ def test_cpu_time_is_recorded_apart_from_wall_time(fake: pytest.Pytester) -> Non
     entry = bench["test_cpu_limit_holds[a]"]
     assert entry["stats"]["median"] < 0.1
     assert entry["extra_info"]["cpu_seconds"] < 0.1
+
+
+def test_a_model_that_computes_elsewhere_has_no_cpu_time_of_pytests(fake: pytest.Pytester) -> None:
+    """A server's or a worker's answer: pytest's own CPU time (waiting) is not reported as its CPU
+    time, pytest-benchmark's CPU timer is named as timing the wrong process, and the threads,
+    which are not ours, stay out of the snapshot's fingerprint."""
+    set_answers(fake, remote={"slow": {"text": "Paris", "sleep": 0.2, "seconds": 0.2}})
+    fake.makepyfile(test_t="def test_remote(llm, snapshot):\n    llm.ask('slow', snapshot=True)\n")
+    result = fake.runpytest(
+        "--llm-model=fake:remote", "--llm-report=out", "--benchmark-timer=time.process_time",
+        "--snapshot-update", "-p", "no:randomly",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*--benchmark-timer=time.process_time times pytest's own process, but model 'remote' computes "
+        "in another*",
+        "  test_remote  PASS     0.20     -  *",
+    ])
+    (model,) = json.loads((fake.path / "out" / "report.json").read_text())["models"]
+    assert model["cases"][0]["cpu_seconds"] == []
+    assert model["tokens_per_cpu_second"] is None
+    (snap,) = (fake.path / "__snapshots__").rglob("*.txt")
+    header = snap.read_text(encoding="utf-8").split("--- answer ---")[0]
+    assert '"max_new_tokens"' in header
+    assert '"threads"' not in header
+    # an in-process model keeps both
+    set_answers(fake, a={"slow": "Paris"})
+    result = fake.runpytest("--llm-model=fake:a", "--benchmark-timer=time.process_time", "--snapshot-update")
+    assert "times pytest's own process" not in result.stdout.str()
+    (mine,) = (fake.path / "__snapshots__").rglob("*[[]a].txt")
+    assert '"threads"' in mine.read_text(encoding="utf-8")

@@ -77,6 +77,7 @@ class LoadFacts:
     from_cache: bool = False  # converted/quantized weights came from the per-machine cache
     prepare_seconds: float = 0.0  # quantizing or converting in this session (0 when cached)
     in_process: bool = True  # computes in pytest's process: its CPU time is the answer's
+    uses_threads: bool = True  # --llm-threads reaches the computation (not a server's, not a replay)
     details: dict[str, Any] = field(default_factory=dict)  # JSON-able, for reports
 
 

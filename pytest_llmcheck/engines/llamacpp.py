@@ -488,6 +488,7 @@ class LlamaCppEngine:
         out: list[int] = []
         lc.llama_perf_context_reset(ctx)
         sampling: dict[str, Any] = {"temp": 0.0} if config.greedy else {"temp": config.temperature}
+        start_cpu = time.process_time()  # the prompt and the tokens, as llama.cpp's timers below
         for token in llama.generate(
             tokens, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **sampling
         ):
@@ -496,6 +497,7 @@ class LlamaCppEngine:
             out.append(token)
             if len(out) >= config.max_new_tokens:
                 break
+        cpu_seconds = time.process_time() - start_cpu
         perf = lc.llama_perf_context(ctx)
         ttft = perf.t_p_eval_ms / 1000.0
         seconds = (perf.t_p_eval_ms + perf.t_eval_ms) / 1000.0
@@ -509,6 +511,7 @@ class LlamaCppEngine:
             new_tokens=len(out),
             seconds=seconds,
             ttft=ttft,
+            cpu_seconds=cpu_seconds,
         )
 
     def fingerprint(self) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class _Stream:
 
     text: str = ""
     chunks: int = 0  # content-bearing chunks: one token each on most servers
+    sent: float | None = None  # perf_counter when the request that answered was sent (after any retries)
     first: float | None = None  # perf_counter at the first content
     done: bool = False
     finish_reason: str | None = None
@@ -146,7 +147,10 @@ class OpenAIEngine:
         self.served_model: str | None = None  # the id the server answers with
         self.system_fingerprint: str | None = None
         self.facts = LoadFacts(
-            seconds=0.0, summary=f"server {endpoint.shown_url}, model {endpoint.model}", in_process=False
+            seconds=0.0,
+            summary=f"server {endpoint.shown_url}, model {endpoint.model}",
+            in_process=False,
+            uses_threads=False,
         )
 
     # -- HTTP
@@ -165,14 +169,17 @@ class OpenAIEngine:
 
     def _send(
         self, method: str, path: str, body: dict[str, Any] | None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """One request; a 2xx response stays open for the caller. Retries 429 and 5xx."""
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, float]:
+        """One request; a 2xx response stays open for the caller, with the time (perf_counter)
+        its attempt was sent: an answer's time leaves out the backoff of earlier ones. Retries
+        429 and 5xx."""
         url = f"{self.endpoint.shown_url}{path}"
         prefix = urlsplit(self.endpoint.base_url).path.rstrip("/")
         data = json.dumps(body).encode("utf-8") if body is not None else None
         attempt = 0
         while True:
             conn = self._connection()
+            sent = time.perf_counter()
             try:
                 conn.request(method, prefix + path, body=data, headers=self._headers())
                 response = conn.getresponse()
@@ -190,7 +197,7 @@ class OpenAIEngine:
                 conn.close()
                 raise OpenAIError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
             if 200 <= response.status < 300:
-                return conn, response
+                return conn, response, sent
             detail = _error_detail(response)
             conn.close()
             status = f"{response.status} {response.reason}".strip()
@@ -216,7 +223,7 @@ class OpenAIEngine:
         return OpenAIError(f"{url} answered {status}{why}")
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn, response = self._send(method, path, body)
+        conn, response, _ = self._send(method, path, body)
         try:
             raw = response.read()
         except TimeoutError:
@@ -255,6 +262,7 @@ class OpenAIEngine:
             seconds=time.perf_counter() - start,
             summary=f"server {url}, model {served}{fp}",
             in_process=False,  # the server computes: pytest's CPU time is not the answer's
+            uses_threads=False,  # nor are --llm-threads its threads
             details={"base_url": url, "model": self.endpoint.model, "served_model": served},
         )
 
@@ -284,8 +292,8 @@ class OpenAIEngine:
     def _stream_answer(self, prompt: str, system: str | None, config: GenerationConfig) -> _Stream:
         path = "/chat/completions"
         url = f"{self.endpoint.shown_url}{path}"
-        conn, response = self._send("POST", path, self._body(prompt, system, config))
-        result = _Stream()
+        conn, response, sent = self._send("POST", path, self._body(prompt, system, config))
+        result = _Stream(sent=sent)
         try:
             if "text/event-stream" not in (response.getheader("Content-Type") or ""):
                 _read_whole(response, result, url)  # a server that ignores "stream": one JSON body
@@ -312,9 +320,10 @@ class OpenAIEngine:
         return result
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
-        start = time.perf_counter()
         stream = self._stream_answer(prompt, system, config)
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        start = stream.sent if stream.sent is not None else end
+        seconds = end - start
         self._note(stream)
         first = stream.first if stream.first is not None else start + seconds
         return Answer(

@@ -46,8 +46,8 @@ class ReplayEngine:
                 self.by_text[rec.prompt].append(rec)
         self.calls: dict[str, int] = defaultdict(int)
         summary = f"replay of {len(mine)} recorded answers from {recorded.source}"
-        # computes nothing: pytest's CPU time of a lookup is no answer's CPU time
-        self.facts = LoadFacts(seconds=0.0, summary=summary, in_process=False)
+        # computes nothing: an answer's CPU time is the recorded one, never a lookup's
+        self.facts = LoadFacts(seconds=0.0, summary=summary, in_process=False, uses_threads=False)
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         found = self.by_prompt.get((prompt, system)) or self.by_text.get(prompt)
@@ -60,7 +60,7 @@ class ReplayEngine:
         seconds = rec.seconds or 0.0
         tokens = rec.new_tokens if rec.new_tokens is not None else len(rec.answer)
         return Answer(text=rec.answer, prompt=prompt, system=system, prompt_tokens=len(prompt),
-                      new_tokens=tokens, seconds=seconds, ttft=0.0)
+                      new_tokens=tokens, seconds=seconds, ttft=0.0, cpu_seconds=rec.cpu_seconds)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"engine": self.name, "recording": str(self.recorded.source),

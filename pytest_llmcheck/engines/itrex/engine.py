@@ -448,7 +448,7 @@ class ItrexEngine:
             new_tokens=int(reply["new_tokens"]),
             seconds=float(reply["seconds"]),
             ttft=float(reply["ttft"]),
-            cpu_seconds=float(reply["cpu_seconds"]),
+            cpu_seconds=float(reply["cpu_seconds"]) if reply.get("cpu_seconds") is not None else None,
         )
 
     def generate_raw(self, prompt: str, *, system: str | None, config: GenerationConfig,

@@ -237,7 +237,7 @@ class TransformersEngine:
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()  # one span for wall and CPU
         with torch.inference_mode():
             if self.fast is not None and config.greedy:
                 ids = self.fast.greedy(
@@ -253,7 +253,7 @@ class TransformersEngine:
                     **sampling,
                 )
                 new = out[0, prompt_len:]
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         stops = {t for t in (self.tokenizer.eos_token_id, pad, *self._stop_ids()) if t is not None}
         if new.shape[0] and int(new[-1]) in stops:  # the end-of-turn token is not part of the answer
             new = new[:-1]
@@ -268,6 +268,7 @@ class TransformersEngine:
             new_tokens=int(new.shape[0]),
             seconds=seconds,
             ttft=ttft,
+            cpu_seconds=cpu_seconds,
         )
 
     def _stop_ids(self) -> list[int]:
