@@ -88,9 +88,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 ENGINE_OPTIONS: tuple[OptionSpec, ...] = (  # each engine's own options (OptionSpec.engine set)
     OptionSpec("decode", "transformers engine: greedy decode loop: fast (a lean loop for Llama and Qwen2 "
-               "models, used only when it gives the model's own logits bit for bit on a probe at load) "
-               "or generate (transformers' generate()) (default: fast)", "fast", engine="transformers",
-               choices=("fast", "generate")),
+               "models, its per-token step in C++ when a compiler is at hand, each used only when it "
+               "gives the model's own logits bit for bit on a probe at load), python (the lean loop, "
+               "its step in Python) or generate (transformers' generate()) (default: fast)", "fast",
+               engine="transformers", choices=("fast", "python", "generate")),
     OptionSpec("itrex-python", "itrex engine: the Python of an environment with the ITREX stack (default: "
                "the one 'llmcheck env create itrex' built in the cache, or $LLMCHECK_ITREX_PYTHON)",
                engine="itrex"),

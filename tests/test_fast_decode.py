@@ -7,12 +7,23 @@ from typing import Any
 
 import pytest
 
+from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.engines.base import GenerationConfig
-from pytest_llmcheck.engines.transformers import fastpath
+from pytest_llmcheck.engines.transformers import decode_step, fastpath, kernels
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.registry import resolve
 from tests.tiny_model import tiny_in_memory
+
+needs_compiler = pytest.mark.skipif(
+    kernels.compiler_missing() is not None, reason="no C++ compiler for the C++ decode step"
+)
+
+
+@pytest.fixture(scope="module")
+def step_library(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The C++ step's library, loaded in this process (built once into a private cache)."""
+    return decode_step.load_library(Cache(tmp_path_factory.mktemp("step-cache")))
 
 PROMPTS = ["What is the capital of France?", "明明和白白谁喜欢谁？", "hello world " * 12]
 
@@ -71,6 +82,93 @@ def test_tiny_models_decode_as_generate(arch: str, int4: bool, head_dim: int) ->
         expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
         assert decoder.greedy(inputs, 16, set()) == expected
         assert decoder.greedy(inputs, 0, set()) == []
+
+
+@needs_compiler
+@pytest.mark.parametrize("head_dim", [16, 64], ids=["k-v-apart", "q-k-v-fused"])
+@pytest.mark.parametrize("int4", [True, False], ids=["int4", "bf16"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_cpp_step_gives_the_python_steps_logits(
+    arch: str, int4: bool, head_dim: int, step_library: str
+) -> None:
+    import torch
+
+    model, inputs = tiny_in_memory(arch, int4, head_dim=head_dim)
+    decoder = fastpath.FastDecoder.build(model)
+    native = decode_step.build(decoder)
+    with torch.inference_mode():
+        assert decoder.verify_steps(inputs, [None, native], steps=4) == [None, None]
+        expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
+        decoder.native = native
+        assert decoder.greedy(inputs, 16, set()) == expected
+        # and the logits of every step, bit for bit, side by side with the Python step
+        logits, _, keys, values = decoder._prefill(inputs)
+        python = decoder._stepper(list(keys), list(values))
+        cpp = decoder._stepper(list(keys), list(values), native)
+        token = logits.float().argmax()
+        for position in range(7, 12):
+            a, b = python(token, position), cpp(token, position)
+            assert torch.equal(a, b)
+            token = a.float().argmax()
+        assert [k.shape[-2] for k in native.key_cache()] == [12, 12]  # the C++ step holds the cache
+
+
+@needs_compiler
+def test_a_cpp_step_that_differs_is_caught_and_the_python_step_runs(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, step_library: str
+) -> None:
+    real = decode_step._set_norm
+
+    def other_eps(native: Any, layer: int, slot: int, norm: Any) -> None:
+        real(native, layer, slot, norm)
+        if layer == -1:  # the final norm with another epsilon: logits move in the last bits
+            native.set_norm(-1, 0, False, norm.weight, float(norm.variance_epsilon) * 1e3)
+
+    monkeypatch.setattr(decode_step, "_set_norm", other_eps)
+    engine = _load(tiny_model, "int4")
+    assert engine.fast is not None
+    assert engine.fast.native is None
+    decision = "fast, Python step (C++ step: logits differ from the model's forward at decode step 1; "
+    assert engine.facts.details["decode"].startswith(decision)
+    # said on the summary line: it explains a slower model
+    assert engine.facts.summary.endswith("; decode: " + engine.facts.details["decode"])
+    monkeypatch.undo()
+    assert _answers(engine) == _answers(_load(tiny_model, "int4", decode="generate"))
+
+
+@needs_compiler
+def test_decode_choices_and_what_the_load_facts_say(tiny_model: Path, step_library: str) -> None:
+    cpp = _load(tiny_model, "int4")
+    assert cpp.fast is not None
+    assert cpp.fast.native is not None
+    assert cpp.facts.details["decode"] == (
+        "fast, C++ step (already loaded; same logits as the model's forward on a probe)"
+    )
+    assert "; decode:" not in cpp.facts.summary  # the fastest path is not worth a word
+    python = _load(tiny_model, "int4", decode="python")
+    assert python.fast is not None
+    assert python.fast.native is None
+    assert python.facts.details["decode"] == (
+        "fast, Python step (--llm-decode=python; same logits as the model's forward on a probe)"
+    )
+    assert "; decode:" not in python.facts.summary  # asked for
+    assert _answers(cpp) == _answers(python) == _answers(_load(tiny_model, "int4", decode="generate"))
+
+
+def test_no_compiler_keeps_the_python_step_and_says_so(
+    pytester: pytest.Pytester, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler-llmcheck")  # a fresh process: nothing loaded yet
+    pytester.makepyfile("def test_ask(llm):\n    assert llm.ask('hello world').text\n")
+    result = pytester.runpytest_subprocess(
+        f"--llm-model={tiny_model}", "--llm-max-new-tokens=4", f"--llm-cache-dir={pytester.path / 'cache'}",
+        "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "tiny-llama (*): loaded 1x in *; decode: fast, Python step (no C++ compiler "
+        "'no-such-compiler-llmcheck' on PATH; same logits as the model's forward on a probe)"
+    ])
 
 
 @pytest.mark.parametrize(
@@ -140,7 +238,9 @@ def test_decode_option_is_checked(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest("--llm-decode=fastest", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --llm-decode: invalid value 'fastest'; allowed: fast, generate"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: --llm-decode: invalid value 'fastest'; allowed: fast, python, generate"]
+    )
 
 
 @pytest.mark.slow

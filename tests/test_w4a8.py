@@ -14,7 +14,7 @@ import pytest
 
 from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.engines.base import GenerationConfig
-from pytest_llmcheck.engines.transformers import fastpath, w4a8
+from pytest_llmcheck.engines.transformers import decode_step, fastpath, w4a8
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.registry import resolve
@@ -164,15 +164,29 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     assert isinstance(qkv, fastpath._W4A8)
     assert qkv.sizes == [256, 128, 128]
     assert decoder.head is not None
+    decode_step.load_library(None)  # the kernel built, so a compiler is at hand
+    natives = [None, decode_step.build(decoder)]
     with torch.inference_mode():
-        assert decoder.verify(inputs, steps=4) is None  # bit for bit against the model's forward
+        # bit for bit against the model's forward: the Python step and the C++ one
+        assert decoder.verify_steps(inputs, natives, steps=4) == [None, None]
         expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
-        assert decoder.greedy(inputs, 16, set()) == expected
+        for native in natives:
+            decoder.native = native
+            assert decoder.greedy(inputs, 16, set()) == expected
         logits = model(**inputs).logits
     assert not torch.equal(logits, int4_logits)  # another recipe: other numbers, near the same
     cosine = torch.nn.functional.cosine_similarity
     similarity = cosine(logits.flatten().float(), int4_logits.flatten().float(), 0)
     assert similarity > 0.95
+
+
+def _entries(cache: Path) -> list[tuple[str, str]]:
+    """(kind, kernel name) of each cache entry."""
+    found = []
+    for entry in Cache(cache).list():
+        key = entry["key"]
+        found.append((str(entry["kind"]), str(key.get("kernel", "")) if isinstance(key, dict) else ""))
+    return sorted(found)
 
 
 @needs_kernel
@@ -209,15 +223,15 @@ def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
         answers.append(out.read_bytes())
     assert len(answers[0]) > 24
     assert answers[0] == answers[1]  # two sessions, 2 then 1 thread: the same bytes
-    kinds = sorted(e["kind"] for e in Cache(cache).list())
-    assert kinds == ["kernel", "quantized"]
+    kinds = _entries(cache)
+    assert kinds == [("kernel", "decode_step"), ("kernel", "w4a8"), ("quantized", "")]
     result = pytester.runpytest_subprocess(
         f"--llm-model={folder}", "--llm-max-new-tokens=24", f"--llm-cache-dir={cache}",
         "-p", "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["tiny-llama (*): loaded 1x in *; int4: 14/14 linear layers, *from cache*"])
-    assert sorted(e["kind"] for e in Cache(cache).list()) == kinds  # int4 read the same entry
+    assert _entries(cache) == kinds  # int4 read the same entry
 
 
 @needs_kernel

@@ -18,6 +18,7 @@ from ...cache import Cache
 from ...errors import LlmcheckError
 from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
+from . import decode_step
 from .conversions import code_problem, remote_code_message, unknown_architecture_message
 from .fastpath import FastDecoder, Unsupported
 from .quantize import Quantizer, QuantReport, quiet_loggers
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 
-DECODE_CHOICES = ("fast", "generate")
+DECODE_CHOICES = ("fast", "python", "generate")
 PROBE = "Hello! Who are you?"  # the prompt the fast decode loop is checked on at load
 
 
@@ -128,23 +129,42 @@ class TransformersEngine:
         self._fingerprint: dict[str, Any] | None = None
         self.fast: FastDecoder | None = None  # the lean greedy loop, when verified on this model
 
-    def use_fast_decode(self) -> str:
+    def use_fast_decode(self, cache: Cache | None = None, native: bool = True) -> str:
         """Switch greedy answers to :class:`FastDecoder` if it gives this model's own logits
-        bit for bit on a probe prompt; returns what was decided (kept in the load facts)."""
+        bit for bit on a probe prompt, with its step in C++ (``native``, built once per machine
+        into ``cache``) when that checks out too; returns what was decided (kept in the load
+        facts; the summary line says it when answers are slower than they could be)."""
         import torch
 
         torch.set_num_threads(self.threads)
+        step_problem: str | None = "--llm-decode=python" if not native else None
         try:
             decoder = FastDecoder.build(self.model)
+            candidates: list[Any] = [None]
+            if native:
+                try:
+                    how = decode_step.load_library(cache)
+                    candidates.append(decode_step.build(decoder))
+                except decode_step.StepUnavailable as exc:
+                    step_problem = str(exc)
             with torch.inference_mode():
-                problem = decoder.verify(self._encode(PROBE, None))
+                problems = decoder.verify_steps(self._encode(PROBE, None), candidates)
+            problem = problems[0]
+            if len(problems) > 1 and problems[1] is not None:
+                step_problem = f"C++ step: {problems[1]}"
         except Unsupported as exc:
             problem = str(exc)
-        if problem is None:
-            self.fast = decoder
-            decision = "fast (same logits as the model's forward on a probe)"
-        else:  # said on the summary line: it explains a slower model
+        slower = problem is not None or (native and step_problem is not None)
+        if problem is not None:
             decision = f"generate() ({problem})"
+        elif step_problem is None:
+            decoder.native = candidates[1]
+            self.fast = decoder
+            decision = f"fast, C++ step ({how}; same logits as the model's forward on a probe)"
+        else:
+            self.fast = decoder
+            decision = f"fast, Python step ({step_problem}; same logits as the model's forward on a probe)"
+        if slower:  # said on the summary line: it explains a slower model
             summary = self.facts.summary.split("; decode: ")[0]
             self.facts = dataclasses.replace(self.facts, summary=f"{summary}; decode: {decision}")
         self.facts.details["decode"] = decision
@@ -202,8 +222,8 @@ class TransformersEngine:
             conversion=loaded.conversion,
         )
         engine.weights_id = weights_identity(ref, folder)
-        if decode == "fast":
-            engine.use_fast_decode()
+        if decode in ("fast", "python"):
+            engine.use_fast_decode(cache, native=decode == "fast")
         else:
             engine.facts.details["decode"] = "generate() (--llm-decode=generate)"
         return engine

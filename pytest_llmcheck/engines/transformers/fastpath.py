@@ -276,6 +276,7 @@ class FastDecoder:
         self.embed = model.model.embed_tokens
         self.final_norm = model.model.norm
         self.head: _W4A8 | None = None  # an int4-a8 lm_head
+        self.native: Any = None  # the same step in C++ (decode_step), once checked
         plain = (torch.Tensor, torch.nn.Parameter)
         if is_w4a8(model.lm_head):
             head = model.lm_head
@@ -373,6 +374,14 @@ class FastDecoder:
         layers: list[Any] = list(cache.layers)
         return out.logits[0, -1], cache, [la.keys for la in layers], [la.values for la in layers]
 
+    def _stepper(self, keys: _KV, values: _KV, native: Any = None) -> Callable[[Any, int], torch.Tensor]:
+        """``step(token, position)`` extending ``keys`` and ``values``: the Python step, or the
+        C++ one (``native``, see decode_step), which then holds the cache."""
+        if native is None:
+            return lambda token, position: self.step(token, position, keys, values)
+        native.start(keys, values)
+        return native.step  # type: ignore[no-any-return]
+
     def greedy(
         self,
         inputs: dict[str, torch.Tensor],
@@ -384,27 +393,37 @@ class FastDecoder:
         if max_new_tokens < 1:
             return []
         logits, _, keys, values = self._prefill(inputs)
+        step = self._stepper(keys, values, self.native)
         position = int(inputs["input_ids"].shape[1])
         token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
         tokens = [int(token)]
         if on_first is not None:
             on_first()
         while len(tokens) < max_new_tokens and tokens[-1] not in stop_ids:
-            logits = self.step(token, position, keys, values)
+            logits = step(token, position)
             position += 1
             token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
             tokens.append(int(token))
         return tokens
 
     def verify(self, inputs: dict[str, torch.Tensor], steps: int = 3) -> str | None:
-        """None when this loop's logits equal the model forward's at every step of a probe;
-        otherwise what differed."""
+        """None when the Python step's logits equal the model forward's at every step of a
+        probe; otherwise what differed."""
+        return self.verify_steps(inputs, [None], steps)[0]
+
+    def verify_steps(
+        self, inputs: dict[str, torch.Tensor], natives: Sequence[Any], steps: int = 3
+    ) -> list[str | None]:
+        """For each step in ``natives`` (None: the Python step; else a C++ one), None when its
+        logits equal the model forward's at every step of one probe, else what differed."""
         import torch
 
         logits, cache, keys, values = self._prefill(inputs)
         token = logits.float().argmax()
         position = int(inputs["input_ids"].shape[1])
         mask = inputs.get("attention_mask")
+        runs = [self._stepper(list(keys), list(values), native) for native in natives]
+        problems: list[str | None] = [None] * len(natives)
         for step in range(steps):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
@@ -416,12 +435,12 @@ class FastDecoder:
                 cache_position=torch.tensor([position]),
                 logits_to_keep=1,
             ).logits[0, -1]
-            ours = self.step(token, position, keys, values)
-            if not torch.equal(reference, ours):
-                return f"logits differ from the model's forward at decode step {step + 1}"
+            for i, run in enumerate(runs):
+                if problems[i] is None and not torch.equal(reference, run(token, position)):
+                    problems[i] = f"logits differ from the model's forward at decode step {step + 1}"
             position += 1
             token = reference.float().argmax()
-        return None
+        return problems
 
 
 # generation_config fields that do not change greedy decoding as the engine calls it

@@ -14,26 +14,20 @@ output is summed by one thread in a fixed order.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...cache import Cache
 from ...errors import LlmcheckError
+from . import kernels
 
 if TYPE_CHECKING:
     import torch
 
 SOURCE = Path(__file__).with_name("w4a8.cpp")
 LIBRARY = "w4a8.so"
-CACHE_KIND = "kernel"
+CACHE_KIND = kernels.CACHE_KIND
 BLOCK = 64  # torchao's AVX512 packing interleaves 64 outputs; a last partial block is packed otherwise
 TILE = 16  # the kernel's outputs per tile (and torchao's required multiple)
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++20", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
@@ -84,46 +78,26 @@ def _load(path: Path) -> None:
 
 def _compile(folder: Path) -> Path:
     """Build the kernel into ``folder`` with the compiler torch extensions use."""
-    import torch
-    import torch.utils.cpp_extension as ext
-
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {compiler!r} on PATH to build its kernel "
+    missing = kernels.compiler_missing()
+    if missing:
+        raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {missing!r} on PATH to build its kernel "
                         "(install g++, or set CXX)")
     out = folder / LIBRARY
-    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"  # as torch was built
-    command = [compiler, *FLAGS, abi, *(f"-I{p}" for p in ext.include_paths()), str(SOURCE),
-               *(f"-L{p}" for p in ext.library_paths()), "-lc10", "-ltorch_cpu", "-o", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise W4A8Error(f"--llm-quant=int4-a8: building its kernel failed ({compiler}): {tail}")
+    problem = kernels.compile_library(SOURCE, out, FLAGS)
+    if problem is not None:
+        raise W4A8Error(f"--llm-quant=int4-a8: building its kernel failed ({kernels.compiler()}): {problem}")
     return out
 
 
 def kernel_source_digest() -> str:
     """The kernel source's digest: int4-a8 fingerprints carry it (a changed kernel may
     change answers)."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    return kernels.source_digest(SOURCE)
 
 
 def kernel_key() -> dict[str, Any]:
     """What the compiled library depends on: its source, flags, torch and the compiler."""
-    import torch
-
-    compiler = os.environ.get("CXX", "c++")
-    with contextlib.suppress(OSError):
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False)
-        compiler = f"{compiler}: {version.stdout.splitlines()[0] if version.stdout else '?'}"
-    return {
-        "kernel": "w4a8",
-        "source": kernel_source_digest(),
-        "flags": list(FLAGS),
-        "torch": torch.__version__,
-        "compiler": compiler,
-        "python": sys.version.split()[0],
-    }
+    return kernels.library_key("w4a8", SOURCE, FLAGS)
 
 
 def preflight() -> None:
@@ -133,43 +107,21 @@ def preflight() -> None:
     problem = cpu_problem()
     if problem:
         raise W4A8Error(f"--llm-quant=int4-a8 cannot run on this machine: {problem}; use --llm-quant=int4")
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {compiler!r} on PATH to build its kernel "
+    missing = kernels.compiler_missing()
+    if missing:
+        raise W4A8Error(f"--llm-quant=int4-a8: no C++ compiler {missing!r} on PATH to build its kernel "
                         "(install g++, or set CXX)")
 
 
 def load_kernel(cache: Cache | None) -> str:
     """Make the kernel's ops available; says how (``built in 5.61s``, ``cached``, ``already
-    loaded``). Built once per machine into the cache, and loaded from the build folder before
-    the entry is committed, so an entry that does not load is never taken as good; a ready
-    entry that fails to load is removed and built again. Without a cache, built in a
-    temporary folder for this process."""
-    import time
-
+    loaded``). Built once per machine into the cache (see kernels.build_and_load)."""
     if _namespace_taken():
         if not _registered():
             raise W4A8Error("--llm-quant=int4-a8: another version of its kernel is loaded in this process")
         return "already loaded"
     preflight()
-    start = time.perf_counter()
-    if cache is None:
-        with tempfile.TemporaryDirectory(prefix="llmcheck-w4a8-") as tmp:
-            _load(_compile(Path(tmp)))  # mapped into the process: the file may go
-        return f"built in {time.perf_counter() - start:.2f}s"
-    entry = cache.entry(CACHE_KIND, kernel_key())
-    if entry.ready:
-        try:
-            _load(entry.path / LIBRARY)
-            return "cached"
-        except W4A8Error:
-            entry.discard()  # damaged or built elsewhere: build it again
-    with entry.build() as tmp:
-        if tmp is not None:
-            _load(_compile(tmp))
-            return f"built in {time.perf_counter() - start:.2f}s"
-    _load(entry.path / LIBRARY)  # another process built it while this one waited
-    return "cached"
+    return kernels.build_and_load(cache, kernel_key(), LIBRARY, _compile, _load, (W4A8Error,))
 
 
 def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:

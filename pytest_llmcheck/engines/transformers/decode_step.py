@@ -1,0 +1,126 @@
+"""The decode loop's per-token step in C++ (``decode_step.cpp``).
+
+:meth:`fastpath.FastDecoder.step` makes about 35 small ATen calls per layer; from Python
+each costs microseconds of argument parsing and dispatch, a fifth of a small model's time
+per token. The C++ step makes the same calls on the same tensors, so its logits are the
+same bit for bit; the engine still checks that at load (as it checks the Python step
+against the model's forward) and keeps the Python step when the library cannot be built
+here (no compiler) or does not check out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...cache import Cache
+from . import kernels
+
+if TYPE_CHECKING:
+    from .fastpath import FastDecoder, _Proj
+
+SOURCE = Path(__file__).with_name("decode_step.cpp")
+LIBRARY = "decode_step.so"
+FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-w")
+PLAIN, INT4, W4A8 = 0, 1, 2  # the kinds of call in decode_step.cpp
+SLOTS = ("qkv", "o", "gate_up", "down")
+
+
+class StepUnavailable(Exception):
+    """The C++ step cannot be had here; the message says why (the Python step runs)."""
+
+
+def _registered() -> bool:
+    import torch
+
+    try:
+        torch.classes.llmcheck_decode.Decoder  # noqa: B018
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def _load(path: Path) -> None:
+    import torch
+
+    try:
+        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StepUnavailable(f"its library {path} does not load: {first}") from None
+    if not _registered():
+        raise StepUnavailable(f"its library {path} lacks the llmcheck_decode.Decoder class")
+
+
+def _compile(folder: Path) -> Path:
+    missing = kernels.compiler_missing()
+    if missing:
+        raise StepUnavailable(f"no C++ compiler {missing!r} on PATH")
+    out = folder / LIBRARY
+    problem = kernels.compile_library(SOURCE, out, FLAGS)
+    if problem is not None:
+        raise StepUnavailable(f"building it failed ({kernels.compiler()}): {problem}")
+    return out
+
+
+def load_library(cache: Cache | None) -> str:
+    """Make ``torch.classes.llmcheck_decode`` available; says how (``built in 9.1s``,
+    ``cached``, ``already loaded``), or raises :class:`StepUnavailable`. One library per
+    process: torch allows one registration of a namespace."""
+    if _registered():
+        return "already loaded"
+    missing = kernels.compiler_missing()
+    if missing:
+        raise StepUnavailable(f"no C++ compiler {missing!r} on PATH")
+    key = kernels.library_key("decode_step", SOURCE, FLAGS)
+    return kernels.build_and_load(cache, key, LIBRARY, _compile, _load, (StepUnavailable,))
+
+
+def _add_projection(native: Any, layer: int, slot: int, proj: _Proj) -> None:
+    import torch
+
+    from .fastpath import _W4A8
+
+    empty = torch.empty(0)
+    if not proj.int4:
+        for weight, bias in zip(proj.weights, proj.biases, strict=True):
+            sizes = [int(weight.shape[0])]
+            native.add_call(layer, slot, PLAIN, weight, empty, [] if bias is None else [bias], 0, sizes)
+        return
+    for call in proj.int4:
+        biases = [] if call.bias is None else [call.bias]
+        if isinstance(call, _W4A8):
+            native.add_call(layer, slot, W4A8, call.packed, call.sz, biases, call.group, call.sizes)
+        else:
+            native.add_call(layer, slot, INT4, call.packed, call.scale_zero, biases, call.group, call.sizes)
+
+
+def _set_norm(native: Any, layer: int, slot: int, norm: Any) -> None:
+    from .w4a8 import is_w4a8_norm
+
+    native.set_norm(layer, slot, is_w4a8_norm(norm), norm.weight, float(norm.variance_epsilon))
+
+
+def build(decoder: FastDecoder) -> Any:
+    """The C++ twin of ``decoder`` (a ``torch.classes.llmcheck_decode.Decoder``), holding the
+    same tensors; the library must be loaded (:func:`load_library`)."""
+    import torch
+
+    native = torch.classes.llmcheck_decode.Decoder(
+        decoder.embed.weight, decoder.inv_freq, float(decoder.rope_scale), decoder.heads, decoder.kv_heads,
+        decoder.head_dim, float(decoder.scaling), decoder.gqa, len(decoder.layers),
+    )
+    for i, layer in enumerate(decoder.layers):
+        for slot, name in enumerate(SLOTS):
+            _add_projection(native, i, slot, getattr(layer, name))
+        _set_norm(native, i, 0, layer.norm1)
+        _set_norm(native, i, 1, layer.norm2)
+    _set_norm(native, -1, 0, decoder.final_norm)
+    empty = torch.empty(0)
+    if decoder.head is not None:
+        head = decoder.head
+        native.add_call(-1, 0, W4A8, head.packed, head.sz, [] if head.bias is None else [head.bias],
+                        head.group, head.sizes)
+    else:
+        native.add_call(-1, 0, PLAIN, decoder.lm_head, empty, [], 0, [int(decoder.lm_head.shape[0])])
+    return native
