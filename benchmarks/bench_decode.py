@@ -8,9 +8,11 @@ One run, the embedded SmolLM2-135M-Instruct Q4_1 GGUF, the same prompt, greedy, 
 2 threads. Each row runs in a fresh process (a "session"), one after the other:
 
 - ``torch int4, generate()``: the default engine as it was, ``--llm-decode=generate``;
-- ``torch int4, fast loop``: the default engine now (``--llm-decode=fast``), run in two
-  sessions: "same answer" says whether both gave the same text byte for byte, and the
-  same text as ``generate()``;
+- ``torch int4, fast loop, Python step``: the lean loop with its per-token step in Python
+  (``--llm-decode=python``, the default before the C++ step);
+- ``torch int4, fast loop``: the default engine now (``--llm-decode=fast``: the same step
+  in C++, ``decode_step.cpp``), run in two sessions: "same answer" says whether both gave
+  the same text byte for byte, and the same text as ``generate()`` and the Python step;
 - ``torch int4-a8, fast loop``: ``--llm-quant=int4-a8``, the same INT4 weights times int8
   activations (llama.cpp's way; other answers, its own snapshots), two sessions;
 - ``llama.cpp (engine)``: llama-cpp-python as the ``llamacpp`` engine runs it (on an AMX
@@ -25,8 +27,9 @@ of the same thread count (the target is >= 0.5); ``RSS MiB`` is the process's re
 memory after the answers. Machines are noisy: compare rows of one run, not runs.
 
 A second table splits the fast loop's time per token (one fresh process): the whole
-step, the step with its INT4 kernel calls replaced by ready zeros, and with the
-``lm_head`` product replaced too; the differences are what those two cost. Beside it,
+step in C++, then the Python step whole, with its INT4 kernel calls replaced by ready
+zeros, and with the ``lm_head`` product replaced too; the differences are what those two
+cost, and the first two columns' difference is what the C++ step saves. Beside it,
 ``lm_head`` alone as ``linear`` (what transformers calls) and as ``mv`` (what the loop calls).
 For int4-a8 every product (lm_head included) is one of its kernel's calls: one column.
 """
@@ -128,6 +131,9 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
         n = sum(self.sizes)
         return zeros.setdefault(n, torch.zeros(1, 1, n, dtype=x.dtype))
 
+    assert decoder.native is not None, engine.facts.details["decode"]
+    cpp = ms_per_token()  # the C++ step; the parts below replace the Python step's calls
+    decoder.native = None
     whole = ms_per_token()
     if quant == "int4-a8":
         real = fastpath._W4A8.raw
@@ -136,7 +142,7 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
             rest = ms_per_token()
         finally:
             fastpath._W4A8.raw = real  # type: ignore[method-assign]
-        return {"whole": whole, "int4": whole - rest, "rest": rest}
+        return {"cpp": cpp, "whole": whole, "int4": whole - rest, "rest": rest}
     head = decoder.lm_head
     hidden = torch.randn(head.shape[1], dtype=head.dtype)
     linear = product_ms(lambda h: F.linear(h[None], head), hidden)
@@ -150,8 +156,8 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
         rest = ms_per_token()
     finally:
         fastpath._Int4.raw, torch.mv = real_raw, real_mv  # type: ignore[method-assign]
-    return {"whole": whole, "int4": whole - without_int4, "lm_head": without_int4 - rest, "rest": rest,
-            "linear": linear, "mv": mv}
+    return {"cpp": cpp, "whole": whole, "int4": whole - without_int4, "lm_head": without_int4 - rest,
+            "rest": rest, "linear": linear, "mv": mv}
 
 
 def llamacpp_engine_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
@@ -248,6 +254,7 @@ def main() -> None:
     rows = [["engine", "threads", "decode tok/s", "vs llama.cpp", "same answer", "decode path", "RSS MiB"]]
     for threads in (1, 2):
         before = run("torch-generate", threads, tokens, repeats)
+        python = run("torch-python", threads, tokens, repeats)
         fast = [run("torch-fast", threads, tokens, repeats) for _ in range(2)]
         a8 = [run("torch-a8", threads, tokens, repeats) for _ in range(2)]
         engine = run("llamacpp-engine", threads, tokens, repeats)
@@ -266,8 +273,10 @@ def main() -> None:
             return [name, str(threads), f"{rate:.1f}", ratio, same, path, rss]
 
         texts = {str(r["text"]) for r in fast if r}
-        same = "yes" if len(texts) == 1 and before and before["text"] in texts else "NO"
+        others = {str(r["text"]) for r in (before, python) if r}
+        same = "yes" if len(texts) == 1 and before and python and others == texts else "NO"
         rows.append(cells("torch int4, generate()", before, path="generate()"))
+        rows.append(cells("torch int4, fast loop, Python step", python, same, "fast, Python step"))
         for n, result in enumerate(fast, 1):
             path = str(result["decode"]).split(" (")[0] if result else ""
             rows.append(cells(f"torch int4, fast loop (session {n})", result, same, path))
@@ -281,19 +290,19 @@ def main() -> None:
     print(table(rows))
     print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions")
     print("same answer: int4 rows against each other and generate(); int4-a8 rows against each other\n")
-    parts = [["recipe", "threads", "ms/token", "INT4 kernel", "lm_head (mv)", "the rest", "lm_head as linear",
-              "as mv"]]
+    parts = [["recipe", "threads", "ms/token C++ step", "ms/token Python step", "INT4 kernel", "lm_head (mv)",
+              "the rest", "lm_head as linear", "as mv"]]
     for threads in (1, 2):
         split = run("split", threads, tokens, repeats)
         if split is not None:
             ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
-            columns = (f"{ms[k]:.1f}" for k in ("whole", "int4", "lm_head", "rest", "linear", "mv"))
+            columns = (f"{ms[k]:.1f}" for k in ("cpp", "whole", "int4", "lm_head", "rest", "linear", "mv"))
             parts.append(["int4", str(threads), *columns])
         split = run("split-a8", threads, tokens, repeats)
         if split is not None:
             ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
-            parts.append(["int4-a8", str(threads), f"{ms['whole']:.1f}", f"{ms['int4']:.1f}", "(in kernel)",
-                          f"{ms['rest']:.1f}", "-", "-"])
+            parts.append(["int4-a8", str(threads), f"{ms['cpp']:.1f}", f"{ms['whole']:.1f}",
+                          f"{ms['int4']:.1f}", "(in kernel)", f"{ms['rest']:.1f}", "-", "-"])
     print("time per token of the fast loop, ms (a product's cost: the step without it, subtracted)")
     print(table(parts))
 

@@ -42,7 +42,10 @@ def one_error_line(err: str) -> str:
 
 
 def kinds(root: Path, *, ready: bool = True) -> list[str]:
-    return sorted(str(e["kind"]) for e in Cache(root).list() if e["ready"] is ready)
+    """The kinds of the cache's entries, less the C++ decode step's library: a load builds it
+    into the cache unless an earlier test already loaded it into this process."""
+    entries = Cache(root).list()
+    return sorted(str(e["kind"]) for e in entries if e["ready"] is ready and e["kind"] != "kernel")
 
 
 def test_list_shows_the_registry_and_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +115,8 @@ def test_pull_then_pull_again_then_clear(
 
     assert main(["list", "--cache-dir", str(root)]) == 0
     listed = capsys.readouterr().out
-    assert f"Cache {root}: 3 entries" in listed
+    assert f"Cache {root}: {len(Cache(root).list())} entries" in listed
+    assert len(Cache(root).list()) - len(kinds(root)) in (0, 1)  # at most the decode step's library
     assert sum(line.split()[:2] == ["download", MS] for line in listed.splitlines()) == 1
 
     quantized = sum(int(str(e["size"])) for e in Cache(root).list() if e["kind"] == "quantized")
@@ -121,9 +125,10 @@ def test_pull_then_pull_again_then_clear(
     assert f"removed 1 quantized entry from {root}; freed {quantized} bytes" in out
     assert kinds(root) == ["download", "download"]
 
+    left = len(Cache(root).list())
     assert main(["clear", "--cache-dir", str(root), "--yes"]) == 0
     out = capsys.readouterr().out
-    assert f"removed 2 entries from {root}; freed " in out
+    assert f"removed {left} entries from {root}; freed " in out
     freed = int(out.split("freed ")[1].split()[0])
     assert freed > 2 * (tiny_size := sum(p.stat().st_size for p in endpoints.repos[MS_REPO].folder.rglob("*")
                                          if p.is_file())), (freed, tiny_size)

@@ -159,9 +159,11 @@ def test_smollm2_judges_an_english_rubric(tmp_path: Path) -> None:
     settings = Settings(cache_dir=tmp_path / "cache")
     judge = Judge("smollm2", {"spec": ref.spec}, lambda: engines.load(ref, settings), VerdictStore(tmp_path))
     try:
-        hello = judge.grade("Say hello.", "Hello!", "The answer is a greeting.")
+        # A bare "Hello!" sits on the threshold for this 135M judge: P(yes) 0.49 at INT4 on an
+        # AMD EPYC (AVX512 BF16 VNNI), above 0.5 on the Intel AMX machines; this one it decides.
+        hello = judge.grade("Say hello.", "Hello! How are you today?", "The answer is a greeting.")
         news = judge.grade("Say hello.", "The stock market fell today.", "The answer is a greeting.")
-        again = judge.grade("Say hello.", "Hello!", "The answer is a greeting.")
+        again = judge.grade("Say hello.", "Hello! How are you today?", "The answer is a greeting.")
     finally:
         judge.close()
     assert hello.passed, (hello, news)
