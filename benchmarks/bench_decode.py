@@ -28,9 +28,10 @@ memory after the answers. Machines are noisy: compare rows of one run, not runs.
 
 A second table splits the fast loop's time per token (one fresh process): the whole
 step in C++, then the Python step whole, with its INT4 kernel calls replaced by ready
-zeros, and with the ``lm_head`` product replaced too; the differences are what those two
+zeros, and with the ``lm_head`` product replaced too (run as ``linear`` or ``mv``, whichever the loop
+timed faster at build); the differences are what those two
 cost, and the first two columns' difference is what the C++ step saves. Beside it,
-``lm_head`` alone as ``linear`` (what transformers calls) and as ``mv`` (what the loop calls).
+``lm_head`` alone as ``linear`` (what transformers calls) and as ``mv``.
 For int4-a8 every product (lm_head included) is one of its kernel's calls: one column.
 """
 
@@ -64,7 +65,7 @@ def torch_worker(
 
     ref = resolve("smollm2")
     engine = TransformersEngine.load(
-        ref, Path(ref.location), get_quantizer(quant), threads=threads, decode=decode
+        ref, Path(ref.location), get_quantizer(quant), threads=threads, decode=decode, cache=machine_cache()
     )
     config = GenerationConfig(max_new_tokens=tokens, threads=threads)
     engine.generate(PROMPT, system=None, config=GenerationConfig(max_new_tokens=8, threads=threads))
@@ -75,6 +76,13 @@ def torch_worker(
         text = answer.text
     return {"rate": statistics.median(rates), "text": text, "decode": engine.facts.details["decode"],
             "rss": rss_mib()}
+
+
+def machine_cache() -> object:
+    """The per-machine cache: INT4 weights and compiled libraries built once, not per row."""
+    from pytest_llmcheck.cache import Cache, default_cache_dir
+
+    return Cache(default_cache_dir())
 
 
 def rss_mib() -> float:
@@ -97,7 +105,9 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
     from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
-    engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=threads)
+    engine = TransformersEngine.load(
+        ref, Path(ref.location), get_quantizer(quant), threads=threads, cache=machine_cache()
+    )
     decoder = engine.fast
     assert decoder is not None, engine.facts.details["decode"]
     inputs = engine._encode(PROMPT, None)
@@ -147,17 +157,17 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
     hidden = torch.randn(head.shape[1], dtype=head.dtype)
     linear = product_ms(lambda h: F.linear(h[None], head), hidden)
     mv = product_ms(lambda h: torch.mv(head, h), hidden)
-    real_raw, real_mv = fastpath._Int4.raw, torch.mv
+    real_raw, real_head = fastpath._Int4.raw, fastpath.FastDecoder._head
     try:
         fastpath._Int4.raw = no_int4  # type: ignore[method-assign]
         without_int4 = ms_per_token()
         logits = torch.zeros(head.shape[0], dtype=head.dtype)
-        torch.mv = lambda *_: logits  # type: ignore[assignment]
+        fastpath.FastDecoder._head = lambda self, h: logits  # type: ignore[method-assign,assignment]
         rest = ms_per_token()
     finally:
-        fastpath._Int4.raw, torch.mv = real_raw, real_mv  # type: ignore[method-assign]
+        fastpath._Int4.raw, fastpath.FastDecoder._head = real_raw, real_head  # type: ignore[method-assign]
     return {"cpp": cpp, "whole": whole, "int4": whole - without_int4, "lm_head": without_int4 - rest,
-            "rest": rest, "linear": linear, "mv": mv}
+            "rest": rest, "linear": linear, "mv": mv, "chosen": "mv" if decoder.head_mv else "linear"}
 
 
 def llamacpp_engine_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
@@ -290,13 +300,15 @@ def main() -> None:
     print(table(rows))
     print(f"\ntarget: fast loop >= {TARGET} x the fastest llama.cpp row, same answer in both sessions")
     print("same answer: int4 rows against each other and generate(); int4-a8 rows against each other\n")
-    parts = [["recipe", "threads", "ms/token C++ step", "ms/token Python step", "INT4 kernel", "lm_head (mv)",
-              "the rest", "lm_head as linear", "as mv"]]
+    parts = [["recipe", "threads", "ms/token C++ step", "ms/token Python step", "INT4 kernel",
+              "lm_head (as the loop ran it)", "the rest", "lm_head as linear", "as mv"]]
     for threads in (1, 2):
         split = run("split", threads, tokens, repeats)
         if split is not None:
+            chosen = str(split.pop("chosen"))
             ms = {k: float(v) for k, v in split.items()}  # type: ignore[arg-type]
-            columns = (f"{ms[k]:.1f}" for k in ("cpp", "whole", "int4", "lm_head", "rest", "linear", "mv"))
+            columns = [f"{ms[k]:.1f}" for k in ("cpp", "whole", "int4", "lm_head", "rest", "linear", "mv")]
+            columns[3] = f"{columns[3]} ({chosen})"
             parts.append(["int4", str(threads), *columns])
         split = run("split-a8", threads, tokens, repeats)
         if split is not None:

@@ -111,6 +111,22 @@ def test_cpp_step_gives_the_python_steps_logits(
             assert torch.equal(a, b)
             token = a.float().argmax()
         assert [k.shape[-2] for k in native.key_cache()] == [12, 12]  # the C++ step holds the cache
+        decoder.greedy(inputs, 4, set())
+        assert native.key_cache() == []  # and lets it go when an answer is done
+
+
+@needs_compiler
+@pytest.mark.parametrize("head_mv", [True, False], ids=["mv", "linear"])
+def test_lm_head_as_mv_or_linear_gives_the_forwards_logits(head_mv: bool, step_library: str) -> None:
+    import torch
+
+    model, inputs = tiny_in_memory("llama", True, head_dim=64)
+    decoder = fastpath.FastDecoder.build(model)
+    decoder.head_mv = head_mv  # whichever the build's timing picked: both are exact
+    native = decode_step.build(decoder)
+    with torch.inference_mode():
+        assert decoder.verify_steps(inputs, [None, native], steps=3) == [None, None]
+    assert isinstance(fastpath._mv_is_faster(model.lm_head.weight), bool)
 
 
 @needs_compiler

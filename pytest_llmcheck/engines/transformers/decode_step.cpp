@@ -206,11 +206,21 @@ class Decoder : public torch::CustomClassHolder {
     }
     h = final_norm_(h);
     if (head_.kind == kW4A8) return head_.raw(h).select(0, 0).select(0, -1);
-    return at::mv(head_.a, h.select(0, 0).select(0, -1));
+    if (head_mv_) return at::mv(head_.a, h.select(0, 0).select(0, -1));
+    return at::linear(h, head_.a).select(0, 0).select(0, -1);
   }
 
-  // The keys and values so far (for checks).
+  // A bf16 lm_head as mv (FastDecoder.head_mv) or, by default, as linear.
+  void set_head_mv(bool mv) { head_mv_ = mv; }
+
+  // The keys so far (for checks).
   std::vector<at::Tensor> key_cache() const { return keys_; }
+
+  // Drop the cache once an answer is done: it would hold memory until the next start().
+  void clear() {
+    keys_.clear();
+    values_.clear();
+  }
 
  private:
   at::Tensor embed_, inv_freq_;
@@ -221,6 +231,7 @@ class Decoder : public torch::CustomClassHolder {
   std::vector<Layer> layers_;
   Norm final_norm_;
   Call head_;
+  bool head_mv_ = false;
   std::vector<at::Tensor> keys_, values_;
 };
 
@@ -233,5 +244,7 @@ TORCH_LIBRARY(llmcheck_decode, m) {
       .def("set_norm", &Decoder::set_norm)
       .def("start", &Decoder::start)
       .def("step", &Decoder::step)
-      .def("key_cache", &Decoder::key_cache);
+      .def("set_head_mv", &Decoder::set_head_mv)
+      .def("key_cache", &Decoder::key_cache)
+      .def("clear", &Decoder::clear);
 }

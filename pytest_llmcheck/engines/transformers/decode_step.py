@@ -103,7 +103,16 @@ def _set_norm(native: Any, layer: int, slot: int, norm: Any) -> None:
 
 def build(decoder: FastDecoder) -> Any:
     """The C++ twin of ``decoder`` (a ``torch.classes.llmcheck_decode.Decoder``), holding the
-    same tensors; the library must be loaded (:func:`load_library`)."""
+    same tensors; the library must be loaded (:func:`load_library`). Raises
+    :class:`StepUnavailable` when the C++ side refuses the model."""
+    try:
+        return _build(decoder)
+    except RuntimeError as exc:  # a TORCH_CHECK of decode_step.cpp
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StepUnavailable(f"C++ step: {first}") from None
+
+
+def _build(decoder: FastDecoder) -> Any:
     import torch
 
     native = torch.classes.llmcheck_decode.Decoder(
@@ -123,4 +132,5 @@ def build(decoder: FastDecoder) -> Any:
                         head.group, head.sizes)
     else:
         native.add_call(-1, 0, PLAIN, decoder.lm_head, empty, [], 0, [int(decoder.lm_head.shape[0])])
+        native.set_head_mv(decoder.head_mv)
     return native

@@ -11,8 +11,10 @@ bit for bit, with the Python around them cut to a minimum:
   concatenated along the output dimension, when every member's output size is a whole
   number of the kernel's 64-wide blocks (each block of outputs is then computed as it
   was alone; a partial block takes a tail path that rounds differently);
-- the bf16 ``lm_head`` runs as a matrix-vector product (``torch.mv``), which on the CPUs
-  measured is twice as fast as ``linear`` for one token and gives the same values;
+- the bf16 ``lm_head`` runs as ``linear`` (what the model calls) or as a matrix-vector
+  product (``torch.mv``), whichever is faster on this machine at this thread count, timed
+  once at build: ``mv`` was twice as fast on Intel Xeons with AMX, half as fast on an AMD
+  EPYC (AVX512-BF16); the check below covers the one chosen;
 - rotary embedding is ``x * cos + roll(x) * sin`` with rotate_half's sign moved onto
   ``sin`` (negation is exact), q and k rotated in one go when they come from one call.
 - a model converted by ``--llm-quant=int4-a8`` (see ``w4a8``) runs its own kernel calls:
@@ -226,6 +228,29 @@ class _Layer:
     norm2: Any
 
 
+def _mv_is_faster(weight: torch.Tensor, calls: int = 5) -> bool:
+    """Whether ``torch.mv`` computes one token's logits faster than ``F.linear`` here, at
+    the current thread count (best of a few calls each, interleaved)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    h = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
+    best = {"mv": float("inf"), "linear": float("inf")}
+    with torch.inference_mode():
+        for i in range(calls + 1):
+            for name in best:
+                start = time.perf_counter()
+                if name == "mv":
+                    torch.mv(weight, h[0, -1])
+                else:
+                    F.linear(h, weight)
+                if i:  # the first round warms up
+                    best[name] = min(best[name], time.perf_counter() - start)
+    return best["mv"] < best["linear"]
+
+
 def _rms(h: torch.Tensor, norm: Any) -> torch.Tensor:
     """LlamaRMSNorm / Qwen2RMSNorm, op for op (int4-a8's norm: its one kernel call)."""
     import torch
@@ -276,6 +301,7 @@ class FastDecoder:
         self.embed = model.model.embed_tokens
         self.final_norm = model.model.norm
         self.head: _W4A8 | None = None  # an int4-a8 lm_head
+        self.head_mv = False  # a bf16 lm_head as torch.mv (else F.linear)
         self.native: Any = None  # the same step in C++ (decode_step), once checked
         plain = (torch.Tensor, torch.nn.Parameter)
         if is_w4a8(model.lm_head):
@@ -285,6 +311,7 @@ class FastDecoder:
             raise Unsupported("a quantized lm_head or one with a bias")
         else:
             self.lm_head = model.lm_head.weight
+            self.head_mv = _mv_is_faster(self.lm_head)
         self.layers = [
             _Layer(
                 qkv=_projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
@@ -362,7 +389,16 @@ class FastDecoder:
         h = _rms(h, self.final_norm)
         if self.head is not None:
             return self.head.raw(h)[0, -1]
-        return torch.mv(self.lm_head, h[0, -1])
+        return self._head(h)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """The bf16 lm_head's logits (vocab,) for ``h`` (1, 1, hidden)."""
+        import torch
+        import torch.nn.functional as F
+
+        if self.head_mv:
+            return torch.mv(self.lm_head, h[0, -1])
+        return F.linear(h, self.lm_head)[0, -1]
 
     def _prefill(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, _KV, _KV]:
         """The prompt through the model's own forward: last logits, its cache, and the
@@ -399,11 +435,15 @@ class FastDecoder:
         tokens = [int(token)]
         if on_first is not None:
             on_first()
-        while len(tokens) < max_new_tokens and tokens[-1] not in stop_ids:
-            logits = step(token, position)
-            position += 1
-            token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
-            tokens.append(int(token))
+        try:
+            while len(tokens) < max_new_tokens and tokens[-1] not in stop_ids:
+                logits = step(token, position)
+                position += 1
+                token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
+                tokens.append(int(token))
+        finally:
+            if self.native is not None:
+                self.native.clear()  # the answer's KV cache goes now, as the Python step's does
         return tokens
 
     def verify(self, inputs: dict[str, torch.Tensor], steps: int = 3) -> str | None:
@@ -436,10 +476,22 @@ class FastDecoder:
                 logits_to_keep=1,
             ).logits[0, -1]
             for i, run in enumerate(runs):
-                if problems[i] is None and not torch.equal(reference, run(token, position)):
+                if problems[i] is not None:
+                    continue
+                try:
+                    same = torch.equal(reference, run(token, position))
+                except RuntimeError as exc:  # a C++ step's TORCH_CHECK: that step is not used
+                    if natives[i] is None:
+                        raise
+                    problems[i] = f"failed at decode step {step + 1}: {str(exc).strip().splitlines()[0]}"
+                    continue
+                if not same:
                     problems[i] = f"logits differ from the model's forward at decode step {step + 1}"
             position += 1
             token = reference.float().argmax()
+        for native in natives:
+            if native is not None:
+                native.clear()
         return problems
 
 
