@@ -237,6 +237,7 @@ def test_a_generation_setting_keeps_generate_on_the_summary_line(tiny_model: Pat
     engine.model.generation_config.repetition_penalty = HFGenerationConfig().repetition_penalty
     engine.use_fast_decode()
     assert engine.fast is not None
+    assert "; decode: generate()" not in engine.facts.summary  # no longer true, no longer said
     engine.close()
     assert engine.fast is None  # the loop holds the model: close lets it go
 

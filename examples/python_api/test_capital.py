@@ -1,6 +1,9 @@
 """pytest-llmcheck from Python: the ``llm`` fixture, expectation markers and suites.
 
-    pytest examples/python_api --llm-model=smollm2
+    pytest examples/python_api --llm-model=smollm2 --llm-soft
+
+(SmolLM2-135M gets none of the five riddles right: ``--llm-soft`` records those verdicts
+without failing the run; the capital questions and the answer snapshots still count.)
 """
 
 from __future__ import annotations

@@ -164,9 +164,10 @@ class TransformersEngine:
         else:
             self.fast = decoder
             decision = f"fast, Python step ({step_problem}; same logits as the model's forward on a probe)"
+        summary = self.facts.summary.split("; decode: ")[0]  # what an earlier call said goes
         if slower:  # said on the summary line: it explains a slower model
-            summary = self.facts.summary.split("; decode: ")[0]
-            self.facts = dataclasses.replace(self.facts, summary=f"{summary}; decode: {decision}")
+            summary = f"{summary}; decode: {decision}"
+        self.facts = dataclasses.replace(self.facts, summary=summary)
         self.facts.details["decode"] = decision
         return decision
 
