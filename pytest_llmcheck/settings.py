@@ -207,8 +207,8 @@ def oversubscribed(threads: int = 1) -> str | None:
     passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
     if threads > 1 and "GOMP_SPINCOUNT" not in os.environ and not passive:
         text += (
-            f"; at {threads} threads CPU time also counts OpenMP spin-waits: use --llm-threads=1 "
-            "(GOMP_SPINCOUNT=3000 in the environment cuts most of them)"
+            f"; at {threads} threads CPU time also counts OpenMP spin-waits, and answers are slower than at "
+            "one: use --llm-threads=1 (GOMP_SPINCOUNT=3000 in the environment cuts some of the waits)"
         )
     return text
 

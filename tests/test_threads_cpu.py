@@ -72,7 +72,8 @@ def test_a_busy_machine_is_named_in_a_warning(fake: pytest.Pytester, monkeypatch
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     result = fake.runpytest("--llm-model=fake:a", "--llm-threads=2")
     result.stdout.fnmatch_lines(
-        ["*; at 2 threads CPU time also counts OpenMP spin-waits: use --llm-threads=1 (GOMP_SPINCOUNT=3000 *"]
+        ["*; at 2 threads CPU time also counts OpenMP spin-waits, and answers are slower than at one: "
+         "use --llm-threads=1 (GOMP_SPINCOUNT=3000 *"]
     )
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # spins harder: still named
     assert "spin-waits" in fake.runpytest("--llm-model=fake:a", "--llm-threads=2").stdout.str()
