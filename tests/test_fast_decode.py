@@ -100,7 +100,13 @@ def test_cpp_step_gives_the_python_steps_logits(
         assert decoder.verify_steps(inputs, [None, native], steps=4) == [None, None]
         expected = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, 7:].tolist()
         decoder.native = native
-        assert decoder.greedy(inputs, 16, set()) == expected
+        started: list[list[int]] = []  # the C++ step holds the prompt's cache once greedy starts
+
+        def first() -> None:
+            started.append([int(k.shape[-2]) for k in native.key_cache()])
+
+        assert decoder.greedy(inputs, 16, set(), on_first=first) == expected
+        assert started == [[7, 7]]
         # and the logits of every step, bit for bit, side by side with the Python step
         logits, _, keys, values = decoder._prefill(inputs)
         python = decoder._stepper(list(keys), list(values))
@@ -150,6 +156,43 @@ def test_a_cpp_step_that_differs_is_caught_and_the_python_step_runs(
     assert engine.facts.summary.endswith("; decode: " + engine.facts.details["decode"])
     monkeypatch.undo()
     assert _answers(engine) == _answers(_load(tiny_model, "int4", decode="generate"))
+
+
+@needs_compiler
+def test_an_mv_lm_head_that_differs_falls_back_to_linear(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, step_library: str
+) -> None:
+    import torch
+
+    real_mv = torch.mv
+    calls = []
+
+    def off_by_a_step(weight: Any, h: Any) -> Any:  # as if mv rounded otherwise on this CPU
+        calls.append(h.shape)
+        out = real_mv(weight, h)
+        return out + out.abs().max() * 2**-6
+
+    monkeypatch.setattr(fastpath, "_mv_is_faster", lambda weight: True)
+    monkeypatch.setattr(torch, "mv", off_by_a_step)
+    engine = _load(tiny_model, "int4")
+    monkeypatch.undo()
+    assert calls  # the loop first ran its lm_head as mv
+    assert engine.fast is not None
+    assert engine.fast.head_mv is False  # linear, the model's own call, after mv failed the check
+    assert engine.fast.native is not None
+    assert engine.facts.details["decode"].startswith("fast, C++ step (")
+    assert _answers(engine) == _answers(_load(tiny_model, "int4", decode="generate"))
+
+
+def test_a_cache_the_step_cannot_be_built_in_is_a_reason_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Cache(tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / kernels.CACHE_KIND).write_text("not a folder")
+    monkeypatch.setattr(decode_step, "_registered", lambda: False)  # as in a fresh process
+    with pytest.raises(decode_step.StepUnavailable, match=r"^the C\+\+ step could not be built: "):
+        decode_step.load_library(cache)
 
 
 @needs_compiler

@@ -10,10 +10,11 @@ here (no compiler) or does not check out.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...cache import Cache
+from ...cache import Cache, CacheError
 from . import kernels
 
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ def _load(path: Path) -> None:
         torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
     except OSError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StepUnavailable(f"its library {path} does not load: {first}") from None
+        raise StepUnavailable(f"the C++ step's library {path} does not load: {first}") from None
     if not _registered():
-        raise StepUnavailable(f"its library {path} lacks the llmcheck_decode.Decoder class")
+        raise StepUnavailable(f"the C++ step's library {path} lacks the llmcheck_decode.Decoder class")
 
 
 def _compile(folder: Path) -> Path:
@@ -59,7 +60,7 @@ def _compile(folder: Path) -> Path:
     out = folder / LIBRARY
     problem = kernels.compile_library(SOURCE, out, FLAGS)
     if problem is not None:
-        raise StepUnavailable(f"building it failed ({kernels.compiler()}): {problem}")
+        raise StepUnavailable(f"building the C++ step failed ({kernels.compiler()}): {problem}")
     return out
 
 
@@ -72,8 +73,11 @@ def load_library(cache: Cache | None) -> str:
     missing = kernels.compiler_missing()
     if missing:
         raise StepUnavailable(f"no C++ compiler {missing!r} on PATH")
-    key = kernels.library_key("decode_step", SOURCE, FLAGS)
-    return kernels.build_and_load(cache, key, LIBRARY, _compile, _load, (StepUnavailable,))
+    try:
+        key = kernels.library_key("decode_step", SOURCE, FLAGS)
+        return kernels.build_and_load(cache, key, LIBRARY, _compile, _load, (StepUnavailable,))
+    except (OSError, CacheError, subprocess.SubprocessError) as exc:  # e.g. a cache it cannot write
+        raise StepUnavailable(f"the C++ step could not be built: {exc}") from None
 
 
 def _add_projection(native: Any, layer: int, slot: int, proj: _Proj) -> None:
@@ -107,7 +111,7 @@ def build(decoder: FastDecoder) -> Any:
     :class:`StepUnavailable` when the C++ side refuses the model."""
     try:
         return _build(decoder)
-    except RuntimeError as exc:  # a TORCH_CHECK of decode_step.cpp
+    except Exception as exc:  # a TORCH_CHECK of decode_step.cpp (c10 errors come as several types)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StepUnavailable(f"C++ step: {first}") from None
 

@@ -137,6 +137,7 @@ class TransformersEngine:
         import torch
 
         torch.set_num_threads(self.threads)
+        self.fast = None  # until this call's decision: an earlier loop may no longer hold
         step_problem: str | None = "--llm-decode=python" if not native else None
         try:
             decoder = FastDecoder.build(self.model)
@@ -149,6 +150,11 @@ class TransformersEngine:
                     step_problem = str(exc)
             with torch.inference_mode():
                 problems = decoder.verify_steps(self._encode(PROBE, None), candidates)
+                if problems[0] is not None and decoder.head_mv:  # mv timed faster: linear is the model's own
+                    decoder.head_mv = False
+                    for candidate in candidates[1:]:
+                        candidate.set_head_mv(False)
+                    problems = decoder.verify_steps(self._encode(PROBE, None), candidates)
             problem = problems[0]
             if len(problems) > 1 and problems[1] is not None:
                 step_problem = f"C++ step: {problems[1]}"

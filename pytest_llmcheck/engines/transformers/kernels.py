@@ -68,6 +68,8 @@ def library_key(name: str, source: Path, flags: Sequence[str]) -> dict[str, Any]
         "source": source_digest(source),
         "flags": list(flags),
         "torch": torch.__version__,
+        "torch_build": torch.version.git_version,  # two builds may share a version string
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
         "compiler": which,
         "python": sys.version.split()[0],
     }
