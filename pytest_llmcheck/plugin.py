@@ -22,6 +22,7 @@ from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
 from .suite import Question, SuiteError, is_suite_file, load_suite
+from .timing import cpu_timer_note
 
 if TYPE_CHECKING:
     from .snapshots import SnapshotGuard
@@ -105,8 +106,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # A header line, not a Python warning: it describes the machine, not the code under test.
     session = config.stash.get(SESSION_KEY, None)
-    busy = oversubscribed(worker_threads(session.settings, config.option) if session is not None else 1)
-    return [f"llmcheck: WARNING: {busy}"] if busy is not None else []
+    threads = worker_threads(session.settings, config.option) if session is not None else 1
+    lines = []
+    busy = oversubscribed(threads)
+    if busy is not None:
+        lines.append(f"llmcheck: WARNING: {busy}")
+    gate = cpu_timer_note(config, threads)
+    if gate is not None:
+        lines.append(f"llmcheck: {gate}")
+    return lines
 
 
 def _progress_line(config: pytest.Config, line: str) -> None:

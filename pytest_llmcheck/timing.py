@@ -36,6 +36,18 @@ def _cpu_timer(config: pytest.Config) -> bool:
     return _timer_name(config).endswith(("process_time", "thread_time", "process_time_ns", "thread_time_ns"))
 
 
+def cpu_timer_note(config: pytest.Config, threads: int) -> str | None:
+    """A header note when pytest-benchmark times with a CPU clock at more than one thread:
+    such a gate is steady only while nothing else runs (``benchmarks/bench_noise.py``:
+    1 thread moved CPU time by 0-3% beside busy processes, 2 threads by 3-4x)."""
+    if threads <= 1 or not _cpu_timer(config):
+        return None
+    return (
+        f"--benchmark-timer={_timer_name(config)} at {threads} threads: CPU time also counts OpenMP "
+        "spin-waits whenever other work shares the CPUs; --llm-threads=1 keeps a CPU-time gate steady"
+    )
+
+
 def run_timed(
     request: pytest.FixtureRequest,
     once: Callable[[], None],

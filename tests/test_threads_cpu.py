@@ -55,6 +55,23 @@ def test_threads_default_and_explicit_value_reach_the_engine(
     result.stderr.fnmatch_lines(["*--llm-threads: 0 is too small; expected a whole number >= 1*"])
 
 
+def test_a_cpu_clock_benchmark_timer_at_several_threads_gets_a_note(
+    fake: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # no busy-machine warning beside it
+    fake.makepyfile(test_t="def test_one(llm):\n    llm.ask('hi')\n")
+    note = (
+        "llmcheck: --benchmark-timer=time.process_time at 2 threads: CPU time also counts OpenMP spin-waits"
+    )
+    result = fake.runpytest("--llm-model=fake:a", "--llm-threads=2", "--benchmark-timer=time.process_time")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([note + "*; --llm-threads=1 keeps a CPU-time gate steady"])
+    for args in (["--llm-threads=1", "--benchmark-timer=time.process_time"], ["--llm-threads=2"]):
+        result = fake.runpytest("--llm-model=fake:a", *args)
+        result.assert_outcomes(passed=1)
+        assert "spin-waits" not in result.stdout.str(), args
+
+
 def test_a_busy_machine_is_named_in_a_warning(fake: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings_mod, "usable_cpus", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 3.0, 1.0))
