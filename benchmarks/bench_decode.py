@@ -45,11 +45,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_engines import table  # noqa: E402
+
+if TYPE_CHECKING:
+    from pytest_llmcheck.cache import Cache
 
 PROMPT = "Write three sentences about the city of Paris."
 TARGET = 0.5
@@ -78,7 +82,7 @@ def torch_worker(
             "rss": rss_mib()}
 
 
-def machine_cache() -> object:
+def machine_cache() -> Cache:
     """The per-machine cache: INT4 weights and compiled libraries built once, not per row."""
     from pytest_llmcheck.cache import Cache, default_cache_dir
 

@@ -42,21 +42,15 @@ def _registered() -> bool:
 
 
 def _load(path: Path) -> None:
-    import torch
-
-    try:
-        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
-    except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StepUnavailable(f"the C++ step's library {path} does not load: {first}") from None
+    problem = kernels.load_library(path)
+    if problem is not None:
+        raise StepUnavailable(f"the C++ step's library {path} does not load: {problem}")
     if not _registered():
         raise StepUnavailable(f"the C++ step's library {path} lacks the llmcheck_decode.Decoder class")
 
 
 def _compile(folder: Path) -> Path:
-    missing = kernels.compiler_missing()
-    if missing:
-        raise StepUnavailable(f"no C++ compiler {missing!r} on PATH")
+    """Build the step into ``folder`` (load_library has checked for a compiler)."""
     out = folder / LIBRARY
     problem = kernels.compile_library(SOURCE, out, FLAGS)
     if problem is not None:

@@ -11,10 +11,11 @@ bit for bit, with the Python around them cut to a minimum:
   concatenated along the output dimension, when every member's output size is a whole
   number of the kernel's 64-wide blocks (each block of outputs is then computed as it
   was alone; a partial block takes a tail path that rounds differently);
-- the bf16 ``lm_head`` runs as ``linear`` (what the model calls) or as a matrix-vector
-  product (``torch.mv``), whichever is faster on this machine at this thread count, timed
-  once at build: ``mv`` was twice as fast on Intel Xeons with AMX, half as fast on an AMD
-  EPYC (AVX512-BF16); the check below covers the one chosen;
+- the bf16 ``lm_head`` runs as ``linear`` (what the model calls), or as a matrix-vector
+  product (``torch.mv``) when that is clearly faster on this machine at this thread count,
+  timed once at build: ``mv`` was twice as fast on Intel Xeons with AMX, half as fast on an
+  AMD EPYC (AVX512-BF16); the check below covers the one chosen, and the engine falls
+  back to ``linear`` when ``mv`` fails it;
 - rotary embedding is ``x * cos + roll(x) * sin`` with rotate_half's sign moved onto
   ``sin`` (negation is exact), q and k rotated in one go when they come from one call.
 - a model converted by ``--llm-quant=int4-a8`` (see ``w4a8``) runs its own kernel calls:

@@ -51,6 +51,18 @@ def compile_library(source: Path, out: Path, flags: Sequence[str]) -> str | None
     return None
 
 
+def load_library(path: Path) -> str | None:
+    """Load a built library into this process; None when it loaded, else the loader's first
+    line (a damaged file, or one built against another torch)."""
+    import torch
+
+    try:
+        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
 def source_digest(source: Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()[:16]
 

@@ -65,13 +65,9 @@ def _namespace_taken() -> bool:
 
 
 def _load(path: Path) -> None:
-    import torch
-
-    try:
-        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
-    except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} does not load: {first}") from None
+    problem = kernels.load_library(path)
+    if problem is not None:
+        raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} does not load: {problem}")
     if not _registered():
         raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} lacks the w4a8_mm and rms_norm ops")
 
