@@ -4,7 +4,14 @@ Every entry is a folder ``root/<kind>/<slug>-<hash>`` that is either complete or
 it is built in a temporary sibling folder under a file lock and renamed into place
 only after its ``.complete`` marker was written. A crash mid-build (even SIGKILL)
 therefore leaves at most a temporary folder, which is never taken as ready and is
-removed by the next build once its process is gone.
+removed by whoever next takes the entry's lock (a build, ``clear``, ``gc``).
+
+The lock, not the builder's pid, tells a leftover from a live build: the builder holds
+the entry's lock (an ``flock``, freed by the kernel when the process dies) for as long
+as its temporary folder exists, while a pid means nothing in another container that
+shares the cache volume. Whoever holds a lock records itself in ``<lock>.holder``
+(pid, host, since when, what for), so a waiter can say whom it waits for; waits end
+after ``$LLMCHECK_LOCK_TIMEOUT`` seconds (2 hours by default) with a one-line error.
 
 Asking for a ready entry (``Cache.entry``) counts as using it: the marker's modification
 time is set to now, so ``Cache.gc`` can remove what no session used for a while, or the
@@ -16,10 +23,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,9 +42,14 @@ KEY_FILE = "key.json"
 SCRATCH = "_scratch"  # not an entry kind: the kind pattern needs a letter or digit first
 _TMP = ".tmp-"
 _LOCK = ".lock"
+_HOLDER = ".holder"  # beside a lock file: who holds it (``<entry>.lock.holder``)
+LOCK_TIMEOUT_ENV = "LLMCHECK_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 2 * 3600.0  # downloading and quantizing a 7B model can take tens of minutes
+NOTICE_AFTER = 5.0  # seconds of silent waiting before saying whom we wait for
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _Rows = list[dict[str, object]]  # Cache.list() rows (``list`` is a method name inside Cache)
+_Paths = list[Path]
 
 
 class CacheError(RuntimeError):
@@ -63,25 +78,87 @@ def _slug(key: Mapping[str, object]) -> str:
     return text.strip(".-")[:64].strip(".-") or "entry"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+class LockBusy(CacheError):
+    """Another process held a cache lock for longer than we could wait; the message names it."""
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for a cache lock: ``$LLMCHECK_LOCK_TIMEOUT``, or 2 hours.
+
+    Long enough for another session's 7B download and quantization, short enough that a
+    hung builder (or a lock a network filesystem never freed) does not block CI forever.
+    """
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds) or seconds < 0:
+        raise CacheError(f"{LOCK_TIMEOUT_ENV}={text!r}: expected seconds >= 0 (inf waits forever)")
+    return seconds
 
 
-def _tmp_pid(name: str) -> int | None:
-    """The builder's pid from ``<entry>.tmp-<pid>-<random>``, or None if malformed."""
-    rest = name.rsplit(_TMP, 1)[-1]
-    pid, _, _ = rest.partition("-")
-    return int(pid) if pid.isdigit() else None
+def _holder_file(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + _HOLDER)
+
+
+def _is_lock_file(name: str) -> bool:
+    """A lock file or its holder record: never an entry, never removed by ``clear``."""
+    return name.endswith(_LOCK) or name.endswith(_LOCK + _HOLDER)
+
+
+def lock_holder(lock_path: Path) -> str:
+    """Who holds ``lock_path``, as its holder recorded it: "pid 123 on host-x since ... (building)"."""
+    try:
+        info = json.loads(_holder_file(lock_path).read_text(encoding="utf-8"))
+        pid, host, doing = int(info["pid"]), str(info["host"]), str(info["doing"])
+        since = float(info["since"])
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+        return "another process (it recorded no holder details)"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    return f"pid {pid} on {host} since {when} ({doing})"
+
+
+@contextlib.contextmanager
+def hold_lock(lock_path: Path, what: str, *, doing: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the file lock ``lock_path`` and record this process as its holder meanwhile.
+
+    Waits at most ``timeout`` seconds (None: ``lock_timeout()``; 0: one try), with a line
+    on stderr after a few seconds saying whom it waits for, so a long wait is not silent;
+    past the timeout raises LockBusy, one line naming the holder. ``what`` names the
+    locked thing ("cache entry quantized/x-1234"), ``doing`` this holder's work ("building").
+    """
+    limit = lock_timeout() if timeout is None else timeout
+    lock = FileLock(str(lock_path))
+    start = time.monotonic()
+    try:
+        if limit <= NOTICE_AFTER:
+            lock.acquire(timeout=limit)
+        else:
+            try:
+                lock.acquire(timeout=NOTICE_AFTER)
+            except Timeout:
+                print(f"llmcheck: waiting for {what}, held by {lock_holder(lock_path)} ...",
+                      file=sys.stderr, flush=True)
+                lock.acquire(timeout=max(0.0, limit - (time.monotonic() - start)))
+    except Timeout:
+        waited = time.monotonic() - start
+        raise LockBusy(
+            f"{what} is locked by {lock_holder(lock_path)}; waited {waited:.0f} s "
+            f"({LOCK_TIMEOUT_ENV} sets how long); if that process is gone, remove {lock_path}"
+        ) from None
+    holder = _holder_file(lock_path)
+    try:
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "doing": doing}
+        with contextlib.suppress(OSError):  # only a courtesy to waiters
+            holder.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # before releasing: the next holder's record stays
+            holder.unlink()
+        lock.release()
 
 
 def _size(path: Path) -> int:
@@ -94,6 +171,11 @@ def _size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(folder, name)).st_size
     return total
+
+
+def _temps_in(kind_dir: Path) -> list[Path]:
+    """The temporary build folders in one kind's folder."""
+    return [p for p in sorted(kind_dir.iterdir()) if _TMP in p.name and not _is_lock_file(p.name)]
 
 
 def _remove(path: Path) -> int:
@@ -133,29 +215,35 @@ class CacheEntry:
             return []
         return sorted(parent.glob(f"{glob_escape(self.path.name)}{_TMP}*"))
 
-    def discard(self) -> None:
+    @property
+    def name(self) -> str:
+        """How messages name the entry: ``kind/folder``."""
+        return f"{self.kind}/{self.path.name}"
+
+    def discard(self, timeout: float | None = None) -> None:
         """Remove a ready entry that proved unusable (under its lock): the next build redoes it."""
-        with FileLock(str(self.lock_path)):
+        with hold_lock(self.lock_path, f"cache entry {self.name}", doing="removing it", timeout=timeout):
             (self.path / MARKER).unlink(missing_ok=True)  # not ready from here on, even if removal stalls
             _remove(self.path)
 
     def _clean_stale(self) -> None:
-        """Remove temp folders whose builder died; only called while holding the lock."""
+        """Remove every temp folder of this entry; only called while holding its lock, so
+        none of them belongs to a live build (a builder holds the lock until its folder is gone)."""
         for tmp in self.temp_folders():
-            pid = _tmp_pid(tmp.name)
-            if pid is None or pid == os.getpid() or not _pid_alive(pid):
-                _remove(tmp)
+            _remove(tmp)
 
     @contextlib.contextmanager
-    def build(self, timeout: float = -1) -> Iterator[Path | None]:
+    def build(self, timeout: float | None = None) -> Iterator[Path | None]:
         """Build the entry once across processes.
 
         Yields None when the entry is (or became, while we waited for the lock) ready;
         the caller then just uses ``.path``. Otherwise yields an empty temp folder to fill;
         on normal exit it is completed and renamed to ``.path``, on an exception deleted.
+        Waits for another builder at most ``timeout`` seconds (None: ``lock_timeout()``),
+        then raises LockBusy naming it.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.lock_path), timeout=timeout):
+        with hold_lock(self.lock_path, f"cache entry {self.name}", doing="building it", timeout=timeout):
             self._clean_stale()
             if self.ready:
                 yield None
@@ -250,29 +338,60 @@ class Cache:
                 )
         return found
 
-    def clear(self, kind: str | None = None) -> int:
-        """Delete entries (of one kind, or all, then scratch too) and dead builds; return bytes freed.
+    def temp_folders(self, kind: str | None = None) -> _Paths:
+        """Temporary build folders (live builds and crash leftovers), of one kind or all."""
+        return [p for kind_dir in self._kind_dirs(kind) for p in _temps_in(kind_dir)]
 
-        An entry being built right now (its lock is held) is left alone. Lock files stay:
-        deleting one that another process has open would let two builders in at once.
+    def _leftover_builds(
+        self, kind_dir: Path, *, prefix: str = "", dry_run: bool = False
+    ) -> tuple[_Rows, _Rows]:
+        """Temp build folders in ``kind_dir`` as (leftovers, removed unless ``dry_run``; live builds, kept).
+
+        Judged by the entry's lock, never by the pid in the folder's name (another
+        container's pid means nothing here): a builder holds the lock while its folder exists.
+        """
+        temps: dict[str, list[Path]] = {}
+        for path in _temps_in(kind_dir):
+            if path.name.startswith(prefix):
+                temps.setdefault(path.name.rsplit(_TMP, 1)[0], []).append(path)
+        removed: _Rows = []
+        busy: _Rows = []
+        for name, paths in temps.items():
+            rows: _Rows = [{"kind": kind_dir.name, "path": p, "key": None, "size": _size(p), "ready": False,
+                            "last_used": None} for p in paths]
+            try:
+                with hold_lock(kind_dir / (name + _LOCK), f"cache entry {kind_dir.name}/{name}",
+                               doing="removing a dead build's leftovers", timeout=0):
+                    if not dry_run:
+                        for path in paths:
+                            _remove(path)
+                removed += rows
+            except LockBusy:
+                busy += rows
+        return removed, busy
+
+    def clear(self, kind: str | None = None, *, prefix: str = "") -> int:
+        """Delete entries (of one kind, or all, then scratch too) and dead builds' leftovers;
+        return bytes freed. ``prefix``: only entries whose folder name starts with it.
+
+        What is locked right now (an entry being built, its temp folders) is left alone;
+        ``temp_folders`` afterwards shows the builds that were. Lock files stay: deleting
+        one that another process has open would let two builders in at once.
         """
         freed = 0
         for kind_dir in self._kind_dirs(kind):
+            gone, _building = self._leftover_builds(kind_dir, prefix=prefix)
+            freed += sum(int(str(row["size"])) for row in gone)
             for path in sorted(kind_dir.iterdir()):
-                if path.name.endswith(_LOCK):
+                if _is_lock_file(path.name) or _TMP in path.name or not path.name.startswith(prefix):
                     continue
-                if _TMP in path.name:
-                    pid = _tmp_pid(path.name)
-                    if pid is None or not _pid_alive(pid):
-                        freed += _remove(path)
-                    continue
-                lock = FileLock(str(path.with_name(path.name + _LOCK)), timeout=0)
+                lock, what = path.with_name(path.name + _LOCK), f"cache entry {kind_dir.name}/{path.name}"
                 try:
-                    with lock:
+                    with hold_lock(lock, what, doing="removing it", timeout=0):
                         freed += _remove(path)
-                except Timeout:
+                except LockBusy:
                     continue
-        if kind is None:
+        if kind is None and not prefix:
             freed += _remove(self.root / SCRATCH)
         return freed
 
@@ -282,17 +401,17 @@ class Cache:
         """Remove entries unused for ``older_than`` seconds, then the least recently used
         until the ready ones fit in ``max_size`` bytes; and incomplete leftovers of dead builds.
 
-        Returns (removed, kept because in use). An entry whose lock is held (being built
-        right now) is never removed; ``dry_run`` only says what would go.
+        Returns (removed, kept because in use), temp build folders included. An entry
+        whose lock is held (being built right now) is never removed, nor its temp folders;
+        ``dry_run`` only says what would go.
         """
         now = time.time()
         removed: _Rows = []
         busy: _Rows = []
         for kind_dir in self._kind_dirs(None):
-            for path in sorted(kind_dir.glob(f"*{_TMP}*")):
-                pid = _tmp_pid(path.name)
-                if (pid is None or not _pid_alive(pid)) and not dry_run:
-                    _remove(path)
+            gone, building = self._leftover_builds(kind_dir, dry_run=dry_run)
+            removed += gone
+            busy += building
         entries = self.list()
         doomed = [e for e in entries if not e["ready"]]  # half-built leftovers of a crash
         ready = sorted((e for e in entries if e["ready"]), key=lambda e: float(str(e["last_used"])))
@@ -308,12 +427,12 @@ class Cache:
                 total -= int(str(e["size"]))
         for e in doomed:
             path = Path(str(e["path"]))
-            lock = FileLock(str(path.with_name(path.name + _LOCK)), timeout=0)
             try:
-                with lock:
+                with hold_lock(path.with_name(path.name + _LOCK), f"cache entry {e['kind']}/{path.name}",
+                               doing="removing it", timeout=0):
                     if not dry_run:
                         _remove(path)
                 removed.append(e)
-            except Timeout:
+            except LockBusy:
                 busy.append(e)
         return removed, busy

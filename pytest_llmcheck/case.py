@@ -19,10 +19,11 @@ from .engines.base import Answer, Engine
 from .errors import LlmcheckError
 from .expect import ExpectationError, Expectations, Failure, format_failure, parse_expectations
 from .judge import Judge
+from .redact import redact_data
 from .registry import ModelRef
 from .results import CaseResult
-from .session import CASES_KEY, LlmcheckSession, strip_model
-from .suite import Question
+from .session import CASES_KEY, UNRECORDED_KEY, LlmcheckSession, strip_model
+from .suite import Question, min_passes_problem
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 
@@ -61,7 +62,9 @@ class LLM:
         generation = self.session.generation.as_dict()
         if not self.engine.facts.uses_threads:  # a server's threads are its own: not ours to record
             del generation["threads"]
-        return {**self.engine.fingerprint(), "generation": generation}
+        # written into snapshot headers and shown in their diffs: credentials masked
+        fingerprint: dict[str, Any] = redact_data({**self.engine.fingerprint(), "generation": generation})
+        return fingerprint
 
     def ask(
         self,
@@ -80,6 +83,8 @@ class LLM:
         """
         item = self.request.node
         question = prompt if isinstance(prompt, Question) else None
+        if question is not None and (problem := min_passes_problem(question, self.session.settings.repeat)):
+            pytest.fail(problem, pytrace=False)  # a Question made in Python; suites are checked earlier
         text = question.prompt if question else str(prompt)
         system = system if system is not None else (question.system if question else None)
         expectations = self._expectations(question, expect)
@@ -92,6 +97,7 @@ class LLM:
         failures_per_answer = [self._check(expectations, judge, a, case) for a in answers]
 
         problems: list[str] = []
+        unrecorded: str | None = None  # no snapshot yet: the test fails, but the answer is not wrong
         tolerance = self._tolerance(question, snapshot)
         if tolerance is not None and self.session.generation.greedy:  # sampled answers differ by design
             from .snapshots import ReviewFacts, check_snapshot
@@ -109,7 +115,9 @@ class LLM:
             )
             case.snapshot, case.snapshot_diff = outcome.status, outcome.diff
             case.snapshot_similarity, case.pending = outcome.similarity, outcome.pending
-            if outcome.failure:
+            if outcome.status == "missing":
+                unrecorded = outcome.failure
+            elif outcome.failure:
                 problems.append(outcome.failure)
 
         passes = sum(not f for f in failures_per_answer)
@@ -127,6 +135,10 @@ class LLM:
                 case.soft = True
             else:
                 problems.insert(0, _expectation_message(first_bad, passes, len(answers), required))
+        if unrecorded is not None:
+            if not problems:  # the verdict stands (see LlmcheckSession.record_outcome)
+                item.stash[UNRECORDED_KEY] = unrecorded
+            problems.append(unrecorded)
         item.user_properties.extend(
             [
                 ("llm_model", self.ref.name),

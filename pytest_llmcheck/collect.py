@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from .session import CASE_ID_KEY, MODEL_KEY, SESSION_KEY
-from .suite import Question, SuiteError, load_suite
+from .suite import Question, SuiteError, check_repeat, load_suite
 
 QUESTION_KEY = pytest.StashKey[Question]()
 
@@ -27,11 +27,12 @@ class SuiteFile(pytest.File):
     """A ``*.llm.yaml`` file."""
 
     def collect(self) -> Iterator[pytest.Item]:
+        session = self.config.stash[SESSION_KEY]
         try:
             suite = load_suite(self.path)
+            check_repeat(suite, session.settings.repeat)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from None
-        session = self.config.stash[SESSION_KEY]
         for question in suite.questions:
             for ref in session.resolve_models():
                 item = SuiteItem.from_parent(

@@ -2,10 +2,13 @@
 
 ``LlmcheckError`` marks errors the user caused or can fix (a bad reference, a missing
 environment, a recipe that does not fit): they are shown as one line. Anything else
-is a bug somewhere and keeps its traceback.
+is a bug somewhere and keeps its traceback. Their messages go through ``redact``: a
+URL's ``user:pass@`` or ``api_key=...`` in one is masked.
 """
 
 from __future__ import annotations
+
+from .redact import redact
 
 
 class LlmcheckError(Exception):
@@ -16,6 +19,10 @@ class LlmcheckError(Exception):
     """
 
     details: str = ""
+
+    def __init__(self, *args: object) -> None:
+        # The one line is shown and written (terminal, reports): never with a credential in it.
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class LlmcheckWarning(UserWarning):

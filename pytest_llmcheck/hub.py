@@ -78,6 +78,19 @@ def cache_entry(ref: ModelRef, cache: Cache, patterns: Sequence[str] | None = No
     return cache.entry(KIND, download_key(ref, patterns))
 
 
+def download_info(model_dir: Path) -> dict[str, Any] | None:
+    """What ``download.json`` records for a download's model folder (source, revision, the hub's
+    ``commit``, ...); None when the folder is no download (a local model) or the record is unreadable."""
+    info = model_dir.parent / INFO_FILE
+    if model_dir.name != MODEL_DIR or not info.is_file():
+        return None
+    try:
+        data = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _checked(ref: ModelRef) -> tuple[str, str | None]:
     """Re-validate the repo id and revision: they become URL parts and folder names."""
     if ref.source not in HUB_NAMES:
@@ -209,7 +222,8 @@ def _download_modelscope(
     progress: bool,
     patterns: list[str] | None = None,
 ) -> str | None:
-    """Fetch into ``target`` with ``modelscope.snapshot_download``; it checks size and sha256."""
+    """Fetch into ``target`` with ``modelscope.snapshot_download`` (it checks size and sha256);
+    returns the commit the files are at (see ``_modelscope_commit``), None when unknown."""
     import requests
     from modelscope import snapshot_download
     from modelscope_hub import config as ms_config
@@ -232,6 +246,7 @@ def _download_modelscope(
                 endpoint=endpoint,
                 allow_patterns=patterns,
             )
+            commit = _modelscope_commit(repo_id, revision, target, patterns)
         except (ms_errors.NotExistError, requests.HTTPError) as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             if isinstance(exc, ms_errors.NotExistError) or status == 404:
@@ -260,7 +275,50 @@ def _download_modelscope(
             ) from exc
         finally:
             ms_config.set_default_config(previous)
-    return None
+    return commit
+
+
+def _modelscope_commit(
+    repo_id: str, revision: str | None, target: Path, patterns: list[str] | None
+) -> str | None:
+    """The commit the downloaded files are at, from the hub's file listing (one more request).
+
+    ``snapshot_download`` returns only a folder. Each listed file carries ``Revision``, the commit
+    id of that file (the commit that last changed it); the newest of them (``CommittedDate``) is
+    a commit in which every downloaded file is as downloaded. None when the listing names no
+    commit, its commits cannot be ordered, or its sizes do not match the files on disk (a push
+    between the download and the listing). The commit is information for fingerprints: a
+    listing that fails leaves it unknown and does not fail the download.
+    """
+    from modelscope_hub import HubApi
+
+    try:  # the default config (endpoint, folders) is the one the download just used
+        listing = HubApi().legacy.list_repo_files(repo_id, "model", revision=revision or "master")
+    except Exception:  # informational only, see above
+        return None
+    newest: dict[str, float] = {}  # commit -> its date
+    undated = False
+    for item in listing:
+        path = str(item.get("Path") or "")
+        if not path or item.get("Type") == "tree" or (
+            patterns and not any(fnmatch.fnmatch(path, p) for p in patterns)
+        ):
+            continue
+        commit, size, file = item.get("Revision"), item.get("Size"), target / path
+        if not isinstance(commit, str) or not commit or not file.is_file():
+            return None
+        if isinstance(size, int) and file.stat().st_size != size:
+            return None
+        date = item.get("CommittedDate")
+        undated |= not isinstance(date, (int, float))
+        newest[commit] = max(newest.get(commit, 0.0), float(date) if isinstance(date, (int, float)) else 0.0)
+    if len(newest) == 1:
+        return next(iter(newest))
+    if not newest or undated:
+        return None
+    latest = max(newest.values())
+    commits = [commit for commit, date in newest.items() if date == latest]
+    return commits[0] if len(commits) == 1 else None
 
 
 def _download_hf(

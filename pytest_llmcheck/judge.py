@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .engines.base import Engine
 from .errors import LlmcheckError
+from .redact import redact_data
 
 PROMPT_VERSION = 1
 THRESHOLD = 0.5
@@ -130,12 +131,14 @@ class VerdictStore:
         return self._load()[table].get(key)
 
     def put(self, table: str, key: str, value: Any) -> None:
-        """Merge into the file under a lock (other sessions may have added entries)."""
-        from filelock import FileLock
+        """Merge into the file under a lock (other sessions may have added entries); a lock
+        held too long (``LLMCHECK_LOCK_TIMEOUT``) raises a one-line LockBusy naming its holder."""
+        from .cache import hold_lock
 
         self._load()[table][key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):
+        lock = self.path.with_name(self.path.name + ".lock")
+        with hold_lock(lock, f"the judge's verdict store {self.path}", doing="saving verdicts"):
             try:
                 disk = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -182,7 +185,8 @@ class Judge:
                 "cannot grade (it has no next_token_probs); choose a judge on an engine that has, "
                 "e.g. transformers"
             )
-        fingerprint = engine.fingerprint() if isinstance(engine, Engine) else {}
+        # kept in the machine's verdict file: credentials masked, as everywhere else
+        fingerprint: dict[str, Any] = redact_data(engine.fingerprint()) if isinstance(engine, Engine) else {}
         if fingerprint != self._fingerprint:
             self._fingerprint = fingerprint
             self.store.put("fingerprints", _digest(self.identity), fingerprint)
@@ -235,6 +239,35 @@ class Judge:
 
 
 def judge_identity(ref: Any, settings: Any) -> dict[str, Any]:
-    """What a judge is before it loads: its reference and the settings that shape its weights."""
+    """What a judge is before it loads: its reference, the settings that shape its weights and
+    the content digest of its weight files when they are on disk (the ``weights.sha256`` of its
+    fingerprint). The fingerprint remembered from the judge's last load, and with it every
+    cached verdict, holds only while those files are unchanged: a local folder fine-tuned in
+    place, or a download pulled again, loads the judge again."""
     return {"spec": ref.spec, "engine": ref.engine, "revision": getattr(ref, "revision", None),
-            "quant": settings.quant, "engine_options": dict(settings.engine_options)}
+            "quant": settings.quant, "engine_options": dict(settings.engine_options),
+            "weights": weights_on_disk(ref, getattr(settings, "cache_dir", None))}
+
+
+def weights_on_disk(ref: Any, cache_dir: Path | None) -> str | None:
+    """The content digest of a model's weight files as the engines compute it (memoized per
+    machine in ``cache_dir``: a stat per file once hashed), without loading the model; None
+    when the files are not on disk yet (a hub model not downloaded) or are no files (a server)."""
+    from .registry import ModelRef
+
+    if not isinstance(ref, ModelRef):
+        return None
+    folder: Path | None = None
+    if ref.source in ("modelscope", "hf") and cache_dir is not None:
+        from .cache import Cache
+        from .hub import MODEL_DIR, cache_entry
+
+        entry = cache_entry(ref, Cache(cache_dir))
+        folder = entry.path / MODEL_DIR if entry.ready else None
+    elif ref.source in ("local", "gguf", "embedded"):
+        folder = Path(ref.location)
+    if folder is None or not (folder / (ref.gguf_file or "")).exists():
+        return None
+    from .engines.transformers.weights import source_identity
+
+    return str(source_identity(ref, folder, Path(cache_dir) if cache_dir is not None else None)["content"])

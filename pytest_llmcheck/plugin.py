@@ -21,7 +21,7 @@ from .errors import LlmcheckError
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
-from .suite import Question, SuiteError, is_suite_file, load_suite
+from .suite import Question, SuiteError, check_repeat, is_suite_file, load_suite
 from .timing import cpu_timer_note
 
 if TYPE_CHECKING:
@@ -153,7 +153,9 @@ def _marker_suite(metafunc: pytest.Metafunc, mark: pytest.Mark) -> list[Question
         pytest.fail(f"llm_suite() takes one suite path, got {mark.args!r} {mark.kwargs!r}", pytrace=False)
     path = Path(metafunc.definition.path).parent / mark.args[0]
     try:
-        return list(load_suite(path).questions)
+        suite = load_suite(path)
+        check_repeat(suite, metafunc.config.stash[SESSION_KEY].settings.repeat)
+        return list(suite.questions)
     except SuiteError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
@@ -186,21 +188,24 @@ def pytest_runtest_makereport(
 def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
     # Innermost wrapper: before syrupy (a plain tryfirst hook) builds its report, and done
     # before the terminal reporter prints the last line and xdist sends worker output.
+    # Every plain sessionfinish hook runs inside it, so the finally below writes the report
+    # (or hands a worker's results over) even when one of them raises.
     llm_session = session.config.stash.get(SESSION_KEY, None)
     guard = _snapshot_guard(session.config)
     if llm_session is not None and guard is not None:
         guard.protect(session, [ref.name for ref in llm_session.resolve_models()])
-    result = yield
-    if llm_session is not None:
-        _finish(session, llm_session)
-    return result
+    try:
+        return (yield)
+    finally:
+        if llm_session is not None:
+            _finish(session, llm_session)
 
 
 def _finish(session: pytest.Session, llm_session: LlmcheckSession) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller reports and gates
-        llm_session.close()
-        workeroutput["llmcheck"] = llm_session.results.to_dict()
+        workeroutput["llmcheck"] = llm_session.results.to_dict()  # handed over before any close()
+        workeroutput["llmcheck_close_errors"] = llm_session.close()
         return
     failures = llm_session.finish()
     if failures and session.exitstatus == pytest.ExitCode.OK:
@@ -215,10 +220,13 @@ def _finish(session: pytest.Session, llm_session: LlmcheckSession) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
     """xdist controller: take in what a worker's session learned."""
-    output = getattr(node, "workeroutput", {}).get("llmcheck")
+    workeroutput = getattr(node, "workeroutput", {})
+    output = workeroutput.get("llmcheck")
     config = getattr(node, "config", None)
     if output and config is not None:
         config.stash[SESSION_KEY].results.absorb(output)
+    if config is not None:
+        config.stash[SESSION_KEY].close_errors.extend(workeroutput.get("llmcheck_close_errors", []))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -236,7 +244,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     llm_session = config.stash.get(SESSION_KEY, None)
-    if llm_session is None or not llm_session.results.models:
+    if llm_session is None:
+        return
+    for line in llm_session.close_errors:  # the results are complete: say so before the summary
+        terminalreporter.write_line(line, yellow=True)
+    if not llm_session.results.models:
         return
     from .summary import summary_lines
 

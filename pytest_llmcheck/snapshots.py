@@ -37,7 +37,9 @@ collected test on a model *not* in this run (the test's file name with the model
 as a wildcard). A snapshot of a question that no longer exists matches no collected
 test and stays under syrupy's normal unused accounting. Likewise an item that failed
 before it reached its snapshot (e.g. its model failed to load) counts as skipped, so
-``--snapshot-update`` does not delete the answers of a broken model.
+``--snapshot-update`` does not delete the answers of a broken model. The guard also adds
+``new`` to syrupy's ignored file extensions, so the pending answers (``*.txt.new``, see
+``pending.py``) are never reported as unused snapshots.
 """
 
 from __future__ import annotations
@@ -69,11 +71,16 @@ TITLE = "# pytest-llmcheck answer snapshot: only the text below the marker line 
 _ENTRY = re.compile(r"([A-Za-z_]+): (.*)", re.S)
 _ASSERTION_KEY = pytest.StashKey[SnapshotAssertion]()
 _CHECKED_KEY = pytest.StashKey[bool]()
+# The longest snapshot file name: 255 bytes, less a pending answer's ".new" and room for a
+# temporary file's suffix (".<pid>.tmp").
+_NAME_MAX = 255 - len(".new.4194304.tmp")
 
 
 @dataclass(frozen=True)
 class SnapshotOutcome:
-    status: str  # "new" | "unchanged" | "changed" | "drifted" (within tolerance) | "none"
+    # "new" (recorded now) | "missing" (none recorded yet; fails) | "unchanged" | "changed"
+    # | "drifted" (within tolerance) | "none"
+    status: str
     diff: str | None
     failure: str | None  # the one message to fail the test with, or None
     similarity: float | None = None  # of the normalized answers, when they differ
@@ -212,6 +219,8 @@ def check_snapshot(
     extension.compare_header = bool(assertion.update_snapshots)
     extension.tolerance = tolerance
     node.stash[_CHECKED_KEY] = True
+    if (too_long := _name_too_long(assertion)) is not None:  # before syrupy queues a write that fails
+        return SnapshotOutcome("none", None, too_long)
 
     new = StoredAnswer(
         answer=answer.text, fingerprint=fingerprint, prompt=answer.prompt, system=answer.system
@@ -240,7 +249,7 @@ def check_snapshot(
             remove_stale(location)
             return SnapshotOutcome("new", None, None)
         return SnapshotOutcome(
-            "new", None,
+            "missing", None,
             f"no answer snapshot {where} yet; run pytest with --snapshot-update to record this answer, "
             "or review the pending answer with: llmcheck review",
             pending=keep_candidate(None, None),
@@ -265,6 +274,23 @@ def check_snapshot(
     return SnapshotOutcome("changed", diff, message, similarity=score, pending=keep_candidate(old, score))
 
 
+def _name_too_long(assertion: SnapshotAssertion) -> str | None:
+    """One line when the snapshot's file name leaves no room under the usual 255-byte limit for
+    a pending answer's ``.new`` file (a long test name or parameter id): an OSError traceback
+    otherwise, or a name syrupy cuts short so that two tests could share it."""
+    index = assertion.index
+    stem = LLMAnswerExtension._sanitize_filename(assertion.test_location.snapshot_name)
+    name = f"{stem}.{index}.txt" if index else f"{stem}.txt"
+    size = len(name.encode())
+    if size <= _NAME_MAX:
+        return None
+    return (
+        f"answer snapshot file name {name[:40] + '...'!r} is {size} bytes long; at most {_NAME_MAX} "
+        "are allowed (file names stop at 255, and a pending answer adds '.new'): shorten the test "
+        "name, its parameter ids (pytest.param(..., id=...)) or the model name"
+    )
+
+
 def answer_diff(old: str, new: str) -> str:
     lines = difflib.unified_diff(
         old.splitlines(), new.splitlines(), fromfile="snapshot", tofile="answer", lineterm=""
@@ -284,12 +310,32 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def fingerprint_note(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What the fingerprints say about a changed answer, in one line.
+
+    Changed weights come first, since they explain the answer whatever else changed: a content
+    digest of the weights (``weights.sha256``, llama.cpp's ``weights.source_sha256``) recorded
+    on both sides and different. A digest only the new fingerprint has (a snapshot recorded
+    before fingerprints carried one) says nothing about the weights and is listed as any key.
+    """
     if not old:
         return "fingerprint unknown: the snapshot does not record one"
     changes = fingerprint_changes(old, new)
     if not changes:
         return "fingerprint unchanged: the model itself answers differently"
-    return "fingerprint changed: " + "; ".join(changes)
+    before, after = _flatten(old), _flatten(new)
+    digests = [key for key in sorted(before.keys() & after.keys())
+               if key.startswith("weights.") and key.endswith("sha256") and before[key] != after[key]]
+    if not digests:
+        return "fingerprint changed: " + "; ".join(changes)
+
+    def short(value: Any) -> str:
+        text = _show(value)
+        return f"{text[:12]}…" if len(text) > 12 else text
+
+    weights = "; ".join(f"{key} {short(before[key])} -> {short(after[key])}" for key in digests)
+    rest = fingerprint_changes({k: v for k, v in before.items() if k not in digests},
+                               {k: v for k, v in after.items() if k not in digests})
+    return f"fingerprint changed: the weights changed ({weights})" + "".join(f"; {c}" for c in rest)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -335,10 +381,12 @@ class SnapshotGuard:
                 self.failed_unchecked.discard(item.nodeid)
 
     def protect(self, session: pytest.Session, models: list[str]) -> None:
-        """Before syrupy builds its report: mark the other models' snapshots as not run."""
+        """Before syrupy builds its report: mark the other models' snapshots as not run, and
+        keep the pending answers out of its discovery."""
         syrupy = getattr(session.config, "_syrupy", None)
         if syrupy is None:
             return
+        hide_pending(session.config.option, syrupy)
         pseudo = other_model_items(self.collected, models)
         syrupy.collect_items(pseudo)
         syrupy.select_items(pseudo)
@@ -347,6 +395,23 @@ class SnapshotGuard:
 
 
 GUARD_KEY = pytest.StashKey[SnapshotGuard]()
+
+
+def hide_pending(option: Any, syrupy: Any) -> None:
+    """Pending answers (``*.txt.new``) are not snapshots, yet syrupy's file-scoped discovery
+    (the default amber extension of the ``snapshot`` fixture, which every answer check
+    also creates, walks all of ``__snapshots__``) reports each as an unused snapshot and
+    advises ``--snapshot-update``, which would accept the drift unseen. Syrupy's own
+    ``--snapshot-ignore-file-extensions`` keeps them out of its discovery; added here,
+    before the report reads it, whatever the user passed stays in it."""
+    from .pending import SUFFIX
+
+    ignored = list(getattr(option, "ignore_file_extensions", None) or [])
+    extension = SUFFIX.lstrip(".")
+    if extension not in ignored:
+        ignored.append(extension)
+        option.ignore_file_extensions = ignored
+        syrupy.ignore_file_extensions = ignored
 
 
 def other_model_items(items: list[pytest.Item], models: list[str]) -> list[pytest.Function]:

@@ -6,13 +6,13 @@ A suite file is named ``<name>.llm.yaml`` (or ``.llm.yml``) and read as UTF-8::
     system: "optional default system prompt for all questions"
     expect: {max_new_tokens: 200}   # optional defaults merged into each question's expect
     questions:                # required, non-empty list
-      - id: riddle-1          # required, unique in the file, [A-Za-z0-9._-]+ (quote numbers)
+      - id: riddle-1          # required, unique in the file, [A-Za-z0-9._-]{1,100} (quote numbers)
         prompt: "..."          # required non-empty string
         system: "..."          # optional; overrides the suite's; "" means no system prompt
         expect: {any_of: [...]} # optional, keys as in pytest_llmcheck.expect
         reference: "..."       # optional reference answer written by a person
         tags: [easy, zh]       # optional list of str (a single str is one tag)
-        min_passes: 4          # optional int >= 1: with repeats, answers that must pass
+        min_passes: 4          # optional int, 1 to --llm-repeat: answers that must pass
         snapshot: {similar: 0.9} # optional: exact | normalized | {similar: 0.9} (or "similar: 0.9")
 
 Top level also takes ``snapshot:`` (the default tolerance of the file's questions) and
@@ -43,6 +43,12 @@ SUITE_SUFFIXES: tuple[str, ...] = (".llm.yaml", ".llm.yml")
 _TOP_KEYS = ("expect", "judge_model", "questions", "snapshot", "suite", "system")
 _QUESTION_KEYS = ("expect", "id", "min_passes", "prompt", "reference", "snapshot", "system", "tags")
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
+# An id and a model name make a snapshot file name, ``<id>[<model>].txt``, with ``.new``
+# beside it for a pending answer (checked in snapshots.py). Both are ASCII, so 100 + 120
+# characters leave 35 under the usual 255-byte name limit for the rest; 120 is more than any
+# hub name with its engine and quantization suffixes needs.
+ID_MAX = 100
+MODEL_NAME_MAX = 120  # checked where model names are made (LlmcheckSession.resolve_models)
 
 
 class SuiteError(ValueError):
@@ -72,6 +78,32 @@ class Suite:
     name: str
     path: Path
     questions: tuple[Question, ...]
+
+
+def min_passes_problem(question: Question, repeat: int) -> str | None:
+    """Why ``question`` cannot be judged with ``repeat`` answers, or None.
+
+    A suite does not know ``--llm-repeat``, so this is checked where both meet (collection,
+    ``llm.ask``): a ``min_passes`` above it could never be met by that many answers. A
+    greedy run (one answer) is the exception: a suite written for sampled runs
+    (``min_passes: 4`` with ``--llm-repeat=5``) also runs greedily in a pull request's CI,
+    where its one answer must pass.
+    """
+    if question.min_passes is None or repeat == 1 or question.min_passes <= repeat:
+        return None
+    return (
+        f"{question.id}: 'min_passes' must be at most the answers per question "
+        f"(--llm-repeat={repeat}), got {question.min_passes}; lower it, or run with "
+        f"--llm-repeat={question.min_passes} or more and --llm-temperature > 0"
+    )
+
+
+def check_repeat(suite: Suite, repeat: int) -> None:
+    """Raise ``SuiteError`` (one line) for the first question whose ``min_passes`` exceeds ``repeat``."""
+    for question in suite.questions:
+        problem = min_passes_problem(question, repeat)
+        if problem is not None:
+            raise SuiteError(f"{suite.path}: {problem}")
 
 
 def is_suite_file(path: Path | str) -> bool:
@@ -172,6 +204,11 @@ def _question(
     qid = raw["id"]
     if not isinstance(qid, str):
         raise SuiteError(f"{where}: 'id' must be a string, got {_show(qid)} (quote it)")
+    if len(qid) > ID_MAX:  # before the character check, which would print all of it
+        raise SuiteError(
+            f"{where}: id {_show(qid[:40] + '...')} is {len(qid)} characters long; "
+            f"at most {ID_MAX} are allowed (the id names the answer's snapshot file)"
+        )
     if not _ID_RE.fullmatch(qid):
         raise SuiteError(
             f"{where}: invalid id {_show(qid)}; use only letters, digits, '.', '_', '-'"

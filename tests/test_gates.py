@@ -327,12 +327,12 @@ questions:
 def test_repeat_soft_counts_in_gate(fake: pytest.Pytester) -> None:
     setup_project(fake, REPEAT_ANSWERS, REPEAT_SUITE)
     result = run(
-        fake, "--llm-model=fake:alpha", "--llm-repeat=3", "--llm-temperature=0.5", "--llm-soft",
+        fake, "--llm-model=fake:alpha", "--llm-repeat=4", "--llm-temperature=0.5", "--llm-soft",
         "--llm-min-pass-rate=0.7",
-    )
+    )  # --llm-repeat=4: min_passes 4 must be reachable (tests/test_inputs.py)
     result.assert_outcomes(passed=3)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.re_match_lines([r"^\s+bad\s+FAIL \(soft\) 0/3\s"])
+    result.stdout.re_match_lines([r"^\s+bad\s+FAIL \(soft\) 0/4\s"])
     assert "'alpha'" in gate_lines(result)[0]
     assert "2/3" in gate_lines(result)[0]
 

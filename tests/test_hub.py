@@ -154,7 +154,9 @@ def test_request_sequence_per_client(hub_server: HubServer, llm_cache: Cache, hu
         ("GET", "/api/v1/repos/internalAccelerationInfo"),
     ]
     assert ms[0].query == {"Revision": "master", "Recursive": "True"}
-    per_file = ms[2:]
+    # last, ours: the listing again, for the commit the files are at (download.json's "commit")
+    assert (ms[-1].method, ms[-1].path, ms[-1].query) == ("GET", listing, ms[0].query)
+    per_file = ms[2:-1]
     assert {(r.method, r.path) for r in per_file} == {("GET", f"/api/v1/models/{MS_REPO}/repo")}
     assert sorted(r.query["FilePath"] for r in per_file) == files
     assert all(r.query["Revision"] == "master" for r in per_file)

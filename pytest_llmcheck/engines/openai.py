@@ -9,7 +9,8 @@ snapshot files and reports.
 
 - The API key comes from an environment variable (``--llm-openai-key-env``, default
   ``OPENAI_API_KEY``); it is sent only in the Authorization header and is never part of
-  a message, a fingerprint, a snapshot or a report.
+  a message, a fingerprint, a snapshot or a report. A URL carrying credentials
+  (``user:pass@``, ``?api_key=``) is refused with one line that says so.
 - Answers are streamed, so time to first token is measured; greedy runs send
   ``temperature: 0`` and the seed.
 - Loading checks the server: it answers, accepts the key and serves the model (some
@@ -35,9 +36,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import LlmcheckError
+from ..redact import has_credentials, redact
 from ..registry import ModelRef
 from ..settings import Settings
 from .base import Answer, GenerationConfig, LoadFacts
+from .registry import OPENAI_URL_CREDENTIALS
 
 ENGINE = "openai"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -83,17 +86,19 @@ def parse_endpoint(ref: ModelRef, settings: Settings) -> Endpoint:
     if "://" in rest:
         url, sep, model = rest.rpartition("#")
         if not sep or not model:
-            raise OpenAIError(f"{ref.location!r} names no model: write openai:<base url>#<served model>")
+            raise OpenAIError(f"{ref.spec!r} names no model: write openai:<base url>#<served model>")
     else:
         model, url = rest, settings.engine_options.get("openai-url", "").strip()
         if not url:
             raise OpenAIError(
-                f"{ref.location!r} needs the server's base URL: set --llm-openai-url "
+                f"{ref.spec!r} needs the server's base URL: set --llm-openai-url "
                 "(ini llmcheck_openai_url), e.g. http://127.0.0.1:8080/v1, or write openai:<base url>#<model>"
             )
+    if has_credentials(url):  # only the Authorization header carries a key: refuse, never drop or show
+        raise OpenAIError(OPENAI_URL_CREDENTIALS)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OpenAIError(f"bad server URL {url!r}: expected http(s)://host[:port]/v1")
+        raise OpenAIError(f"bad server URL {redact(url)!r}: expected http(s)://host[:port]/v1")
     try:
         timeout = float(_option(settings, "openai-timeout", "120"))
     except ValueError:

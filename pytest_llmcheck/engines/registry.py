@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import LlmcheckError
+from ..redact import has_credentials
 
 if TYPE_CHECKING:
     from ..registry import ModelRef
@@ -59,12 +60,24 @@ class EngineSpec:
         return func
 
 
+OPENAI_URL_CREDENTIALS = (
+    "openai: the server URL carries credentials (user:password@ or api_key=...); put the key in an "
+    "environment variable and name it with --llm-openai-key-env"
+)
+
+
 def openai_ref_name(rest: str) -> str:
     """``openai:<model>`` or ``openai:<base url>#<model>`` is named ``<model>@openai``.
 
     The served model names the tests; the suffix keeps its snapshot files apart from the
-    same model run in process (``smollm2`` vs ``smollm2@openai``).
+    same model run in process (``smollm2`` vs ``smollm2@openai``). A URL with credentials
+    is refused here, before anything is collected or printed: the engine sends the key only
+    in the Authorization header, so they would be dropped and could only leak.
     """
+    if has_credentials(rest):
+        from ..registry import ModelRefError  # imported late: that module imports this one
+
+        raise ModelRefError(OPENAI_URL_CREDENTIALS)
     model = rest.rsplit("#", 1)[1] if "#" in rest else rest
     return (re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model") + "@openai"
 

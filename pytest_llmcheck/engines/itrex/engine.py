@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -29,7 +30,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,34 @@ RECIPE = {"algorithm": "rtn", "bits": 4, "compute_dtype": "int8"}  # the worker'
 BUILT_FILE = "llmcheck-built.json"  # in such an entry: how long quantizing took
 
 _LIVE: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
+
+# What the worker may see of pytest's environment (see worker_env). It runs with -I, so
+# PYTHON* variables would be ignored there anyway.
+WORKER_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TMP", "TEMP",
+    "LD_LIBRARY_PATH", "LD_PRELOAD",  # e.g. a jemalloc/libiomp5 preload, as ITREX's docs suggest
+    "ATEN_CPU_CAPABILITY", "CUDA_VISIBLE_DEVICES", "XDG_CACHE_HOME", "HF_HOME", "HF_MODULES_CACHE",
+    "LOGLEVEL",  # neural-compressor's log level
+})
+WORKER_ENV_PREFIXES = ("LC_", "OMP_", "MKL_", "KMP_", "GOMP_", "ONEDNN_", "DNNL_", "OPENBLAS_", "TORCH_",
+                       "LLMCHECK_")
+_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def worker_env(environ: Mapping[str, str], **settings: str) -> dict[str, str]:
+    """The worker's environment: the allowed part of ``environ``, then ``settings``.
+
+    The worker may run a model's own modeling code (``--llm-trust-remote-code``), so it
+    gets what the ITREX stack needs (PATH, HOME, locale, temp folder, the OpenMP/MKL/oneDNN
+    thread and kernel variables, the LLMCHECK_* it reads) and never the user's secrets:
+    HF_TOKEN, OPENAI_API_KEY, AWS_*, GITHUB_* are not on the list, and a name with TOKEN,
+    KEY, SECRET, PASSWORD, CREDENTIAL or AUTH in it is dropped even under an allowed prefix.
+    """
+    kept = {
+        name: value for name, value in environ.items()
+        if (name in WORKER_ENV_NAMES or name.startswith(WORKER_ENV_PREFIXES)) and not _SECRET_ENV.search(name)
+    }
+    return {**kept, **settings}
 
 
 class WorkerError(LlmcheckError):
@@ -301,8 +330,8 @@ class ItrexEngine:
         view = workdir / "model"
         rewrites = legacy_view(folder, view)
         # Local folders only: the worker never waits on a hub.
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
+        env = worker_env(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                         TOKENIZERS_PARALLELISM="false")
         # torch 2.3's OpenMP threads spin while they wait; on a busy 2-core machine two spinning
         # threads answered at 0.4 tok/s instead of 5. Passive waiting unless the user chose.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -561,7 +590,10 @@ def load_itrex(ref: ModelRef, settings: Settings) -> ItrexEngine:
         modules_cache=Cache(settings.cache_dir).scratch("itrex-modules"), workdir=workdir,
         cache=cache, identity=identity,
     )
-    engine.weights_id = weights_identity(ref, weights)
+    # the content digest of the INT4 cache key, or computed now (memoized per machine)
+    content = str(identity["content"]) if identity is not None else None
+    memo = cache.root if cache is not None else None
+    engine.weights_id = weights_identity(ref, weights, memo, content=content)
     if quant == "int4" and cache is not None:  # "from cache" speaks of the INT4 weights then
         from_cache = engine.facts.from_cache
     engine.facts = engine._facts(engine.loaded, prepare, from_cache)

@@ -221,27 +221,6 @@ def _run(what: str, cmd: list[str], output: int | None) -> None:
 def remove(cache: Cache) -> int:
     """Delete the ITREX environment(s) of every recipe, and dead half-builds; return the bytes freed.
 
-    An environment being built right now (its lock is held) is left alone.
+    An environment being built right now (its lock is held) is left alone, its temp folder too.
     """
-    from filelock import FileLock, Timeout
-
-    from ...cache import _pid_alive, _remove, _tmp_pid
-
-    freed = 0
-    folder = cache.root / KIND
-    if not folder.is_dir():
-        return 0
-    for path in sorted(folder.glob(f"{ENGINE}-*")):
-        if path.name.endswith(".lock"):
-            continue
-        if ".tmp-" in path.name:
-            pid = _tmp_pid(path.name)
-            if pid is None or not _pid_alive(pid):
-                freed += _remove(path)
-            continue
-        try:
-            with FileLock(str(path.with_name(path.name + ".lock")), timeout=0):
-                freed += _remove(path)
-        except Timeout:
-            continue
-    return freed
+    return cache.clear(KIND, prefix=f"{ENGINE}-")

