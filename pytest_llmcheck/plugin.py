@@ -246,7 +246,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     llm_session = config.stash.get(SESSION_KEY, None)
     if llm_session is None:
         return
-    for line in llm_session.close_errors:  # the results are complete: say so before the summary
+    for line in llm_session.close_errors:  # warnings only: the results below are complete
         terminalreporter.write_line(line, yellow=True)
     if not llm_session.results.models:
         return

