@@ -18,6 +18,7 @@ from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
 from .engines.registry import EngineError, EngineRegistry
 from .errors import LlmcheckError
+from .numerics import PORTABLE, apply_portable_env, early_choice
 from .registry import ModelRef
 from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
 from .settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
@@ -49,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> Generator[None, None, None]:
+    # Before any conftest can import torch: portable numerics hold its kernels to AVX2.
+    if early_choice(args, early_config.getini("llmcheck_numerics")) == PORTABLE:
+        apply_portable_env()
     # After every plugin and initial conftest has added its options: take the free aliases.
     yield
     early_config.stash[ALIAS_CLASHES_KEY] = add_aliases(parser)

@@ -21,6 +21,7 @@ from .shard import Shard, parse_shard
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 QUANT_CHOICES = ("int4", "int4-a8", "bf16", "none")
+NUMERICS_CHOICES = ("portable", "native")
 QUANT_LABELS = {"int4": "int4", "int4-a8": "int4a8", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
 DEFAULT_MODEL = "smollm2"
 
@@ -63,6 +64,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("quant", f"transformers engine: weight quantization: {', '.join(QUANT_CHOICES)} "
                "(default: int4; int4-a8: the same weights times int8 activations, faster, other answers)",
                "int4"),
+    OptionSpec("numerics", "portable: answers byte-identical on every x86-64 CPU from AVX2+FMA up, Intel or "
+               "AMD, at any thread count (engines that cannot offer it say so in their fingerprint); native: "
+               "each CPU's fastest kernels, answers that hold only on the CPU kind they were recorded on "
+               "(default: portable)", "portable"),
     OptionSpec("max-new-tokens", "most tokens generated per answer (default: 128)", "128"),
     OptionSpec("threads", "CPU threads per model; fixed so answers are reproducible (default: the CPUs this "
                "process may use, divided among xdist workers)"),
@@ -256,6 +261,7 @@ class Settings:
     engine: str = "transformers"  # checked against the engine registry when models resolve
     engine_options: dict[str, str] = field(default_factory=dict)  # raw values of engines' own options
     quant: str = "int4"
+    numerics: str = "portable"  # NUMERICS_CHOICES: see pytest_llmcheck/numerics.py
     max_new_tokens: int = 128
     threads: int = field(default_factory=lambda: default_threads())
     seed: int = 0
@@ -295,6 +301,9 @@ class Settings:
             return f"ini {spec.ini}", config.getini(spec.ini)
 
         values = {spec.name: raw(spec) for spec in all_options()}
+        numerics_env = os.environ.get("LLMCHECK_NUMERICS", "").strip()
+        if numerics_env and config.getoption("llmcheck_numerics", default=None) is None:
+            values["numerics"] = ("$LLMCHECK_NUMERICS", numerics_env)
 
         def get(name: str, parse: Callable[[str, str], Any], fallback: Any = None) -> Any:
             where, value = values[name]
@@ -358,6 +367,7 @@ class Settings:
                 if values[spec.name][1] not in (None, "", [])
             },
             quant=get("quant", lambda w, v: parse_choice(w, v, QUANT_CHOICES), "int4"),
+            numerics=get("numerics", lambda w, v: parse_choice(w, v.strip(), NUMERICS_CHOICES), "portable"),
             max_new_tokens=get("max-new-tokens", lambda w, v: parse_int(w, v, minimum=1), 128),
             threads=threads or default_threads(),
             threads_given=threads is not None,

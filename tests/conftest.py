@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,27 @@ def _preimport_heavy_modules() -> None:
         import torchao.quantization  # noqa: F401
     with contextlib.suppress(ImportError):  # the [llamacpp] extra; its tests fail without it
         import llama_cpp  # noqa: F401  (ctypes-loaded libllama)
+
+
+@pytest.fixture(autouse=True)
+def native_numerics_unless_asked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inner sessions run natively, like this test process (pyproject.toml): torch is already
+    imported here, so an in-process session could not hold it to portable kernels. Tests of
+    portable numerics undo this (``monkeypatch.delenv("LLMCHECK_NUMERICS")``) and start fresh
+    processes. Whatever an inner session sets for portable numerics is undone afterwards."""
+    import os
+
+    from pytest_llmcheck.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV
+
+    names = (*PORTABLE_ENV, BEFORE_ENV)
+    saved = {name: os.environ.get(name) for name in names}
+    monkeypatch.setenv(CHOICE_ENV, "native")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
