@@ -408,3 +408,44 @@ def test_server_upgrade_shows_as_fingerprint_change_in_the_snapshot_diff(
         result = pytester.runpytest("--llm-model=openai:stand-in", "-k", "france")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*fingerprint changed: *system_fingerprint b4100-aaaa -> b4200-bbbb*"])
+
+
+def test_proxy_from_the_environment_is_honoured_except_for_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote server is reached through $HTTP_PROXY (the stand-in plays the proxy, so nothing
+    leaves this machine), $NO_PROXY bypasses it, and a server on 127.0.0.1 is reached directly
+    even with a proxy set: no proxy can reach this machine's loopback."""
+    remote = resolve("openai:http://llm.invalid/v1#stand-in")
+    real_getaddrinfo = socket.getaddrinfo
+
+    def no_dns(host: object, *args: object, **kwargs: object) -> object:
+        if host == "llm.invalid":  # were the proxy skipped: fail here, never ask a resolver
+            raise socket.gaierror("llm.invalid is not looked up in tests")
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    def proxy_env(proxy: str, no_proxy: str = "") -> None:
+        for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        if no_proxy:
+            monkeypatch.setenv("NO_PROXY", no_proxy)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with StandIn() as standin:
+        proxy_env(standin.url.removesuffix("/v1"))
+        engine = load_openai(remote, settings(tmp_path))  # its /models 404s at the "proxy": probed instead
+        assert engine.generate("Hi", system=None, config=GenerationConfig()).text == "Paris."
+        assert standin.headers[-1]["Host"] == "llm.invalid"
+        assert engine.fingerprint()["base_url"] == "http://llm.invalid/v1"
+        engine.close()
+
+        proxy_env(standin.url.removesuffix("/v1"), no_proxy="llm.invalid")
+        with pytest.raises(OpenAIError, match=r"^request to http://llm.invalid/v1/models failed: Connect"):
+            load_openai(remote, settings(tmp_path))
+
+        proxy_env(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        engine = load_openai(resolve(f"openai:{standin.url}#stand-in"), settings(tmp_path))
+        assert engine.generate("Hi", system=None, config=GenerationConfig()).text == "Paris."
+        engine.close()

@@ -19,20 +19,26 @@ snapshot files and reports.
   which go into every answer's fingerprint: a server upgrade shows in a snapshot diff.
 - Failures are one line each; 429 and 5xx are retried a bounded number of times with
   exponential backoff (``Retry-After`` honoured, capped).
+- Proxies come from the environment (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), but a
+  server on a loopback address is always reached directly: no proxy can reach this machine's
+  127.0.0.1.
 
-Only the standard library is used (``http.client``): streaming needs nothing more, and
-the engine then works in every install without an extra.
+HTTP is ``httpx2`` (Pydantic's continuation of ``httpx``), which ``huggingface_hub`` already
+installs: connections, timeouts, proxies and the event-stream parser are its. Not the
+``openai`` SDK: a new dependency tree (pydantic, jiter, distro) for one endpoint, whose retries
+sleep inside the call (an answer's time could not leave the backoff out), whose errors are
+multi-line dumps needing mapping back to these one-liners anyway, and whose typed chunks hide
+the malformed or cut-off streams reported here. What is left here is the API's meaning.
 """
 
 from __future__ import annotations
 
-import http.client
+import ipaddress
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import LlmcheckError
@@ -41,6 +47,9 @@ from ..registry import ModelRef
 from ..settings import Settings
 from .base import Answer, GenerationConfig, LoadFacts
 from .registry import OPENAI_URL_CREDENTIALS
+
+if TYPE_CHECKING:
+    import httpx2
 
 ENGINE = "openai"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -130,7 +139,7 @@ class _Stream:
 
     text: str = ""
     chunks: int = 0  # content-bearing chunks: one token each on most servers
-    sent: float | None = None  # perf_counter when the request that answered was sent (after any retries)
+    sent: float = 0.0  # perf_counter when the request that answered was sent (after any retries)
     first: float | None = None  # perf_counter at the first content
     done: bool = False
     finish_reason: str | None = None
@@ -157,67 +166,63 @@ class OpenAIEngine:
             in_process=False,
             uses_threads=False,
         )
+        self._client: httpx2.Client | None = None
 
     # -- HTTP
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-        key = os.environ.get(self.endpoint.key_env, "").strip()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    def _http(self) -> httpx2.Client:
+        """One client (a connection pool) for the engine's life, made on first use."""
+        if self._client is None:
+            import httpx2
 
-    def _connection(self) -> http.client.HTTPConnection:
-        parts = urlsplit(self.endpoint.base_url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        return cls(parts.hostname or "", parts.port, timeout=self.endpoint.timeout)
+            host = urlsplit(self.endpoint.base_url).hostname or ""
+            direct = {f"all://[{host}]" if ":" in host else f"all://{host}": None} if _loopback(host) else {}
+            self._client = httpx2.Client(timeout=self.endpoint.timeout, mounts=direct)
+        return self._client
 
     def _send(
-        self, method: str, path: str, body: dict[str, Any] | None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, float]:
-        """One request; a 2xx response stays open for the caller, with the time (perf_counter)
-        its attempt was sent: an answer's time leaves out the backoff of earlier ones. Retries
-        429 and 5xx."""
+        self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool
+    ) -> tuple[httpx2.Response, float]:
+        """A 2xx response (with ``stream``, its body unread: the caller closes it) and the time
+        (perf_counter) its attempt was sent: an answer's time leaves out the backoff of earlier
+        ones. Retries 429 and 5xx."""
+        import httpx2
+
         url = f"{self.endpoint.shown_url}{path}"
-        prefix = urlsplit(self.endpoint.base_url).path.rstrip("/")
-        data = json.dumps(body).encode("utf-8") if body is not None else None
+        headers = {"Accept": "application/json, text/event-stream"}
+        if key := os.environ.get(self.endpoint.key_env, "").strip():
+            headers["Authorization"] = f"Bearer {key}"
         attempt = 0
         while True:
-            conn = self._connection()
+            request = self._http().build_request(method, url, json=body, headers=headers)
             sent = time.perf_counter()
             try:
-                conn.request(method, prefix + path, body=data, headers=self._headers())
-                response = conn.getresponse()
-            except ConnectionRefusedError:
-                conn.close()
-                raise OpenAIError(
-                    f"cannot connect to {url}: connection refused (is the server running?)"
-                ) from None
-            except TimeoutError:
-                conn.close()
+                response = self._http().send(request, stream=True)
+                if not (stream and response.is_success):
+                    response.read()
+            except httpx2.TimeoutException:
                 raise OpenAIError(
                     f"{url} did not answer within {self.endpoint.timeout:g}s (--llm-openai-timeout)"
                 ) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+            except httpx2.TransportError as exc:
+                if _refused(exc):
+                    raise OpenAIError(
+                        f"cannot connect to {url}: connection refused (is the server running?)"
+                    ) from None
                 raise OpenAIError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
-            if 200 <= response.status < 300:
-                return conn, response, sent
-            detail = _error_detail(response)
-            conn.close()
-            status = f"{response.status} {response.reason}".strip()
-            if response.status in RETRY_STATUS and attempt < self.endpoint.retries:
-                time.sleep(_backoff(attempt, response.getheader("Retry-After")))
-                attempt += 1
-                continue
-            raise self._http_error(url, response.status, status, detail, attempt)
+            if response.is_success:
+                return response, sent
+            if response.status_code not in RETRY_STATUS or attempt >= self.endpoint.retries:
+                raise self._http_error(url, response, attempt, bool(key))
+            time.sleep(_backoff(attempt, response.headers.get("Retry-After")))
+            attempt += 1
 
-    def _http_error(self, url: str, code: int, status: str, detail: str, retries: int) -> OpenAIError:
-        why = f": {detail}" if detail else ""
+    def _http_error(self, url: str, response: httpx2.Response, retries: int, keyed: bool) -> OpenAIError:
+        code, status = response.status_code, f"{response.status_code} {response.reason_phrase}".strip()
+        why = f": {detail}" if (detail := _error_detail(response.content)) else ""
+        if code in (401, 403) and not keyed:
+            return OpenAIError(f"{url} wants an API key ({status}); set ${self.endpoint.key_env}")
         if code in (401, 403):
-            key = os.environ.get(self.endpoint.key_env, "").strip()
-            if not key:
-                return OpenAIError(f"{url} wants an API key ({status}); set ${self.endpoint.key_env}")
             return OpenAIError(f"{url} refused the API key in ${self.endpoint.key_env} ({status}){why}")
         if code == 404:
             return NotFound(
@@ -227,21 +232,6 @@ class OpenAIEngine:
             return OpenAIError(f"{url} answered {status} after {retries} retries (--llm-openai-retries){why}")
         return OpenAIError(f"{url} answered {status}{why}")
 
-    def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn, response, _ = self._send(method, path, body)
-        try:
-            raw = response.read()
-        except TimeoutError:
-            raise OpenAIError(
-                f"{self.endpoint.shown_url}{path} did not answer within {self.endpoint.timeout:g}s"
-            ) from None
-        finally:
-            conn.close()
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise OpenAIError(f"{self.endpoint.shown_url}{path} sent no JSON: {raw[:80]!r}") from None
-
     # -- loading
 
     def connect(self, *, seed: int) -> None:
@@ -249,9 +239,13 @@ class OpenAIEngine:
         start = time.perf_counter()
         url = self.endpoint.shown_url
         try:
-            listing = self._json("GET", "/models")
+            raw = self._send("GET", "/models", None, stream=False)[0].content
         except NotFound:
-            listing = None  # a server without /models: the probe below still checks the model
+            raw = b"{}"  # a server without /models: the probe below still checks the model
+        try:
+            listing = json.loads(raw)
+        except ValueError:
+            raise OpenAIError(f"{url}/models sent no JSON: {raw[:80]!r}") from None
         if isinstance(listing, dict) and isinstance(listing.get("data"), list):
             self.served_models = [str(m.get("id")) for m in listing["data"] if isinstance(m, dict)]
             if self.served_models and self.endpoint.model not in self.served_models:
@@ -295,22 +289,35 @@ class OpenAIEngine:
         }
 
     def _stream_answer(self, prompt: str, system: str | None, config: GenerationConfig) -> _Stream:
+        import httpx2
+
         path = "/chat/completions"
         url = f"{self.endpoint.shown_url}{path}"
-        conn, response, sent = self._send("POST", path, self._body(prompt, system, config))
+        response, sent = self._send("POST", path, self._body(prompt, system, config), stream=True)
         result = _Stream(sent=sent)
         try:
-            if "text/event-stream" not in (response.getheader("Content-Type") or ""):
-                _read_whole(response, result, url)  # a server that ignores "stream": one JSON body
-                result.first = result.first or time.perf_counter()
-                return result
-            for event in _events(response, url, self.endpoint.timeout):
-                if event == "[DONE]":
+            if "text/event-stream" not in response.headers.get("Content-Type", ""):
+                # A server that ignores "stream": one JSON completion.
+                _take_chunk(response.read().decode("utf-8", errors="replace"), result, url)
+                result.first, result.done = time.perf_counter(), True
+                result.finish_reason = result.finish_reason or "stop"
+            for event in httpx2.EventSource(response) if not result.done else ():
+                if event.data == "[DONE]":
                     result.done = True
                     break
-                _take_chunk(event, result, url)
+                if event.data:  # not a bare "event:"/"id:"/"retry:" event
+                    _take_chunk(event.data, result, url)
+        except httpx2.TimeoutException:
+            raise OpenAIError(
+                f"{url} sent nothing for {self.endpoint.timeout:g}s in the middle of an answer "
+                "(--llm-openai-timeout)"
+            ) from None
+        except httpx2.SSEError as exc:  # e.g. an event over its 1 MiB bound
+            raise OpenAIError(f"malformed answer stream from {url}: {exc}") from None
+        except httpx2.TransportError:
+            pass  # the connection dropped: reported below as an unfinished answer
         finally:
-            conn.close()
+            response.close()
         if result.finish_reason is None:
             if result.done:  # "[DONE]" without a finish_reason: the server cut the answer off
                 raise OpenAIError(
@@ -326,11 +333,8 @@ class OpenAIEngine:
 
     def generate(self, prompt: str, *, system: str | None, config: GenerationConfig) -> Answer:
         stream = self._stream_answer(prompt, system, config)
-        end = time.perf_counter()
-        start = stream.sent if stream.sent is not None else end
-        seconds = end - start
+        seconds = time.perf_counter() - stream.sent
         self._note(stream)
-        first = stream.first if stream.first is not None else start + seconds
         return Answer(
             text=stream.text.strip(),
             prompt=prompt,
@@ -338,7 +342,7 @@ class OpenAIEngine:
             prompt_tokens=stream.prompt_tokens or 0,
             new_tokens=stream.completion_tokens if stream.completion_tokens is not None else stream.chunks,
             seconds=seconds,
-            ttft=first - start,
+            ttft=stream.first - stream.sent if stream.first is not None else seconds,
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -352,10 +356,27 @@ class OpenAIEngine:
         }
 
     def close(self) -> None:
-        """Nothing held: each request has its own connection."""
+        """Close the connection pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 # -- the wire format
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether the OS refused the connection (httpx2 keeps the socket's error as the cause)."""
+    while exc is not None and not isinstance(exc, ConnectionRefusedError):
+        exc = exc.__cause__ or exc.__context__
+    return exc is not None
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
@@ -367,105 +388,42 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return float(min(BACKOFF_START * 2**attempt, BACKOFF_MAX))
 
 
-def _error_detail(response: http.client.HTTPResponse) -> str:
+def _error_detail(raw: bytes) -> str:
     """The server's own one-line reason from an error body, if it gave one."""
-    try:
-        raw = response.read(4096)
-    except (OSError, http.client.HTTPException):
-        return ""
-    text = raw.decode("utf-8", errors="replace").strip()
+    text = raw[:4096].decode("utf-8", errors="replace").strip()
     try:
         data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
-        if isinstance(error, dict):
-            error = error.get("message", error)
-        text = str(error) if error is not None else text
-    line = text.splitlines()[0] if text else ""
-    return line[:200]
-
-
-def _events(response: http.client.HTTPResponse, url: str, timeout: float) -> Iterator[str]:
-    """The ``data:`` payloads of a server-sent event stream (one per event)."""
-    data: list[str] = []
-    while True:
-        try:
-            raw = response.readline()
-        except TimeoutError:
-            raise OpenAIError(
-                f"{url} sent nothing for {timeout:g}s in the middle of an answer (--llm-openai-timeout)"
-            ) from None
-        except (OSError, http.client.HTTPException):
-            return  # connection dropped: the caller reports the unfinished answer
-        if not raw:
-            if data:
-                yield "\n".join(data)
-            return
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue  # a comment / keep-alive ping
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+        error = error.get("message", error) if isinstance(error, dict) else error
+        text = text if error is None else str(error)
+    except (ValueError, AttributeError):
+        pass  # not a JSON object: the body's first line
+    return (text.splitlines() or [""])[0][:200]
 
 
 def _take_chunk(event: str, result: _Stream, url: str) -> None:
+    """One streamed chunk (or a whole non-streamed completion) into ``result``."""
     try:
         chunk = json.loads(event)
     except ValueError:
         raise OpenAIError(f"malformed answer stream from {url}: {event[:80]!r} is not JSON") from None
-    if not isinstance(chunk, dict):
-        raise OpenAIError(f"malformed answer stream from {url}: {event[:80]!r} is not a JSON object")
-    if "error" in chunk:
-        error = chunk["error"]
-        message = error.get("message", error) if isinstance(error, dict) else error
-        raise OpenAIError(f"{url} failed in the middle of an answer: {str(message)[:200]}")
-    result.model = chunk.get("model") or result.model
-    result.system_fingerprint = chunk.get("system_fingerprint") or result.system_fingerprint
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
+    try:
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise OpenAIError(f"{url} failed in the middle of an answer: {str(message)[:200]}")
+        result.model = chunk.get("model") or result.model
+        result.system_fingerprint = chunk.get("system_fingerprint") or result.system_fingerprint
+        usage = chunk.get("usage") or {}
         result.prompt_tokens = usage.get("prompt_tokens", result.prompt_tokens)
         result.completion_tokens = usage.get("completion_tokens", result.completion_tokens)
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        if usage is None:
-            raise OpenAIError(f"malformed answer stream from {url}: a chunk without choices: {event[:80]!r}")
-        return
-    for choice in choices:
-        if not isinstance(choice, dict):
-            raise OpenAIError(f"malformed answer stream from {url}: {event[:80]!r}")
-        delta = choice.get("delta") or {}
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if content:
-            if result.first is None:
-                result.first = time.perf_counter()
-            result.text += str(content)
-            result.chunks += 1
-        if choice.get("finish_reason"):
-            result.finish_reason = str(choice["finish_reason"])
-
-
-def _read_whole(response: http.client.HTTPResponse, result: _Stream, url: str) -> None:
-    """A non-streamed completion (a server that ignores ``stream``)."""
-    raw = response.read()
-    try:
-        body = json.loads(raw)
-        message = body["choices"][0]["message"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise OpenAIError(f"malformed answer from {url}: {raw[:80]!r}") from None
-    result.text = str(message.get("content") or "")
-    result.chunks = 1 if result.text else 0
-    result.finish_reason = body["choices"][0].get("finish_reason") or "stop"
-    result.model = body.get("model")
-    result.system_fingerprint = body.get("system_fingerprint")
-    usage = body.get("usage") or {}
-    result.prompt_tokens = usage.get("prompt_tokens")
-    result.completion_tokens = usage.get("completion_tokens")
-    result.done = True
+        for choice in chunk.get("choices", [] if usage else None):  # a usage-only chunk may have none
+            content = (choice.get("delta") or choice.get("message") or {}).get("content")
+            if content:
+                result.first = result.first if result.first is not None else time.perf_counter()
+                result.text += str(content)
+                result.chunks += 1
+            if choice.get("finish_reason"):
+                result.finish_reason = str(choice["finish_reason"])
+    except (AttributeError, TypeError, KeyError):
+        raise OpenAIError(f"malformed answer stream from {url}: {event[:80]!r}") from None
