@@ -161,7 +161,7 @@ def hold_lock(lock_path: Path, what: str, *, doing: str, timeout: float | None =
         lock.release()
 
 
-def _size(path: Path) -> int:
+def tree_size(path: Path) -> int:
     """Bytes under ``path``, not following symlinks."""
     if path.is_symlink() or path.is_file():
         return path.lstat().st_size
@@ -182,7 +182,7 @@ def _remove(path: Path) -> int:
     """Delete a file or folder; return the bytes it held."""
     if not path.exists() and not path.is_symlink():
         return 0
-    freed = _size(path)
+    freed = tree_size(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -331,7 +331,7 @@ class Cache:
                         "kind": kind_dir.name,
                         "path": path,
                         "key": key,
-                        "size": _size(path),
+                        "size": tree_size(path),
                         "ready": (path / MARKER).is_file(),
                         "last_used": last_used,
                     }
@@ -357,8 +357,8 @@ class Cache:
         removed: _Rows = []
         busy: _Rows = []
         for name, paths in temps.items():
-            rows: _Rows = [{"kind": kind_dir.name, "path": p, "key": None, "size": _size(p), "ready": False,
-                            "last_used": None} for p in paths]
+            rows: _Rows = [{"kind": kind_dir.name, "path": p, "key": None, "size": tree_size(p),
+                            "ready": False, "last_used": None} for p in paths]
             try:
                 with hold_lock(kind_dir / (name + _LOCK), f"cache entry {kind_dir.name}/{name}",
                                doing="removing a dead build's leftovers", timeout=0):

@@ -24,6 +24,7 @@ from .registry import ModelRef
 from .results import CaseResult
 from .session import CASES_KEY, UNRECORDED_KEY, LlmcheckSession, strip_model
 from .suite import Question, min_passes_problem
+from .timing import annotate, run_timed
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 
@@ -98,6 +99,7 @@ class LLM:
 
         problems: list[str] = []
         unrecorded: str | None = None  # no snapshot yet: the test fails, but the answer is not wrong
+        incomparable: str | None = None  # a native snapshot of another CPU: the test is skipped
         tolerance = self._tolerance(question, snapshot)
         if tolerance is not None and self.session.generation.greedy:  # sampled answers differ by design
             from .snapshots import ReviewFacts, check_snapshot
@@ -119,6 +121,7 @@ class LLM:
                 unrecorded = outcome.failure
             elif outcome.failure:
                 problems.append(outcome.failure)
+            incomparable = outcome.skip
 
         passes = sum(not f for f in failures_per_answer)
         wanted = question.min_passes if question and question.min_passes else len(answers)
@@ -151,7 +154,9 @@ class LLM:
             item.user_properties.append(("llm_judge_rubric", judgement["rubric"]))
             item.user_properties.append(("llm_judge_probability", f"{judgement['probability']:.4f}"))
         if problems:
-            pytest.fail("\n\n".join(problems), pytrace=False)
+            pytest.fail("\n\n".join(problems + ([incomparable] if incomparable else [])), pytrace=False)
+        if incomparable is not None:  # the verdict stands (the answer's); the snapshot says nothing here
+            pytest.skip(incomparable)
         return answers[-1]
 
     def _tolerance(self, question: Question | None, snapshot: bool | str | dict[str, Any] | None
@@ -249,8 +254,6 @@ class LLM:
 
     def _generate(self, prompt: str, system: str | None) -> list[Answer]:
         """Generate ``repeat`` answers, timed by pytest-benchmark when it is active."""
-        from .timing import run_timed
-
         config = self.session.generation
         answers: list[Answer] = []
 
@@ -282,9 +285,8 @@ class LLM:
         )
         self._benchmark_used = self._benchmark_used or used
         if used:
-            from .timing import annotate
-
-            annotate(self.request, self, answers)
+            model = self.session.results.model(self.ref.name)
+            annotate(self.request, answers, ref=self.ref, engine=self.engine, model=model)
         return answers
 
 

@@ -23,9 +23,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
+
+from .tables import table as table  # re-exported: `cli.table` before tables.py
 
 if TYPE_CHECKING:
     from .engines.base import Engine
@@ -250,14 +251,6 @@ def human_size(size: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"  # pragma: no cover
-
-
-def table(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns; the first row is the header, followed by a rule."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
 
 
 def entry_name(kind: str, key: object, path: Path) -> tuple[str, str]:
@@ -671,9 +664,9 @@ def cmd_env(args: argparse.Namespace, root: Path) -> int:
 
 
 def _tree_size(path: Path) -> int:
-    from .cache import _size
+    from .cache import tree_size
 
-    return _size(path)
+    return tree_size(path)
 
 
 if __name__ == "__main__":  # pragma: no cover

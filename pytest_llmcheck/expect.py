@@ -237,19 +237,19 @@ def parse_expectations(data: Mapping[str, object], *, where: str = "llm_expect()
     """
     if not isinstance(data, Mapping):
         raise ExpectationError(
-            f"{where} must be a mapping of expectations, got {_show(data)}; "
+            f"{where} must be a mapping of expectations, got {short_repr(data)}; "
             f"allowed keys: {_ALLOWED_TEXT}"
         )
     for key in data:
         if key not in EXPECTATION_KEYS:
             raise ExpectationError(
-                f"unknown expectation {_show(key)} in {where}; allowed: {_ALLOWED_TEXT}"
+                f"unknown expectation {short_repr(key)} in {where}; allowed: {_ALLOWED_TEXT}"
             )
 
     ignore_case = data.get("ignore_case")
     if ignore_case is not None and not isinstance(ignore_case, bool):
         raise ExpectationError(
-            f"{_label(where, 'ignore_case')} must be true or false, got {_show(ignore_case)}"
+            f"{_label(where, 'ignore_case')} must be true or false, got {short_repr(ignore_case)}"
         )
 
     lists = {
@@ -306,7 +306,7 @@ def _label(where: str, key: str) -> str:
     return f"{where}.{key}"
 
 
-def _show(value: object, limit: int = 60) -> str:
+def short_repr(value: object, limit: int = 60) -> str:
     """repr() kept to one short line so error messages stay one line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -323,11 +323,11 @@ def _as_list(value: object, where: str, key: str) -> list[str]:
         if not items:
             raise ExpectationError(f"{label} must be {expected}, got an empty list")
     else:
-        raise ExpectationError(f"{label} must be {expected}, got {_show(value)}")
+        raise ExpectationError(f"{label} must be {expected}, got {short_repr(value)}")
     result: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise ExpectationError(f"{label} must be {expected}, got item {_show(item)}")
+            raise ExpectationError(f"{label} must be {expected}, got item {short_repr(item)}")
         if not item:
             raise ExpectationError(f"{label} must be {expected}, got an empty string")
         result.append(item)
@@ -339,7 +339,7 @@ def _needles(value: object, where: str, key: str) -> tuple[str, ...]:
     for needle in needles:
         if not normalize(needle, ignore_case=False):
             raise ExpectationError(
-                f"{_label(where, key)} needle {_show(needle)} is only whitespace/punctuation, "
+                f"{_label(where, key)} needle {short_repr(needle)} is only whitespace/punctuation, "
                 "which matching ignores; use regex for exact punctuation"
             )
     return tuple(needles)
@@ -352,7 +352,7 @@ def _patterns(value: object, where: str) -> tuple[str, ...]:
             re.compile(pattern)
         except re.error as exc:
             raise ExpectationError(
-                f"{_label(where, 'regex')} invalid regular expression {_show(pattern)}: {exc}"
+                f"{_label(where, 'regex')} invalid regular expression {short_repr(pattern)}: {exc}"
             ) from None
     return tuple(patterns)
 
@@ -366,7 +366,7 @@ def _positive_number(value: object, where: str, key: str) -> float:
     )
     if not ok:
         raise ExpectationError(
-            f"{_label(where, key)} must be a positive number, got {_show(value)}"
+            f"{_label(where, key)} must be a positive number, got {short_repr(value)}"
         )
     assert isinstance(value, (int, float))
     return value
@@ -375,7 +375,7 @@ def _positive_number(value: object, where: str, key: str) -> float:
 def _positive_int(value: object, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ExpectationError(
-            f"{_label(where, 'max_new_tokens')} must be a positive integer, got {_show(value)}"
+            f"{_label(where, 'max_new_tokens')} must be a positive integer, got {short_repr(value)}"
         )
     return value
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import Cache, CacheEntry
+from .compat.modelscope import current_default_config, quiet_download_bars
 from .registry import REGISTRY, ModelRef, ModelRefError, parse_hub_id
 
 KIND = "download"
@@ -186,32 +187,6 @@ def _patched_env(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-@contextlib.contextmanager
-def _quiet_modelscope_tqdm(enabled: bool) -> Iterator[None]:
-    """ModelScope has no switch for its bars and tqdm reads TQDM_DISABLE only at import."""
-    if enabled:
-        yield
-        return
-    import importlib
-
-    ms_download: Any = importlib.import_module("modelscope_hub._download")
-    original = getattr(ms_download, "tqdm", None)
-    if original is None:
-        yield
-        return
-
-    class _Silent(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    ms_download.tqdm = _Silent
-    try:
-        yield
-    finally:
-        ms_download.tqdm = original
-
-
 def _download_modelscope(
     ref: ModelRef,
     repo_id: str,
@@ -232,8 +207,8 @@ def _download_modelscope(
     home = cache.scratch("modelscope")
     # The client's own cache/lock folder and its credentials/session file stay in our cache.
     dirs = {"MODELSCOPE_CACHE": str(home / "cache"), "MODELSCOPE_HOME": str(home / "home")}
-    with _MODELSCOPE_LOCK, _patched_env(dirs), _quiet_modelscope_tqdm(progress):
-        previous = getattr(ms_config, "_default_config", None)
+    with _MODELSCOPE_LOCK, _patched_env(dirs), quiet_download_bars(progress):
+        previous = current_default_config()
         # The default config is captured on first use (endpoint, folders); use a fresh one.
         ms_config.set_default_config(
             ms_config.HubConfig(endpoint=endpoint, cache_dir=home / "cache", config_dir=home / "home")

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .snapshots import StoredAnswer
+from .snapshot_file import StoredAnswer
 
 SUFFIX = ".new"
 SNAPSHOTS_DIR = "__snapshots__"

@@ -131,7 +131,7 @@ def _from_report(path: Path, data: Any = None) -> Recorded:
 
 
 def _from_snapshots(root: Path) -> Recorded:
-    from .snapshots import StoredAnswer
+    from .snapshot_file import StoredAnswer
 
     recordings = []
     for file in sorted(root.rglob("__snapshots__/**/*.txt")):

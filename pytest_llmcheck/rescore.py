@@ -17,6 +17,7 @@ from .engines.base import Answer
 from .judge import Judge, JudgeError, Judgement
 from .recordings import Recorded, Recording
 from .suite import Question, load_suite
+from .tables import table
 
 ALL = "all"
 
@@ -133,8 +134,6 @@ def confusion(scored: Sequence[Scored]) -> dict[str, Confusion]:
 
 def report_lines(recorded: Recorded, scored: Sequence[Scored], suites: Sequence[Path],
                  judge: Judge | None) -> list[str]:
-    from .cli import table
-
     judge_text = f"; judge {judge.name}" if judge is not None else ""
     lines = [f"rescore: {len(scored)} recorded answers from {_rel(recorded.source)}",
              f"  expectations: {', '.join(_rel(s) for s in suites) or '(none)'}{judge_text}", ""]

@@ -24,6 +24,7 @@ from typing import IO
 
 from .pending import Candidate, Refusal, UnsafeCandidate
 from .snapshots import fingerprint_changes
+from .tables import table
 
 KEYS = {"a": "accept", "y": "accept", "r": "reject", "n": "reject", "s": "skip", "q": "quit"}
 _RED, _GREEN, _DIM, _BOLD, _RESET = "\033[31m", "\033[32m", "\033[2m", "\033[1m", "\033[0m"
@@ -204,8 +205,6 @@ def _refusal(candidate: Candidate, reason: str) -> str:
 
 
 def list_lines(candidates: Sequence[Candidate]) -> list[str]:
-    from .cli import table
-
     rows: list[tuple[str, ...]] = [("snapshot", "question", "model", "verdict", "similarity")]
     for c in candidates:
         before = c.verdict_before or "-"

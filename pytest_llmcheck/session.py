@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from .engines.base import Engine, GenerationConfig
-from .engines.registry import DEFAULT_ENGINE, EngineRegistry
+from .engines.registry import EngineRegistry
 from .judge import Judge, JudgeError
+from .modelref import DEFAULT_ENGINE, ModelRef, ModelRefError
 from .pool import ModelPool, ModelUnavailable
 from .redact import redact, redact_data
-from .registry import ModelRef, ModelRefError, resolve
+from .registry import resolve
 from .results import CaseResult, SessionResults
 from .settings import QUANT_LABELS, Settings
 from .suite import MODEL_NAME_MAX

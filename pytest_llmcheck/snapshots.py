@@ -28,6 +28,12 @@ model itself answers differently). ``--snapshot-update`` writes new and changed
 answers, and refreshes the header when only the fingerprint changed. Nothing is ever
 written or deleted without it.
 
+A fingerprint names its numerics (see ``numerics.py``): a portable answer holds on every
+x86-64-v3 CPU; a native one (``numerics: native``, with the ``cpu``) only on the CPU kind
+that recorded it. A changed native answer on another CPU is therefore no finding about the
+model: the test is skipped with one line saying so, and the report marks it "not
+comparable", never passed.
+
 Selecting models with ``--llm-model`` must not make the other models' snapshots look
 unused to syrupy (reported as unused, deleted by ``--snapshot-update``). Syrupy keeps
 the snapshots of tests that were selected but skipped, so ``SnapshotGuard`` (a small
@@ -49,26 +55,28 @@ import json
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from syrupy.assertion import SnapshotAssertion
-from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
+from .compat.syrupy import TextSingleFileExtension, file_stem, snapshot_session
 from .engines.base import Answer
 from .errors import LlmcheckWarning
+from .numerics import NATIVE, PORTABLE
+from .pending import SUFFIX
 from .session import model_of
+from .snapshot_file import MARKER as MARKER  # re-exported: defined here before snapshot_file.py
+from .snapshot_file import TITLE as TITLE
+from .snapshot_file import StoredAnswer as StoredAnswer
 from .tolerance import Tolerance
 
 if TYPE_CHECKING:
     from syrupy.types import PropertyFilter, PropertyMatcher, SerializableData, SerializedData
 
-MARKER = "--- answer ---"
-TITLE = "# pytest-llmcheck answer snapshot: only the text below the marker line is compared."
-_ENTRY = re.compile(r"([A-Za-z_]+): (.*)", re.S)
 _ASSERTION_KEY = pytest.StashKey[SnapshotAssertion]()
 _CHECKED_KEY = pytest.StashKey[bool]()
 # The longest snapshot file name: 255 bytes, less a pending answer's ".new" and room for a
@@ -79,74 +87,17 @@ _NAME_MAX = 255 - len(".new.4194304.tmp")
 @dataclass(frozen=True)
 class SnapshotOutcome:
     # "new" (recorded now) | "missing" (none recorded yet; fails) | "unchanged" | "changed"
-    # | "drifted" (within tolerance) | "none"
+    # | "drifted" (within tolerance) | "not-comparable" (native numerics on another CPU; skips)
+    # | "none"
     status: str
     diff: str | None
     failure: str | None  # the one message to fail the test with, or None
     similarity: float | None = None  # of the normalized answers, when they differ
     pending: dict[str, Any] | None = None  # the candidate kept for `llmcheck review`
+    skip: str | None = None  # the one line to skip the test with ("not-comparable")
 
 
-@dataclass(frozen=True)
-class StoredAnswer:
-    """A snapshot file's content: the compared answer and its informational header."""
-
-    answer: str
-    fingerprint: dict[str, Any]
-    prompt: str | None = None
-    system: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # a pending candidate's review facts
-
-    def render(self) -> str:
-        lines = [TITLE]
-        if self.prompt is not None:
-            lines.append(f"prompt: {_dumps(self.prompt)}")
-        if self.system is not None:
-            lines.append(f"system: {_dumps(self.system)}")
-        lines.extend(f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in self.meta.items())
-        pretty = json.dumps(self.fingerprint, ensure_ascii=False, indent=2, sort_keys=True)
-        lines.append(f"fingerprint: {pretty}")
-        header = "\n".join(line if line.startswith("# ") else f"# {line}" for block in lines
-                           for line in block.split("\n"))
-        return f"{header}\n{MARKER}\n{self.answer}\n"
-
-    @classmethod
-    def parse(cls, text: str) -> StoredAnswer:
-        """Read a snapshot file; one without a header is all answer."""
-        head, sep, body = text.partition(f"\n{MARKER}\n")
-        if not sep:
-            return cls(answer=text[:-1] if text.endswith("\n") else text, fingerprint={})
-        entries: dict[str, str] = {}
-        current: str | None = None
-        for line in head.split("\n"):
-            line = line[2:] if line.startswith("# ") else line.lstrip("#")
-            match = _ENTRY.fullmatch(line)
-            if match:
-                current = match.group(1)
-                entries[current] = match.group(2)
-            elif current is not None:
-                entries[current] += "\n" + line
-        values: dict[str, Any] = {}
-        for key, raw in entries.items():
-            try:
-                values[key] = json.loads(raw)
-            except ValueError:
-                values[key] = raw
-        fingerprint = values.get("fingerprint")
-        return cls(
-            answer=body[:-1] if body.endswith("\n") else body,
-            fingerprint=fingerprint if isinstance(fingerprint, dict) else {},
-            prompt=values.get("prompt") if isinstance(values.get("prompt"), str) else None,
-            system=values.get("system") if isinstance(values.get("system"), str) else None,
-            meta={k: v for k, v in values.items() if k not in ("prompt", "system", "fingerprint")},
-        )
-
-
-def _dumps(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-class LLMAnswerExtension(SingleFileSnapshotExtension):
+class LLMAnswerExtension(TextSingleFileExtension):
     """One answer per ``.txt`` file, compared on the answer only (see the module doc).
 
     ``compare_header`` is switched on under ``--snapshot-update`` so that a new
@@ -155,7 +106,6 @@ class LLMAnswerExtension(SingleFileSnapshotExtension):
     """
 
     file_extension = "txt"
-    _write_mode = WriteMode.TEXT
     compare_header = False
     tolerance = Tolerance()
 
@@ -266,6 +216,10 @@ def check_snapshot(
     if passed:  # --snapshot-update accepted it
         remove_stale(location)
         return SnapshotOutcome("changed", diff, None, similarity=score)
+    if (reason := not_comparable(old.fingerprint, fingerprint)) is not None:
+        # nothing to review: an answer of this CPU would fail on the one that recorded it
+        return SnapshotOutcome("not-comparable", diff, None, similarity=score,
+                               skip=f"answer snapshot {where} {reason}")
     limit = f" (similarity {score:.2f}, tolerance {tolerance})" if tolerance.kind != "exact" else ""
     message = (
         f"answer changed from snapshot {where}{limit}\n{fingerprint_note(old.fingerprint, fingerprint)}\n"
@@ -279,7 +233,7 @@ def _name_too_long(assertion: SnapshotAssertion) -> str | None:
     a pending answer's ``.new`` file (a long test name or parameter id): an OSError traceback
     otherwise, or a name syrupy cuts short so that two tests could share it."""
     index = assertion.index
-    stem = LLMAnswerExtension._sanitize_filename(assertion.test_location.snapshot_name)
+    stem = file_stem(assertion.test_location.snapshot_name)
     name = f"{stem}.{index}.txt" if index else f"{stem}.txt"
     size = len(name.encode())
     if size <= _NAME_MAX:
@@ -309,6 +263,49 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def numerics_of(fingerprint: dict[str, Any]) -> str | None:
+    """The numerics a fingerprint records: ``native``, a portable recipe (``portable-v1``), or
+    None when it does not say (engines without CPU-bound arithmetic: a server, replay). A
+    fingerprint with a ``cpu`` but no ``numerics`` was recorded before fingerprints named their
+    numerics, when every answer was native."""
+    value = fingerprint.get("numerics")
+    if isinstance(value, str):
+        return value
+    return NATIVE if "cpu" in fingerprint else None
+
+
+def not_comparable(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why a changed answer says nothing about the model, or None when it does.
+
+    A native answer holds on the CPU kind it was recorded on: one recorded natively on another
+    CPU is not comparable. Nor is a portable answer where this machine cannot run portable
+    numerics (its fingerprint says why, ``numerics_note``). Otherwise (same CPU, both portable,
+    or the numerics changed by choice) a changed answer is a change, as ever.
+    """
+    before, after = numerics_of(old), numerics_of(new)
+    note = new.get("numerics_note")
+    hint = f"no portable numerics here: {note}" if note else "record it with --llm-numerics=portable"
+    if before == NATIVE and after == NATIVE and old.get("cpu") != new.get("cpu"):
+        return (f"was recorded with native numerics on CPU {_show_cpu(old.get('cpu'))}; this CPU is "
+                f"{_show_cpu(new.get('cpu'))}: not comparable ({hint})")
+    if before is not None and before.startswith(PORTABLE) and after == NATIVE and note:
+        return (f"was recorded with {before} numerics; this machine runs native numerics: "
+                f"not comparable ({hint})")
+    return None
+
+
+def _show_cpu(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else "(unknown)"
+
+
+def _with_numerics(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` with its numerics named (``native`` for one recorded before they were)."""
+    numerics = numerics_of(fingerprint)
+    if numerics is None or "numerics" in fingerprint:
+        return fingerprint
+    return {**fingerprint, "numerics": numerics}
+
+
 def fingerprint_note(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What the fingerprints say about a changed answer, in one line.
 
@@ -316,10 +313,12 @@ def fingerprint_note(old: dict[str, Any], new: dict[str, Any]) -> str:
     digest of the weights (``weights.sha256``, llama.cpp's ``weights.source_sha256``) recorded
     on both sides and different. A digest only the new fingerprint has (a snapshot recorded
     before fingerprints carried one) says nothing about the weights and is listed as any key.
+    Changed numerics (``numerics native -> portable-v1``: re-record) come next.
     """
     if not old:
         return "fingerprint unknown: the snapshot does not record one"
-    changes = fingerprint_changes(old, new)
+    old, new = _with_numerics(old), _with_numerics(new)
+    changes = _numerics_first(fingerprint_changes(old, new))
     if not changes:
         return "fingerprint unchanged: the model itself answers differently"
     before, after = _flatten(old), _flatten(new)
@@ -333,9 +332,13 @@ def fingerprint_note(old: dict[str, Any], new: dict[str, Any]) -> str:
         return f"{text[:12]}…" if len(text) > 12 else text
 
     weights = "; ".join(f"{key} {short(before[key])} -> {short(after[key])}" for key in digests)
-    rest = fingerprint_changes({k: v for k, v in before.items() if k not in digests},
-                               {k: v for k, v in after.items() if k not in digests})
+    rest = _numerics_first(fingerprint_changes({k: v for k, v in before.items() if k not in digests},
+                                               {k: v for k, v in after.items() if k not in digests}))
     return f"fingerprint changed: the weights changed ({weights})" + "".join(f"; {c}" for c in rest)
+
+
+def _numerics_first(changes: list[str]) -> list[str]:
+    return sorted(changes, key=lambda change: not change.startswith("numerics "))
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -383,11 +386,11 @@ class SnapshotGuard:
     def protect(self, session: pytest.Session, models: list[str]) -> None:
         """Before syrupy builds its report: mark the other models' snapshots as not run, and
         keep the pending answers out of its discovery."""
-        syrupy = getattr(session.config, "_syrupy", None)
+        syrupy = snapshot_session(session.config)
         if syrupy is None:
             return
         hide_pending(session.config.option, syrupy)
-        pseudo = other_model_items(self.collected, models)
+        pseudo: list[pytest.Item] = [*other_model_items(self.collected, models)]
         syrupy.collect_items(pseudo)
         syrupy.select_items(pseudo)
         for nodeid in [item.nodeid for item in pseudo] + sorted(self.failed_unchecked):
@@ -404,8 +407,6 @@ def hide_pending(option: Any, syrupy: Any) -> None:
     advises ``--snapshot-update``, which would accept the drift unseen. Syrupy's own
     ``--snapshot-ignore-file-extensions`` keeps them out of its discovery; added here,
     before the report reads it, whatever the user passed stays in it."""
-    from .pending import SUFFIX
-
     ignored = list(getattr(option, "ignore_file_extensions", None) or [])
     extension = SUFFIX.lstrip(".")
     if extension not in ignored:
@@ -464,7 +465,7 @@ def _name_parts(item: pytest.Function, model: str) -> tuple[re.Pattern[str], str
     tail = "".join(f"-{p}" for p in parts[i + size :]) + "]"
     location = PyTestLocation(item)
     scope = location.snapshot_name[: len(location.snapshot_name) - len(location.testname)]  # "TestClass."
-    clean = LLMAnswerExtension._sanitize_filename
+    clean = file_stem
     pattern = re.compile(
         re.escape(clean(scope + head))
         + r"(?P<model>[A-Za-z0-9._@-]+?)"

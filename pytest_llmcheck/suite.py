@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from pytest_llmcheck.expect import ExpectationError, Expectations, _show, parse_expectations
+from pytest_llmcheck.expect import ExpectationError, Expectations, parse_expectations, short_repr
 from pytest_llmcheck.tolerance import Tolerance, ToleranceError, parse_tolerance
 
 SUITE_SUFFIXES: tuple[str, ...] = (".llm.yaml", ".llm.yml")
@@ -155,24 +155,24 @@ def parse_suite(text: str, path: Path) -> Suite:
 
     name = data.get("suite", suite_name_from_path(path))
     if not isinstance(name, str) or not name.strip():
-        raise SuiteError(f"{path}: 'suite' must be a non-empty string, got {_show(name)}")
+        raise SuiteError(f"{path}: 'suite' must be a non-empty string, got {short_repr(name)}")
 
     system = data.get("system")
     if system is not None and not isinstance(system, str):
-        raise SuiteError(f"{path}: 'system' must be a string, got {_show(system)}")
+        raise SuiteError(f"{path}: 'system' must be a string, got {short_repr(system)}")
 
     defaults = _expectations(data.get("expect"), str(path))
     tolerance = _tolerance(data.get("snapshot"), str(path))
     judge_model = data.get("judge_model")
     if judge_model is not None and (not isinstance(judge_model, str) or not judge_model.strip()):
-        raise SuiteError(f"{path}: 'judge_model' must be a model reference, got {_show(judge_model)}")
+        raise SuiteError(f"{path}: 'judge_model' must be a model reference, got {short_repr(judge_model)}")
 
     if "questions" not in data:
         raise SuiteError(f"{path}: missing 'questions'")
     raw_questions = data["questions"]
     if not isinstance(raw_questions, list) or not raw_questions:
         raise SuiteError(
-            f"{path}: 'questions' must be a non-empty list, got {_show(raw_questions)}"
+            f"{path}: 'questions' must be a non-empty list, got {short_repr(raw_questions)}"
         )
 
     questions: list[Question] = []
@@ -198,20 +198,20 @@ def _question(
 ) -> Question:
     where = f"{path}: questions[{index}]"
     if not isinstance(raw, Mapping):
-        raise SuiteError(f"{where}: expected a mapping with 'id' and 'prompt', got {_show(raw)}")
+        raise SuiteError(f"{where}: expected a mapping with 'id' and 'prompt', got {short_repr(raw)}")
     if "id" not in raw:
         raise SuiteError(f"{where}: missing 'id'")
     qid = raw["id"]
     if not isinstance(qid, str):
-        raise SuiteError(f"{where}: 'id' must be a string, got {_show(qid)} (quote it)")
+        raise SuiteError(f"{where}: 'id' must be a string, got {short_repr(qid)} (quote it)")
     if len(qid) > ID_MAX:  # before the character check, which would print all of it
         raise SuiteError(
-            f"{where}: id {_show(qid[:40] + '...')} is {len(qid)} characters long; "
+            f"{where}: id {short_repr(qid[:40] + '...')} is {len(qid)} characters long; "
             f"at most {ID_MAX} are allowed (the id names the answer's snapshot file)"
         )
     if not _ID_RE.fullmatch(qid):
         raise SuiteError(
-            f"{where}: invalid id {_show(qid)}; use only letters, digits, '.', '_', '-'"
+            f"{where}: invalid id {short_repr(qid)}; use only letters, digits, '.', '_', '-'"
         )
     where = f"{path}: {qid}"
     _check_keys(raw, _QUESTION_KEYS, where)
@@ -220,17 +220,17 @@ def _question(
         raise SuiteError(f"{where}: missing 'prompt'")
     prompt = raw["prompt"]
     if not isinstance(prompt, str) or not prompt.strip():
-        raise SuiteError(f"{where}: 'prompt' must be a non-empty string, got {_show(prompt)}")
+        raise SuiteError(f"{where}: 'prompt' must be a non-empty string, got {short_repr(prompt)}")
 
     own_system = raw.get("system")
     if own_system is not None:
         if not isinstance(own_system, str):
-            raise SuiteError(f"{where}: 'system' must be a string, got {_show(own_system)}")
+            raise SuiteError(f"{where}: 'system' must be a string, got {short_repr(own_system)}")
         system = own_system or None
 
     reference = raw.get("reference")
     if reference is not None and not isinstance(reference, str):
-        raise SuiteError(f"{where}: 'reference' must be a string, got {_show(reference)}")
+        raise SuiteError(f"{where}: 'reference' must be a string, got {short_repr(reference)}")
 
     tags = _tags(raw.get("tags"), where)
 
@@ -239,7 +239,7 @@ def _question(
         not isinstance(min_passes, int) or isinstance(min_passes, bool) or min_passes < 1
     ):
         raise SuiteError(
-            f"{where}: 'min_passes' must be an integer >= 1, got {_show(min_passes)}"
+            f"{where}: 'min_passes' must be an integer >= 1, got {short_repr(min_passes)}"
         )
 
     expect = defaults.merge(_expectations(raw.get("expect"), where))
@@ -269,7 +269,7 @@ def _expectations(raw: object, where: str) -> Expectations:
     if raw is None:
         return Expectations()
     if not isinstance(raw, Mapping):
-        raise SuiteError(f"{where}: 'expect' must be a mapping, got {_show(raw)}")
+        raise SuiteError(f"{where}: 'expect' must be a mapping, got {short_repr(raw)}")
     try:
         return parse_expectations(raw, where="expect")
     except ExpectationError as exc:
@@ -282,7 +282,7 @@ def _tags(raw: object, where: str) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not all(isinstance(t, str) and t for t in items):
         raise SuiteError(
-            f"{where}: 'tags' must be a list of non-empty strings, got {_show(raw)}"
+            f"{where}: 'tags' must be a list of non-empty strings, got {short_repr(raw)}"
         )
     return tuple(items)
 
@@ -290,11 +290,11 @@ def _tags(raw: object, where: str) -> tuple[str, ...]:
 def _check_keys(data: Mapping[object, object], allowed: tuple[str, ...], where: str) -> None:
     for key in data:
         if key not in allowed:
-            raise SuiteError(f"{where}: unknown key {_show(key)}; allowed: {', '.join(allowed)}")
+            raise SuiteError(f"{where}: unknown key {short_repr(key)}; allowed: {', '.join(allowed)}")
 
 
 def _kind(value: object) -> str:
-    return "a list" if isinstance(value, list) else _show(value)
+    return "a list" if isinstance(value, list) else short_repr(value)
 
 
 def _one_line(text: str) -> str:

@@ -17,7 +17,9 @@ from .engines.base import Answer
 from .errors import LlmcheckWarning
 
 if TYPE_CHECKING:
-    from .case import LLM
+    from .engines.base import Engine
+    from .modelref import ModelRef
+    from .results import ModelResult
 
 
 def _benchmark(request: pytest.FixtureRequest) -> Any | None:
@@ -86,17 +88,20 @@ def run_timed(
     return True
 
 
-def annotate(request: pytest.FixtureRequest, llm: LLM, answers: Sequence[Answer]) -> None:
-    """Put what a latency reviewer needs next to the timing in the benchmark JSON."""
+def annotate(
+    request: pytest.FixtureRequest, answers: Sequence[Answer], *, ref: ModelRef, engine: Engine,
+    model: ModelResult,
+) -> None:
+    """Put what a latency reviewer needs next to the timing in the benchmark JSON: the
+    model's reference, engine and load facts (``model``), and the last answer's numbers."""
     bench = request.getfixturevalue("benchmark")
     last = answers[-1]
-    model = llm.session.results.model(llm.ref.name)
     bench.extra_info.update(
         {
-            "model": llm.ref.name,
-            "source": llm.ref.spec,
-            "quantization": llm.engine.facts.quant,
-            "engine": llm.engine.name,
+            "model": ref.name,
+            "source": ref.spec,
+            "quantization": engine.facts.quant,
+            "engine": engine.name,
             "prompt_tokens": last.prompt_tokens,
             "new_tokens": last.new_tokens,
             "tokens_per_second": round(last.tokens_per_second, 3),

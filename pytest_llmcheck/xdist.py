@@ -15,7 +15,8 @@ id: the ``llm`` parameter's id is the model name (``quiz.llm.yaml::q1[smollm2]``
 suffixes.
 
 Imported only from the plugin's ``pytest_xdist_make_scheduler`` hook, so only when
-xdist runs; the top-level ``xdist`` imports below are pytest-xdist itself.
+xdist runs; the top-level ``xdist`` imports below are pytest-xdist itself (its private
+scheduling hook only through ``compat/xdist.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 
 import pytest
 from xdist.remote import Producer
-from xdist.scheduler import LoadScopeScheduling
+
+from .compat.xdist import ScopeScheduling
 
 SCOPE_PREFIX = "llmcheck model "  # a work unit's name: no node id starts like this (no '::')
 
@@ -74,7 +76,7 @@ def dist_given(config: pytest.Config) -> bool:
     return getattr(known, "dist", "no") != "no" or bool(getattr(known, "distload", False))
 
 
-class ModelScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist ships no types
+class ModelScheduling(ScopeScheduling):
     """``loadscope`` with one scope per model (see the module docstring)."""
 
     def __init__(self, config: pytest.Config, log: Producer | None, models: Sequence[str]) -> None:
@@ -82,7 +84,7 @@ class ModelScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist ships
         self.log = log.llmchecksched if log is not None else Producer("llmchecksched")
         self.models = list(models)
 
-    def _split_scope(self, nodeid: str) -> str:
+    def scope_of(self, nodeid: str) -> str:
         model = model_in_nodeid(nodeid, self.models)
         return nodeid if model is None else SCOPE_PREFIX + model
 

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import LlmcheckError
+from ..modelref import DEFAULT_ENGINE as DEFAULT_ENGINE  # re-exported: defined here before modelref.py
+from ..modelref import HUB_SCHEMES as HUB_SCHEMES
+from ..modelref import ModelRef, ModelRefError
 from ..redact import has_credentials
 
 if TYPE_CHECKING:
-    from ..registry import ModelRef
     from ..settings import Settings
     from .base import Engine
-
-DEFAULT_ENGINE = "transformers"
-HUB_SCHEMES = ("modelscope", "hf", "ms", "huggingface")
 
 Loader = Callable[["ModelRef", "Settings"], "Engine"]
 
@@ -75,8 +74,6 @@ def openai_ref_name(rest: str) -> str:
     in the Authorization header, so they would be dropped and could only leak.
     """
     if has_credentials(rest):
-        from ..registry import ModelRefError  # imported late: that module imports this one
-
         raise ModelRefError(OPENAI_URL_CREDENTIALS)
     model = rest.rsplit("#", 1)[1] if "#" in rest else rest
     return (re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model") + "@openai"
