@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,17 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def numerics_option(parser: argparse.ArgumentParser) -> None:
+    """``--numerics``, as pytest's ``--llm-numerics``: a pull must build the cache entries the
+    test sessions will use (portable INT4 weights are packed for AVX2 kernels)."""
+    from .numerics import CHOICE_ENV, NATIVE, PORTABLE
+
+    parser.add_argument(
+        "--numerics", choices=(PORTABLE, NATIVE), default=os.environ.get(CHOICE_ENV, "").strip() or PORTABLE,
+        help=f"portable (default) or native, as pytest's --llm-numerics (${CHOICE_ENV} sets the default)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .engines.transformers.quantize import QUANTIZERS
 
@@ -117,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow these models to run their own modeling code")
     p_pull.add_argument("--threads", type=_positive_int, default=None,
                         help="CPU threads (default: the CPUs this process may use)")
+    numerics_option(p_pull)
 
     p_clear = sub.add_parser("clear", help="remove cache entries")
     p_clear.add_argument(
@@ -185,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quant", choices=tuple(QUANTIZERS), default="int4", help="the judge's quantization (default: int4)"
     )
     p_rescore.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    numerics_option(p_rescore)
     p_rescore.add_argument("--trust-remote-code", action="store_true",
                            help="allow the judge model to run its own modeling code")
     cache_dir(p_rescore)
@@ -222,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import CacheError, default_cache_dir
     from .errors import LlmcheckError
 
+    if getattr(args, "numerics", None) == "portable":  # before anything imports torch, as the plugin does
+        from .numerics import apply_portable_env
+
+        apply_portable_env()
     given: Path | None = getattr(args, "cache_dir", None)  # `report` and `review` have no cache
     root: Path = given.expanduser() if given is not None else default_cache_dir()
     from .merge import MergeError
@@ -389,6 +407,7 @@ def cmd_pull(args: argparse.Namespace, root: Path) -> int:
         models=tuple(args.models),
         models_given=True,
         quant=args.quant,
+        numerics=args.numerics,
         threads=args.threads or default_threads(),
         cache_dir=root,
         trust_remote_code=("all",) if args.trust_remote_code else (),
@@ -613,7 +632,8 @@ def _cli_judge(spec: str, args: argparse.Namespace, root: Path) -> Judge:
     except ModelRefError as exc:
         raise UsageError(f"--judge: {exc}") from None
     settings = Settings(models=(spec,), models_given=True, quant=args.quant, threads=args.threads,
-                        cache_dir=root, trust_remote_code=("all",) if args.trust_remote_code else ())
+                        numerics=args.numerics, cache_dir=root,
+                        trust_remote_code=("all",) if args.trust_remote_code else ())
 
     def load() -> Engine:
         print(f"loading judge {ref.name} ({ref.spec}) ...", file=sys.stderr)
