@@ -1,11 +1,13 @@
 """Wall time against CPU time per answer, on a quiet machine and beside a busy process.
 
-    python benchmarks/bench_noise.py                    # SmolLM2 INT4, 48 tokens, 5 answers per row
+    python benchmarks/bench_noise.py                    # INT4 and @llamacpp, 48 tokens, 5 answers per row
     python benchmarks/bench_noise.py --quick            # 24 tokens, 3 answers per row
     python benchmarks/bench_noise.py --spincounts default,3000 --quant int4,int4-a8
+    python benchmarks/bench_noise.py --engines llamacpp # only llama.cpp's rows
 
 Each row is a fresh process that loads the model (INT4 weights from the per-machine
-cache) and generates the same answers twice: on the machine as it is, then with
+cache; for ``llamacpp`` the embedded Q4_1 GGUF as the engine runs it in portable mode)
+and generates the same answers twice: on the machine as it is, then with
 ``--busy`` spinning processes per usable CPU beside it (default 2). The table shows the
 median wall and CPU seconds of each, and how far each moved (busy / quiet). The target
 of the CPU-time figure: it moves by less than 20% while wall time moves several-fold.
@@ -13,7 +15,9 @@ of the CPU-time figure: it moves by less than 20% while wall time moves several-
 Rows: 1 thread, then the usable CPUs as threads once per ``--spincounts`` value, which is
 put into ``GOMP_SPINCOUNT`` before torch loads: how long torch's OpenMP threads (libgomp)
 spin at the end of each parallel region before they sleep ("default": libgomp's own,
-300000 spins). A thread that spins while its sibling is descheduled burns CPU time that
+300000 spins). llama.cpp's threads are OpenMP threads too (one libgomp per process, torch's
+when torch came first), and they also wait in an OpenMP barrier after each operation.
+A thread that spins while its sibling is descheduled burns CPU time that
 the answer did not need; a thread that sleeps at once pays a wake-up on every region.
 Run it on an otherwise idle machine; the quiet row is only as quiet as the machine is.
 """
@@ -36,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench_engines import table  # noqa: E402
 
 PROMPT = "Write three sentences about the city of Paris."
+LLAMACPP = "llamacpp"  # the rows of smollm2@llamacpp, in place of a transformers recipe
 
 
 def _spin(stop: float) -> None:
@@ -57,18 +62,31 @@ def _measure(engine: object, threads: int, tokens: int, repeats: int) -> tuple[f
     return statistics.median(wall), statistics.median(cpu)
 
 
-def child(quant: str, threads: int, tokens: int, repeats: int, busy: int) -> dict[str, float]:
-    """One row, in this process: load, measure quiet, measure beside the spinners."""
+def _load(quant: str, threads: int) -> object:
+    """The engine of a row: ``llamacpp`` (portable numerics), else the transformers recipe."""
     from pytest_llmcheck.cache import Cache, default_cache_dir
+    from pytest_llmcheck.registry import resolve
+
+    if quant == LLAMACPP:
+        from pytest_llmcheck.engines.llamacpp import load_llamacpp
+        from pytest_llmcheck.settings import Settings
+
+        settings = Settings(numerics="portable", threads=threads, threads_given=True)
+        return load_llamacpp(resolve("smollm2@llamacpp"), settings)
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import usable_cpus
 
     ref = resolve("smollm2")
-    engine = TransformersEngine.load(
+    return TransformersEngine.load(
         ref, Path(ref.location), get_quantizer(quant), threads=threads, cache=Cache(default_cache_dir())
     )
+
+
+def child(quant: str, threads: int, tokens: int, repeats: int, busy: int) -> dict[str, float]:
+    """One row, in this process: load, measure quiet, measure beside the spinners."""
+    from pytest_llmcheck.settings import usable_cpus
+
+    engine = _load(quant, threads)
     _measure(engine, threads, 8, 1)  # warm-up
     quiet = _measure(engine, threads, tokens, repeats)
     ctx = multiprocessing.get_context("spawn")
@@ -90,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--busy", type=int, default=2, help="spinning processes per usable CPU (default: 2)")
-    parser.add_argument("--quant", default="int4", help="comma list of recipes (default: int4)")
+    parser.add_argument("--quant", default="int4", help="comma list of transformers recipes (default: int4)")
+    parser.add_argument("--engines", default="transformers,llamacpp",
+                        help="comma list: transformers (its --quant recipes), llamacpp (default: both)")
     parser.add_argument(
         "--spincounts", default="default", help="comma list of GOMP_SPINCOUNT values (multi-thread rows)"
     )
@@ -115,6 +135,11 @@ def main() -> None:
     for quant in quants:
         if quant not in QUANT_CHOICES:
             sys.exit(f"--quant: {quant!r} is not one of {', '.join(QUANT_CHOICES)}")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for name in engines:
+        if name not in ("transformers", LLAMACPP):
+            sys.exit(f"--engines: {name!r} is neither transformers nor {LLAMACPP}")
+    quants = (quants if "transformers" in engines else []) + ([LLAMACPP] if LLAMACPP in engines else [])
     plan = [(q, 1, "default") for q in quants]
     if cpus > 1:
         plan += [(q, cpus, spin) for q in quants for spin in spincounts]
@@ -139,8 +164,9 @@ def main() -> None:
             "PASS" if abs(cpu_moved - 1) < 0.2 else "FAIL",
         ])
         print(f"  done: {quant}, {threads} thread(s), GOMP_SPINCOUNT {spin}", file=sys.stderr)
-    print(f"SmolLM2-135M (torchao INT4 weights), {tokens} new tokens, median of {repeats}; "
-          f"{cpus} usable CPU(s); busy = {cpus * args.busy} spinning process(es) beside it")
+    print(f"SmolLM2-135M (torchao INT4 weights; llamacpp: the Q4_1 GGUF, portable), {tokens} new tokens, "
+          f"median of {repeats}; {cpus} usable CPU(s); busy = {cpus * args.busy} spinning process(es) "
+          f"beside it; {time.strftime('%Y-%m-%d %H:%M')}")
     print(table(rows))
 
 

