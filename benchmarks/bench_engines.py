@@ -129,7 +129,7 @@ from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers.loader import load_transformers
 from pytest_llmcheck.registry import resolve
 from pytest_llmcheck.settings import Settings
-settings = Settings(cache_dir=Path(sys.argv[2]), quant="int4", threads=2)
+settings = Settings(cache_dir=Path(sys.argv[2]), quant="int4", threads=2, numerics="native")
 start = time.perf_counter()
 engine = load_transformers(resolve(sys.argv[1]), settings)
 load = time.perf_counter() - start

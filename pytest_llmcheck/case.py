@@ -22,7 +22,7 @@ from .judge import Judge
 from .redact import redact_data
 from .registry import ModelRef
 from .results import CaseResult
-from .session import CASES_KEY, UNRECORDED_KEY, LlmcheckSession, strip_model
+from .session import CASES_KEY, INCOMPARABLE_KEY, UNRECORDED_KEY, LlmcheckSession, strip_model
 from .suite import Question, min_passes_problem
 from .timing import annotate, run_timed
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
@@ -156,6 +156,7 @@ class LLM:
         if problems:
             pytest.fail("\n\n".join(problems + ([incomparable] if incomparable else [])), pytrace=False)
         if incomparable is not None:  # the verdict stands (the answer's); the snapshot says nothing here
+            item.stash[INCOMPARABLE_KEY] = incomparable
             pytest.skip(incomparable)
         return answers[-1]
 

@@ -50,6 +50,7 @@ SNAPSHOT_LABEL = {
     "unchanged": "snapshot unchanged",
     "changed": "snapshot changed",
     "drifted": "drifted within tolerance",
+    "not-comparable": "snapshot not comparable (native numerics, recorded on another CPU)",
 }
 
 
@@ -269,7 +270,7 @@ _PROBLEM_HEAD = (
 
 
 def _is_problem(case: CaseResult) -> bool:
-    return case.verdict != "pass" or case.snapshot in ("changed", "missing")
+    return case.verdict != "pass" or case.snapshot in ("changed", "missing", "not-comparable")
 
 
 def _md_problem_row(qid: str, prompt: str, case: CaseResult) -> str:
@@ -501,6 +502,7 @@ details > summary { cursor: pointer; color: #0969da; }
 .snap-unchanged { color: var(--skip); }
 .snap-changed { color: #9a6700; background: #fff8c5; }
 .snap-missing { color: #9a6700; }
+.snap-not-comparable { color: var(--skip); border-style: dashed; }
 .why { color: var(--fail); font-size: 12px; margin-top: .2rem; white-space: pre-wrap;
   word-break: break-word; }
 .answer { margin-top: .3rem; white-space: pre-wrap; word-break: break-word; }
@@ -674,6 +676,8 @@ def to_html(results: SessionResults, title: str = DEFAULT_TITLE, *, chart: bool 
     )
     if missing := sum(c.snapshot == "missing" for c in cases):  # their tests fail until recorded
         summary += f"; {missing} answer snapshot(s) missing"
+    if apart := sum(c.snapshot == "not-comparable" for c in cases):  # their tests were skipped
+        summary += f"; {apart} answer snapshot(s) not comparable (native numerics, another CPU)"
     chart_html = latency_svg(results) if chart else ""
     csp = (
         "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "

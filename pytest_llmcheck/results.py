@@ -29,7 +29,8 @@ class CaseResult:
     passes: int = 0  # answers that met all expectations (repeats)
     required_passes: int = 1
     # "new" (recorded now), "missing" (none recorded yet: the test fails, the verdict is the
-    # answer's), "unchanged", "changed", "drifted" (within tolerance), "none"
+    # answer's), "unchanged", "changed", "drifted" (within tolerance), "not-comparable" (recorded
+    # with native numerics on another CPU: the test is skipped, the verdict is the answer's), "none"
     snapshot: str = "none"
     snapshot_diff: str | None = None
     snapshot_similarity: float | None = None  # of old and new answer, when they differ

@@ -174,7 +174,14 @@ class LlmcheckSession:
         ``error`` case, so the report shows the model's row instead of a gap. A test that
         failed only because its answer has no snapshot yet keeps the answer's verdict: the
         report shows the snapshot as missing and the pass rate counts the answer.
+        A test skipped because its snapshot is not comparable here (native numerics of another
+        CPU) is shown at the test's own location, not at the plugin line that skipped it.
         """
+        if report.skipped and item.stash.get(INCOMPARABLE_KEY, None) is not None:
+            if isinstance(report.longrepr, tuple):
+                path, line = item.reportinfo()[:2]
+                report.longrepr = (os.fspath(path), (line or 0) + 1, report.longrepr[2])
+            return
         if not report.failed or report.when == "teardown":
             return
         reason = _first_line(report.longreprtext)
@@ -266,6 +273,7 @@ ALIAS_CLASHES_KEY = pytest.StashKey[list[str]]()
 CASES_KEY = pytest.StashKey[list[CaseResult]]()  # the cases a test's asks recorded
 # The failure of an ask whose answers met their expectations but have no snapshot yet.
 UNRECORDED_KEY = pytest.StashKey[str]()
+INCOMPARABLE_KEY = pytest.StashKey[str]()  # the test skipped: its snapshot is not comparable here
 CASE_ID_KEY = pytest.StashKey[str]()  # the question id of a suite item
 
 

@@ -22,6 +22,8 @@ def _snapshot(case: CaseResult) -> str:
         return f"drifted within tolerance ({case.snapshot_similarity:.2f})"
     if case.snapshot == "missing":
         return f"missing (none recorded yet{', pending review' if case.pending else ''})"
+    if case.snapshot == "not-comparable":
+        return "not comparable (native numerics, another CPU)"
     return case.snapshot + (" (pending review)" if case.pending else "")
 
 
@@ -66,5 +68,7 @@ def summary_lines(results: SessionResults) -> list[str]:
                     line += f", {cpu_rate:.1f} tok/CPU-s"
             if missing := sum(c.snapshot == "missing" for c in model.cases.values()):
                 line += f"; {missing} answer snapshot(s) missing"
+            if apart := sum(c.snapshot == "not-comparable" for c in model.cases.values()):
+                line += f"; {apart} answer snapshot(s) not comparable (tests skipped)"
             lines.append(line)
     return lines

@@ -9,6 +9,7 @@ without an entry the answer echoes the prompt. ``seconds`` is the latency the an
 named ``broken`` fails to load; one named ``plain...`` has no ``next_token_probs`` (cannot judge);
 one named ``remote...`` computes "elsewhere" (no CPU time of its own, threads do not apply).
 As a judge, a fake model reads ``"__judge__": {"<text in the judge prompt>": P(yes)}``.
+``"__fingerprint__": {...}`` adds keys to its fingerprint (e.g. ``numerics`` and ``cpu``).
 ``GENERATES`` lists every generation as "<model>: <prompt>".
 """
 
@@ -74,7 +75,8 @@ class PlainFakeEngine:
                       seconds=elapsed, ttft=elapsed / 4, cpu_seconds=None if cpu is None else float(cpu))
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"engine": "fake", "model": self.model, "answers_version": self.answers.get("__version__", 1)}
+        return {"engine": "fake", "model": self.model, "answers_version": self.answers.get("__version__", 1),
+                **self.answers.get("__fingerprint__", {})}
 
     def close(self) -> None:
         self.closed = True

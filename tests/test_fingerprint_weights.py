@@ -242,7 +242,7 @@ def test_judge_identity_carries_the_weights_digest(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cached_verdicts_do_not_outlive_the_judges_weights(tiny_model: Path, tmp_path: Path) -> None:
     folder = Path(shutil.copytree(tiny_model, tmp_path / "judge" / "tiny-llama"))
-    settings = Settings(threads=1, cache_dir=tmp_path / "cache", quant="none",
+    settings = Settings(threads=1, cache_dir=tmp_path / "cache", quant="none", numerics="native",
                         engine_options={"decode": "generate"})
     engines = EngineRegistry()
     question, answer, rubric = "Say hello.", "Hello!", "The answer is a greeting."

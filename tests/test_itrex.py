@@ -405,7 +405,7 @@ def test_fp32_parity_with_the_transformers_engine_on_converted_smollm2(
     from pytest_llmcheck.settings import Settings
 
     config = GenerationConfig(max_new_tokens=32, threads=1)
-    settings = Settings(cache_dir=tmp_path / "cache", quant="none", threads=1,
+    settings = Settings(cache_dir=tmp_path / "cache", quant="none", threads=1, numerics="native",
                         engine_options={"itrex-python": itrex_python, "itrex-quant": "none"})
     reference = load_transformers(resolve("smollm2"), settings)
     expected = reference.generate(QUESTION, system=None, config=config)

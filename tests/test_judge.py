@@ -156,7 +156,7 @@ def test_smollm2_judges_an_english_rubric(tmp_path: Path) -> None:
 
     engines = EngineRegistry()
     ref = resolve("smollm2", engines=engines)
-    settings = Settings(cache_dir=tmp_path / "cache")
+    settings = Settings(cache_dir=tmp_path / "cache", numerics="native")  # torch here runs natively
     judge = Judge("smollm2", {"spec": ref.spec}, lambda: engines.load(ref, settings), VerdictStore(tmp_path))
     try:
         # A bare "Hello!" sits on the threshold for this 135M judge: P(yes) 0.49 at INT4 on an

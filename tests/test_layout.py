@@ -53,8 +53,6 @@ KNOWN_OTHER_PRIVATES = {
     # -> compat.pytest.option_names(parser)
     (f"{PACKAGE}.settings", "_groups"),
     (f"{PACKAGE}.settings", "_anonymous"),
-    # -> compat.torch.cpu_supports("AVX2") (and weights.cpu_capability's probes: cpu_supports(name))
-    (f"{TRANSFORMERS}.engine", "_is_avx2_supported"),
     # -> compat.torch.cxx11_abi(), or torch.utils.cpp_extension.load, which handles the ABI itself
     (f"{TRANSFORMERS}.kernels", "_C"),
     (f"{TRANSFORMERS}.kernels", "_GLIBCXX_USE_CXX11_ABI"),

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import LlmcheckError
+from ...numerics import NATIVE, PORTABLE, native_environ
 from ...registry import ModelRef
 from ...settings import Settings
 from ..base import Answer, GenerationConfig, LoadFacts
@@ -55,6 +56,9 @@ LOG_TAIL = 25  # log lines attached to a report
 CACHE_KIND = "itrex-int4"  # cache entries of ITREX's saved INT4 weights
 RECIPE = {"algorithm": "rtn", "bits": 4, "compute_dtype": "int8"}  # the worker's RtnConfig; part of the key
 BUILT_FILE = "llmcheck-built.json"  # in such an entry: how long quantizing took
+# ITREX's qbits kernels pick their instructions by the CPU they land on, whatever the
+# environment says: its answers are native, per CPU kind, under any --llm-numerics.
+NUMERICS_NOTE = "ITREX's kernels pick by CPU"
 
 _LIVE: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
 
@@ -313,24 +317,28 @@ class ItrexEngine:
         self.quantize_seconds = 0.0  # quantizing and saving for the cache, in this session
         self._respawn: Callable[[], WorkerProcess] | None = None  # a fresh worker, same settings
         self._fingerprint: dict[str, Any] | None = None
+        self.numerics_asked = NATIVE  # --llm-numerics; the worker runs natively whatever it says
 
     @classmethod
     def start(cls, ref: ModelRef, folder: Path, python: ItrexPython, *, quant: str = "int4",
               threads: int = 1, timeout: float = DEFAULT_TIMEOUT, modules_cache: Path | None = None,
               workdir: Path | None = None, cache: Cache | None = None,
-              identity: dict[str, Any] | None = None) -> ItrexEngine:
+              identity: dict[str, Any] | None = None, numerics: str = NATIVE) -> ItrexEngine:
         """Start a worker for the transformers folder ``folder`` and load the model in it.
 
         With a cache and the source's ``identity``, ITREX's INT4 weights are saved once per
         machine (kind ``itrex-int4``) and later sessions load them instead of quantizing.
+        ``numerics`` is what was asked: the worker runs natively either way (``NUMERICS_NOTE``),
+        and the summary line says so when portable was asked.
         """
         _check_quant(quant)
         check_remote_code(ref, folder)
         workdir = workdir or Path(tempfile.mkdtemp(prefix="llmcheck-itrex-"))
         view = workdir / "model"
         rewrites = legacy_view(folder, view)
-        # Local folders only: the worker never waits on a hub.
-        env = worker_env(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+        # Local folders only: the worker never waits on a hub. Its numerics are native (ITREX
+        # picks kernels by CPU): it gets the user's own kernel variables back, not portable mode's.
+        env = worker_env(native_environ(os.environ), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                          TOKENIZERS_PARALLELISM="false")
         # torch 2.3's OpenMP threads spin while they wait; on a busy 2-core machine two spinning
         # threads answered at 0.4 tok/s instead of 5. Passive waiting unless the user chose.
@@ -345,6 +353,7 @@ class ItrexEngine:
             raise
         engine = cls(ref, worker, python, quant=quant, threads=threads, timeout=timeout, workdir=workdir)
         engine.rewrites = rewrites
+        engine.numerics_asked = numerics
         engine._respawn = functools.partial(WorkerProcess, python.path, workdir, env=env)
         from_cache, quantized = False, 0.0
 
@@ -441,6 +450,8 @@ class ItrexEngine:
                        f"group {recipe.get('group_size')}, compute {recipe.get('compute_dtype')}), {when}")
         else:
             summary = f"itrex worker, not quantized (fp32), {total} linear layers"
+        if self.numerics_asked == PORTABLE:  # its answers hold on this CPU kind only: said where it loads
+            summary += f"; native numerics ({NUMERICS_NOTE})"
         return LoadFacts(
             seconds=float(loaded["seconds"]),
             summary=summary,
@@ -458,6 +469,7 @@ class ItrexEngine:
                 "chat": loaded.get("chat_mode"),
                 "config_rewrites": self.rewrites,
                 "weight_bytes": loaded.get("weight_bytes"),
+                "numerics": NATIVE,
             },
         )
 
@@ -497,6 +509,8 @@ class ItrexEngine:
                 "revision": self.ref.revision,
                 "quantization": self.recipe(),
                 "chat": self.loaded.get("chat_mode"),
+                "numerics": NATIVE,  # per CPU kind: snapshots compare only where the CPU matches
+                "numerics_note": NUMERICS_NOTE,
                 "cpu": cpu_flags(),
                 "weights": self.weights_id,
                 "versions": self.worker.ready.get("versions", {}),
@@ -588,7 +602,7 @@ def load_itrex(ref: ModelRef, settings: Settings) -> ItrexEngine:
     engine = ItrexEngine.start(
         ref, folder, python, quant=quant, threads=settings.threads, timeout=timeout,
         modules_cache=Cache(settings.cache_dir).scratch("itrex-modules"), workdir=workdir,
-        cache=cache, identity=identity,
+        cache=cache, identity=identity, numerics=settings.numerics,
     )
     # the content digest of the INT4 cache key, or computed now (memoized per machine)
     content = str(identity["content"]) if identity is not None else None

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...cache import Cache
+from ...compat.torch import cpu_supports
 from ...errors import LlmcheckError
+from ...numerics import NATIVE, PORTABLE, recipe
 from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
 from . import decode_step
@@ -34,6 +36,65 @@ PROBE = "Hello! Who are you?"  # the prompt the fast decode loop is checked on a
 
 class ModelLoadError(LlmcheckError):
     """The model files are there but transformers cannot load them as asked."""
+
+
+INT4_A8_NATIVE_ONLY = "--llm-quant=int4-a8 runs CPU-specific kernels (AVX512-VNNI); add --llm-numerics=native"
+
+
+def numerics_here(asked: str, quant: str) -> tuple[str, str | None]:
+    """(the numerics this engine runs, why not portable when portable was asked and cannot be).
+
+    Portable means torch's kernels held to AVX2 + FMA (the plugin sets ATEN_CPU_CAPABILITY
+    before any conftest can import torch, see ``numerics.py``): the widest level every
+    x86-64-v3 CPU runs, so the same instructions in the same order everywhere. torch reads
+    that variable once, at its first kernel call (not at import): torch at another level on a
+    CPU with AVX2 means something ran torch before the plugin could hold it, and the load is
+    refused, since its answers would belong to this CPU while the fingerprint said otherwise.
+    A CPU without AVX2 (or not x86-64) cannot run the portable kernels at all: it runs
+    natively, and says so.
+    """
+    if asked != PORTABLE:
+        return NATIVE, None
+    if quant == "int4-a8":
+        raise ModelLoadError(INT4_A8_NATIVE_ONLY)
+    import platform
+
+    import torch
+
+    level = str(torch.backends.cpu.get_cpu_capability())
+    if level == "AVX2":
+        return PORTABLE, None
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and (level.startswith("AVX512") or cpu_supports("AVX2")):
+        raise ModelLoadError(
+            f"portable numerics need torch's kernels held to AVX2, but torch chose its kernels ({level}) "
+            "before pytest-llmcheck could set ATEN_CPU_CAPABILITY=avx2 (something ran torch first, e.g. "
+            "another plugin at import); set ATEN_CPU_CAPABILITY=avx2 in the environment, or use "
+            "--llm-numerics=native"
+        )
+    return NATIVE, f"portable needs x86-64 with AVX2+FMA; torch reports {level} on {platform.machine()}"
+
+
+@contextmanager
+def portable_arithmetic(numerics: str) -> Iterator[None]:
+    """oneDNN off while portable answers are computed (and their weights packed).
+
+    Whether torch hands a bf16 matmul (the lm_head) to oneDNN depends on a check of the CPU,
+    not on ATEN_CPU_CAPABILITY, and oneDNN then picks its own kernel by the CPU. With it off,
+    they run in ATen's own kernels, held to AVX2 like the rest. Restored afterwards, so a
+    native model in the same process keeps oneDNN.
+    """
+    if numerics != PORTABLE:
+        yield
+        return
+    import torch
+
+    mkldnn = torch.backends.mkldnn
+    with mkldnn.flags(  # only `enabled` changes: the others are passed as they are
+        enabled=False, deterministic=mkldnn.deterministic, allow_tf32=mkldnn.allow_tf32,
+        fp32_precision=mkldnn.fp32_precision,
+    ):
+        yield
 
 
 @contextmanager
@@ -100,6 +161,8 @@ class TransformersEngine:
         threads: int,
         from_cache: bool = False,
         conversion: dict[str, Any] | None = None,
+        numerics: str = NATIVE,
+        numerics_note: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -107,10 +170,15 @@ class TransformersEngine:
         self.quant = quant
         self.recipe = recipe
         self.threads = threads
+        self.numerics = numerics  # what runs: PORTABLE or NATIVE (see numerics_here)
+        self.numerics_note = numerics_note  # why native when portable was asked
         # a native conversion (Qwen v1 -> Qwen2, ChatGLM3 -> GLM): its tag, without the timing
         self.conversion = {k: v for k, v in (conversion or {}).items() if k != "seconds"} or None
         summary = quant.summary()
-        details: dict[str, Any] = {"quantization": recipe, "threads": threads}
+        details: dict[str, Any] = {"quantization": recipe, "threads": threads, "numerics": numerics}
+        if numerics_note:  # said on the summary line: these answers hold on this CPU kind only
+            summary += f"; native numerics ({numerics_note})"
+            details["numerics_note"] = numerics_note
         converted_seconds = float((conversion or {}).get("seconds", 0.0))
         if self.conversion:
             how = f"{converted_seconds:.2f}s" if converted_seconds else "cached"
@@ -134,13 +202,17 @@ class TransformersEngine:
         bit for bit on a probe prompt, with its step in C++ (``native``, built once per machine
         into ``cache``) when that checks out too; returns what was decided (kept in the load
         facts; the summary line says it when answers are slower than they could be)."""
+        with portable_arithmetic(self.numerics):
+            return self._use_fast_decode(cache, native)
+
+    def _use_fast_decode(self, cache: Cache | None, native: bool) -> str:
         import torch
 
         torch.set_num_threads(self.threads)
         self.fast = None  # until this call's decision: an earlier loop may no longer hold
         step_problem: str | None = "--llm-decode=python" if not native else None
         try:
-            decoder = FastDecoder.build(self.model)
+            decoder = FastDecoder.build(self.model, portable=self.numerics == PORTABLE)
             candidates: list[Any] = [None]
             if native:
                 try:
@@ -188,14 +260,18 @@ class TransformersEngine:
         trust_remote_code: bool = False,
         cache: Cache | None = None,
         decode: str = "fast",
+        numerics: str = NATIVE,
     ) -> TransformersEngine:
         """Load from ``folder`` (a model folder, or the folder of a GGUF) and quantize.
 
         With a cache, the converted and quantized weights are reused across sessions.
         ``decode="fast"`` answers greedy prompts with the lean loop when it checks out.
+        ``numerics="portable"`` (the plugin's default, see ``numerics.py``): answers that hold
+        on every x86-64 CPU from AVX2 up; checked here, before any weight is touched.
         """
         import torch
 
+        numerics, numerics_note = numerics_here(numerics, quantizer.name)
         torch.set_num_threads(threads)
         problem = None if ref.gguf_file else code_problem(folder)
         if problem == "unknown":
@@ -203,8 +279,10 @@ class TransformersEngine:
         if problem == "remote" and not trust_remote_code:
             raise ModelLoadError(remote_code_message(ref.name, ref.spec, folder, None))
         try:
-            with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers():
-                loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)
+            with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers(), \
+                    portable_arithmetic(numerics):
+                loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
+                                    numerics=numerics)
         except ValueError as exc:
             text = str(exc)
             if "trust_remote_code" in text:
@@ -227,6 +305,8 @@ class TransformersEngine:
             threads=threads,
             from_cache=loaded.from_cache,
             conversion=loaded.conversion,
+            numerics=numerics,
+            numerics_note=numerics_note,
         )
         # the content digest the cache key already computed, or computed now (memoized per machine)
         memo = cache.root if cache is not None else None
@@ -267,7 +347,7 @@ class TransformersEngine:
         if pad is None:
             pad = self.tokenizer.eos_token_id
         start, start_cpu = time.perf_counter(), time.process_time()  # one span for wall and CPU
-        with torch.inference_mode():
+        with torch.inference_mode(), portable_arithmetic(self.numerics):
             if self.fast is not None and config.greedy:
                 ids = self.fast.greedy(
                     inputs, config.max_new_tokens, set(self._stop_ids()), streamer.first_token
@@ -317,7 +397,7 @@ class TransformersEngine:
 
         torch.set_num_threads(self.threads)
         inputs = self._encode(prompt, system)
-        with torch.inference_mode():
+        with torch.inference_mode(), portable_arithmetic(self.numerics):
             logits = self.model(**inputs).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
         out: dict[str, float] = {}
@@ -334,7 +414,7 @@ class TransformersEngine:
                 "model": self.ref.spec,
                 "revision": self.ref.revision,
                 "quantization": self.recipe,
-                "cpu": cpu_capability(),
+                **self.numerics_identity(),
                 "weights": self.weights_id,
                 "versions": library_versions(),
             }
@@ -342,6 +422,18 @@ class TransformersEngine:
                 self._fingerprint["conversion"] = dict(self.conversion)
         # not kept: use_fast_decode may decide again (the model's stop ids changed, a test)
         return {**self._fingerprint, "decode": self.decode_identity()}
+
+    def numerics_identity(self) -> dict[str, Any]:
+        """Portable answers name the recipe, not the CPU (they hold on every x86-64-v3 CPU);
+        native ones name the CPU torch dispatches for, and snapshots compare them only there."""
+        if self.numerics == PORTABLE:
+            return {"numerics": recipe()}
+        identity: dict[str, Any] = {"numerics": NATIVE, "cpu": cpu_capability()}
+        if self.numerics_note:
+            identity["numerics_note"] = self.numerics_note
+        elif self.quant.method == "int4-a8":
+            identity["numerics_note"] = "int4-a8's kernel is CPU-specific (AVX512-VNNI)"
+        return identity
 
     def decode_identity(self) -> dict[str, Any]:
         """How greedy answers are decoded, for the fingerprint (sampled ones always use generate()).

@@ -15,7 +15,8 @@ bit for bit, with the Python around them cut to a minimum:
   product (``torch.mv``) when that is clearly faster on this machine at this thread count,
   timed once at build: ``mv`` was twice as fast on Intel Xeons with AMX, half as fast on an
   AMD EPYC (AVX512-BF16); the check below covers the one chosen, and the engine falls
-  back to ``linear`` when ``mv`` fails it;
+  back to ``linear`` when ``mv`` fails it. In portable numerics it is always ``linear``: a
+  choice timed per machine would differ between machines, and so could the answers;
 - rotary embedding is ``x * cos + roll(x) * sin`` with rotate_half's sign moved onto
   ``sin`` (negation is exact), q and k rotated in one go when they come from one call.
 - a model converted by ``--llm-quant=int4-a8`` (see ``w4a8``) runs its own kernel calls:
@@ -287,7 +288,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
 class FastDecoder:
     """Greedy decoding of one sequence with the model's own weights, no generate()."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, portable: bool = False) -> None:
         import torch
 
         from .w4a8 import is_w4a8
@@ -319,7 +320,7 @@ class FastDecoder:
             raise Unsupported("a quantized lm_head or one with a bias")
         else:
             self.lm_head = model.lm_head.weight
-            self.head_mv = _mv_is_faster(self.lm_head)
+            self.head_mv = not portable and _mv_is_faster(self.lm_head)
         self.layers = [
             _Layer(
                 qkv=_projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
@@ -333,8 +334,9 @@ class FastDecoder:
         ]
 
     @classmethod
-    def build(cls, model: Any) -> FastDecoder:
-        """The loop for ``model``, or :class:`Unsupported` saying why not."""
+    def build(cls, model: Any, *, portable: bool = False) -> FastDecoder:
+        """The loop for ``model``, or :class:`Unsupported` saying why not. ``portable``: the
+        model's own ``linear`` for the lm_head, not a kernel timed on this machine."""
         config = model.config
         if config.model_type not in ARCHITECTURES:
             known = ", ".join(ARCHITECTURES)
@@ -353,7 +355,7 @@ class FastDecoder:
         unusual = _unusual_generation_settings(model.generation_config)
         if unusual:
             raise Unsupported(f"the model's generation config sets {', '.join(unusual)}")
-        return cls(model)
+        return cls(model, portable=portable)
 
     def step(self, token: torch.Tensor, position: int, keys: _KV, values: _KV) -> torch.Tensor:
         """Logits (vocab,) of the token after ``token`` at ``position``; appends to the KV cache."""

@@ -31,4 +31,5 @@ def load_transformers(ref: ModelRef, settings: Settings) -> TransformersEngine:
         trust_remote_code=ref.trust_remote_code,
         cache=Cache(settings.cache_dir) if settings.use_cache else None,
         decode=settings.engine_options.get("decode", "fast"),
+        numerics=settings.numerics,
     )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ...cache import Cache
+from ...numerics import NATIVE, PORTABLE, recipe
 from ...registry import ModelRef
 from .conversions import Conversion, convert
 from .conversions import detect as detect_conversion
@@ -130,11 +131,11 @@ def cpu_capability() -> str:
     differently and answer differently, so cache keys and fingerprints carry them all."""
     import torch
 
+    from ...compat.torch import cpu_supports
+
     try:
         level = str(torch.backends.cpu.get_cpu_capability())
-        probes = [("BF16", "_is_avx512_bf16_supported"), ("VNNI", "_is_vnni_supported"),
-                  ("AMX", "_is_amx_tile_supported")]
-        extras = [name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
+        extras = [name for name in ("BF16", "VNNI", "AMX") if cpu_supports(name)]
         return " ".join([level, *extras])
     except Exception:  # informational; never stop a load for it
         return "unknown"
@@ -245,13 +246,21 @@ def converted_folder(
     return entry.path, time.perf_counter() - start
 
 
-def _cache_key(identity: dict[str, Any], quantizer: Quantizer) -> dict[str, Any]:
-    return {
-        **identity,
-        "versions": library_versions(),
-        "recipe": quantizer.weights_recipe(),
-        "cpu": cpu_capability(),  # the INT4 packed layout differs between AVX2 and AVX512
-    }
+def _cache_key(identity: dict[str, Any], quantizer: Quantizer, numerics: str = NATIVE) -> dict[str, Any]:
+    """A ``quantized`` entry's key. The INT4 packed layout differs between AVX2 and AVX512, so it
+    holds the level torch dispatches to: natively with the CPU's extensions (as before portable
+    numerics, so those entries stay valid); in portable numerics torch is held to AVX2 on every
+    CPU, so the key is the same on every machine (a cache restored from another runner is
+    reused), and its ``numerics`` entry keeps it apart from a native entry of an AVX2-only CPU."""
+    cpu = {"cpu": "AVX2", "numerics": recipe()} if numerics == PORTABLE else {"cpu": cpu_capability()}
+    return {**_converted_key(identity, quantizer), **cpu}
+
+
+def _converted_key(identity: dict[str, Any], quantizer: Quantizer) -> dict[str, Any]:
+    """A ``converted`` entry's key: no CPU in it. A GGUF's weights are unpacked elementwise (and
+    rounded to bf16 for ``bf16``), the same bytes on every CPU, so both numerics and every engine
+    that reads them (the transformers engine at ``none``/``bf16``, itrex) share one entry."""
+    return {**identity, "versions": library_versions(), "recipe": quantizer.weights_recipe()}
 
 
 def _converted(
@@ -266,7 +275,7 @@ def _converted(
 ) -> tuple[Path, bool]:
     """The ``converted`` entry of a GGUF: (its folder, built in this call). When this call
     builds it and ``kept`` is given, the loaded model and tokenizer are appended to it."""
-    entry = cache.entry("converted", _cache_key(identity, quantizer))
+    entry = cache.entry("converted", _converted_key(identity, quantizer))
     built = False
     if not entry.ready:
         with entry.build() as tmp:
@@ -309,6 +318,7 @@ def load_model(
     *,
     cache: Cache | None,
     trust_remote_code: bool,
+    numerics: str = NATIVE,
 ) -> Loaded:
     """Load ``ref`` from ``folder`` with ``quantizer``, through the cache when one is given.
 
@@ -317,7 +327,8 @@ def load_model(
     takes the same INT4 / bf16 / fp32 path as any model. The quantizer's last step
     (``finish``) runs on what was loaded, from the cache or not.
     """
-    loaded = _load_and_convert(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code)
+    loaded = _load_and_convert(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
+                               numerics=numerics)
     start = time.perf_counter()
     quantizer.finish(loaded.model, loaded.quant, cache)
     loaded.load_seconds += time.perf_counter() - start
@@ -331,6 +342,7 @@ def _load_and_convert(
     *,
     cache: Cache | None,
     trust_remote_code: bool,
+    numerics: str,
 ) -> Loaded:
     start = time.perf_counter()
     conversion = None if ref.gguf_file else detect_conversion(folder)
@@ -338,7 +350,7 @@ def _load_and_convert(
     if conversion is None:
         plain = source_identity(ref, folder, memo) if cache is not None else {}
         loaded = _load(ref, lambda: folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
-                       identity=plain, start=start)
+                       identity=plain, start=start, numerics=numerics)
         loaded.content = plain.get("content")
         return loaded
     with contextlib.ExitStack() as stack:
@@ -352,7 +364,7 @@ def _load_and_convert(
         # only a cache needs the key: without one, do not read every weight file for it
         identity = {**source_identity(ref, folder, memo), "conversion": conversion.tag} if cache else {}
         loaded = _load(ref, source, quantizer, cache=cache, trust_remote_code=False, identity=identity,
-                       start=start)
+                       start=start, numerics=numerics)
     if cache is not None and isinstance(quantizer, NoQuant):  # the converted entry is what was loaded
         loaded.from_cache = not sum(spent)
     loaded.conversion = {**conversion.tag, "seconds": round(sum(spent), 3)}
@@ -370,6 +382,7 @@ def _load(
     trust_remote_code: bool,
     identity: dict[str, Any],
     start: float,
+    numerics: str,
 ) -> Loaded:
     """The INT4 / bf16 / fp32 path for a model folder (``source()`` gives it, made on demand)."""
     gguf = ref.gguf_file is not None
@@ -390,7 +403,7 @@ def _load(
         model, tokenizer = kept
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, not built)
 
-    entry = cache.entry("quantized", _cache_key(identity, quantizer))
+    entry = cache.entry("quantized", _cache_key(identity, quantizer, numerics))
     if not entry.ready:
         with entry.build() as tmp:
             if tmp is not None:
