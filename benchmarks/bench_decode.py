@@ -10,7 +10,9 @@ One run, the embedded SmolLM2-135M-Instruct Q4_1 GGUF, the same prompt, greedy, 
 - ``torch int4, generate()``: the default engine as it was, ``--llm-decode=generate``;
 - ``torch int4, fast loop, Python step``: the lean loop with its per-token step in Python
   (``--llm-decode=python``, the default before the C++ step);
-- ``torch int4, fast loop``: the default engine now (``--llm-decode=fast``: the same step
+- ``torch int4 portable``: the default numerics (``--llm-numerics=portable``: torch held to
+  AVX2, oneDNN off, ``lm_head`` as ``linear``), the same fast loop, two sessions;
+- ``torch int4, fast loop``: ``--llm-numerics=native`` (``--llm-decode=fast``: the same step
   in C++, ``decode_step.cpp``), run in two sessions: "same answer" says whether both gave
   the same text byte for byte, and the same text as ``generate()`` and the Python step;
 - ``torch int4-a8, fast loop``: ``--llm-quant=int4-a8``, the same INT4 weights times int8
@@ -60,8 +62,12 @@ TARGET = 0.5
 
 
 def torch_worker(
-    decode: str, threads: int, tokens: int, repeats: int, quant: str = "int4"
+    decode: str, threads: int, tokens: int, repeats: int, quant: str = "int4", numerics: str = "native"
 ) -> dict[str, object]:
+    if numerics == "portable":  # as the plugin does, before anything imports torch
+        from pytest_llmcheck.numerics import apply_portable_env
+
+        apply_portable_env()
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
@@ -69,7 +75,8 @@ def torch_worker(
 
     ref = resolve("smollm2")
     engine = TransformersEngine.load(
-        ref, Path(ref.location), get_quantizer(quant), threads=threads, decode=decode, cache=machine_cache()
+        ref, Path(ref.location), get_quantizer(quant), threads=threads, decode=decode, cache=machine_cache(),
+        numerics=numerics,
     )
     config = GenerationConfig(max_new_tokens=tokens, threads=threads)
     engine.generate(PROMPT, system=None, config=GenerationConfig(max_new_tokens=8, threads=threads))
@@ -174,20 +181,24 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
             "rest": rest, "linear": linear, "mv": mv, "chosen": "mv" if decoder.head_mv else "linear"}
 
 
-def llamacpp_engine_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
+def llamacpp_engine_worker(
+    threads: int, tokens: int, repeats: int, numerics: str = "portable"
+) -> dict[str, object]:
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.llamacpp import load_llamacpp
     from pytest_llmcheck.registry import resolve
     from pytest_llmcheck.settings import Settings
 
-    engine = load_llamacpp(resolve("smollm2@llamacpp"), Settings(threads=threads, no_cache=True))
+    settings = Settings(threads=threads, no_cache=True, numerics=numerics)
+    engine = load_llamacpp(resolve("smollm2@llamacpp"), settings)
     config = GenerationConfig(max_new_tokens=tokens, threads=threads)
     engine.generate(PROMPT, system=None, config=GenerationConfig(max_new_tokens=8, threads=threads))
     rates = []
     for _ in range(repeats):
         answer = engine.generate(PROMPT, system=None, config=config)
         rates.append((answer.new_tokens - 1) / (answer.seconds - answer.ttft))
-    return {"rate": statistics.median(rates), "extra_buffers": engine.extra_buffers}
+    library = "native" if engine.fingerprint().get("numerics") == "native" else "x86-64-v3"
+    return {"rate": statistics.median(rates), "extra_buffers": engine.extra_buffers, "library": library}
 
 
 def llamacpp_repacked_worker(threads: int, tokens: int, repeats: int) -> dict[str, object]:
@@ -229,6 +240,27 @@ def run(kind: str, threads: int, tokens: int, repeats: int) -> dict[str, object]
     return result
 
 
+def cost_rows(tokens: int, repeats: int) -> list[list[str]]:
+    """Portable against native, torch and llama.cpp, each row a fresh process, one run side by side."""
+    rows = [["engine", "threads", "decode tok/s", "vs native llama.cpp", "decode path / library"]]
+    kinds = [("torch int4 portable (default)", "torch-portable"), ("torch int4 native", "torch-fast"),
+             ("llama.cpp engine, portable (x86-64-v3 build)", "llamacpp-engine"),
+             ("llama.cpp engine, native build", "llamacpp-native")]
+    for threads in (1, 2):
+        results = {kind: run(kind, threads, tokens, repeats) for _, kind in kinds}
+        native = results["llamacpp-native"]
+        best = float(native["rate"]) if native else None  # type: ignore[arg-type]
+        for label, kind in kinds:
+            result = results[kind]
+            if result is None:
+                rows.append([label, str(threads), "failed", "-", ""])
+                continue
+            rate = float(result["rate"])  # type: ignore[arg-type]
+            where = str(result.get("decode") or result.get("library") or "").split(" (")[0]
+            rows.append([label, str(threads), f"{rate:.1f}", f"{rate / best:.2f}" if best else "-", where])
+    return rows
+
+
 def worker(kind: str, threads: int, tokens: int, repeats: int) -> None:
     import contextlib
     import io
@@ -236,12 +268,16 @@ def worker(kind: str, threads: int, tokens: int, repeats: int) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # libraries' prints stay out of the JSON line
         if kind.startswith("split"):
             result = split_worker(threads, tokens, repeats, "int4-a8" if kind == "split-a8" else "int4")
+        elif kind == "torch-portable":
+            result = torch_worker("fast", threads, tokens, repeats, numerics="portable")
         elif kind == "torch-a8":
             result = torch_worker("fast", threads, tokens, repeats, quant="int4-a8")
         elif kind.startswith("torch-"):
             result = torch_worker(kind.removeprefix("torch-"), threads, tokens, repeats)
         elif kind == "llamacpp-engine":
             result = llamacpp_engine_worker(threads, tokens, repeats)
+        elif kind == "llamacpp-native":  # install.sh --native-llama's library, when built
+            result = llamacpp_engine_worker(threads, tokens, repeats, numerics="native")
         else:
             result = llamacpp_repacked_worker(threads, tokens, repeats)
     print(json.dumps(result))
@@ -252,6 +288,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="32 tokens, one repetition")
+    parser.add_argument("--cost", action="store_true",
+                        help="only the cost of portable numerics: torch int4 portable and native, llama.cpp "
+                        "portable (v3 build) and native (install.sh --native-llama)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -266,10 +305,16 @@ def main() -> None:
     print(f"{cpu_name()} ({cpu_capability()}), {os.cpu_count()} CPUs")
     print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {tokens} new tokens, median of {repeats}\n")
     rows = [["engine", "threads", "decode tok/s", "vs llama.cpp", "same answer", "decode path", "RSS MiB"]]
+    if args.cost:
+        print(table(cost_rows(tokens, repeats)))
+        print("\nvs llama.cpp: against the native llama.cpp engine row of the same thread count "
+              "(floor: portable torch int4 >= 0.5)")
+        return
     for threads in (1, 2):
         before = run("torch-generate", threads, tokens, repeats)
         python = run("torch-python", threads, tokens, repeats)
         fast = [run("torch-fast", threads, tokens, repeats) for _ in range(2)]
+        portable = [run("torch-portable", threads, tokens, repeats) for _ in range(2)]
         a8 = [run("torch-a8", threads, tokens, repeats) for _ in range(2)]
         engine = run("llamacpp-engine", threads, tokens, repeats)
         repacked = run("llamacpp-repacked", threads, tokens, repeats)
@@ -294,6 +339,11 @@ def main() -> None:
         for n, result in enumerate(fast, 1):
             path = str(result["decode"]).split(" (")[0] if result else ""
             rows.append(cells(f"torch int4, fast loop (session {n})", result, same, path))
+        texts = {str(r["text"]) for r in portable if r}
+        same = "yes" if len(texts) == 1 and all(portable) else "NO"
+        for n, result in enumerate(portable, 1):
+            path = str(result["decode"]).split(" (")[0] if result else ""
+            rows.append(cells(f"torch int4 portable (default), fast loop (session {n})", result, same, path))
         texts = {str(r["text"]) for r in a8 if r}
         same = "yes" if len(texts) == 1 and len(a8) == 2 and all(a8) else "NO"
         for n, result in enumerate(a8, 1):
