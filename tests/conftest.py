@@ -56,6 +56,31 @@ def native_numerics_unless_asked(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
             os.environ[name] = value
 
 
+def itrex_worker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **start: object) -> dict[str, str]:
+    """The environment ``ItrexEngine.start`` gives its worker, captured without starting one."""
+    from pytest_llmcheck.engines.itrex import engine as itrex
+    from pytest_llmcheck.engines.itrex.env import ItrexPython
+    from pytest_llmcheck.registry import ModelRef
+
+    seen: dict[str, str] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_worker(python: Path, workdir: Path, *, env: dict[str, str] | None = None) -> None:
+        seen.update(env or {})
+        raise Stop
+
+    monkeypatch.setattr(itrex, "WorkerProcess", fake_worker)
+    monkeypatch.setattr(itrex, "legacy_view", lambda folder, view: [])
+    monkeypatch.setattr(itrex, "check_remote_code", lambda ref, folder: None)
+    ref = ModelRef(name="tiny@itrex", source="local", location=str(tmp_path), engine="itrex")
+    python = ItrexPython(path=Path("/nonexistent/python"), origin="test", versions={})
+    with pytest.raises(Stop):
+        itrex.ItrexEngine.start(ref, tmp_path, python, workdir=tmp_path / "work", **start)  # type: ignore[arg-type]
+    return seen
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _preimport_heavy_modules()  # at session start, so `pytest --help` here stays fast
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_llmcheck.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV, recipe
+from tests.conftest import itrex_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RIDDLES = ROOT / "examples" / "riddles" / "riddles.llm.yaml"
@@ -294,32 +295,14 @@ def test_a_cpu_without_avx2_runs_natively_and_says_why(
 def test_itrex_worker_gets_the_users_environment_back(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from pytest_llmcheck.engines.itrex import engine as itrex
-    from pytest_llmcheck.engines.itrex.env import ItrexPython
     from pytest_llmcheck.numerics import apply_portable_env
-    from pytest_llmcheck.registry import ModelRef
 
     for name in CAPS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     apply_portable_env()  # as the plugin did at startup
-    seen: dict[str, str] = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_worker(python: Path, workdir: Path, *, env: dict[str, str] | None = None) -> None:
-        seen.update(env or {})
-        raise Stop
-
-    monkeypatch.setattr(itrex, "WorkerProcess", fake_worker)
-    monkeypatch.setattr(itrex, "legacy_view", lambda folder, view: [])
-    monkeypatch.setattr(itrex, "check_remote_code", lambda ref, folder: None)
-    ref = ModelRef(name="tiny@itrex", source="local", location=str(tmp_path), engine="itrex")
-    python = ItrexPython(path=Path("/nonexistent/python"), origin="test", versions={})
-    with pytest.raises(Stop):
-        itrex.ItrexEngine.start(ref, tmp_path, python, workdir=tmp_path / "work", numerics="portable")
+    seen = itrex_worker_env(monkeypatch, tmp_path, numerics="portable")
     assert seen["ATEN_CPU_CAPABILITY"] == "avx512"
     assert seen["MKL_CBWR"] == "COMPATIBLE"
     assert not {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", BEFORE_ENV} & seen.keys()

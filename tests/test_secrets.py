@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcheck.engines.itrex.engine import worker_env
-from pytest_llmcheck.engines.itrex.env import ItrexPython
 from pytest_llmcheck.redact import has_credentials, redact
-from pytest_llmcheck.registry import ModelRef, ModelRefError, resolve
+from pytest_llmcheck.registry import ModelRefError, resolve
 from tests import fake_engine
+from tests.conftest import itrex_worker_env
 from tests.openai_standin import StandIn
 
 REFUSAL = (
@@ -182,27 +182,10 @@ def test_itrex_engine_starts_its_worker_with_that_environment(
 ) -> None:
     """ItrexEngine.start builds the worker's environment with ``worker_env``, not from the
     whole of ``os.environ``."""
-    from pytest_llmcheck.engines.itrex import engine as itrex
-
     monkeypatch.setenv("HF_TOKEN", "hf_planted")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-planted")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    seen: dict[str, str] = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_worker(python: Path, workdir: Path, *, env: dict[str, str] | None = None) -> None:
-        seen.update(env or {})
-        raise Stop
-
-    monkeypatch.setattr(itrex, "WorkerProcess", fake_worker)
-    monkeypatch.setattr(itrex, "legacy_view", lambda folder, view: [])
-    monkeypatch.setattr(itrex, "check_remote_code", lambda ref, folder: None)
-    ref = ModelRef(name="tiny@itrex", source="local", location=str(tmp_path), engine="itrex")
-    python = ItrexPython(path=Path("/nonexistent/python"), origin="test", versions={})
-    with pytest.raises(Stop):
-        itrex.ItrexEngine.start(ref, tmp_path, python, workdir=tmp_path / "work")
+    seen = itrex_worker_env(monkeypatch, tmp_path)
     assert seen["OMP_NUM_THREADS"] == "1"
     assert seen["HF_HUB_OFFLINE"] == "1"
     assert "HF_TOKEN" not in seen
