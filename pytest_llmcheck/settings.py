@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from .cache import default_cache_dir
+from .numerics import CHOICE_ENV, NATIVE, PORTABLE
 from .shard import Shard, parse_shard
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
 
 QUANT_CHOICES = ("int4", "int4-a8", "bf16", "none")
-NUMERICS_CHOICES = ("portable", "native")
+NUMERICS_CHOICES = (PORTABLE, NATIVE)
 QUANT_LABELS = {"int4": "int4", "int4-a8": "int4a8", "bf16": "bf16", "none": "fp32"}  # as a model-name suffix
 DEFAULT_MODEL = "smollm2"
 
@@ -301,9 +302,9 @@ class Settings:
             return f"ini {spec.ini}", config.getini(spec.ini)
 
         values = {spec.name: raw(spec) for spec in all_options()}
-        numerics_env = os.environ.get("LLMCHECK_NUMERICS", "").strip()
+        numerics_env = os.environ.get(CHOICE_ENV, "").strip()
         if numerics_env and config.getoption("llmcheck_numerics", default=None) is None:
-            values["numerics"] = ("$LLMCHECK_NUMERICS", numerics_env)
+            values["numerics"] = (f"${CHOICE_ENV}", numerics_env)
 
         def get(name: str, parse: Callable[[str, str], Any], fallback: Any = None) -> Any:
             where, value = values[name]
