@@ -300,7 +300,7 @@ def main() -> None:
     tokens, repeats = (32, 1) if args.quick else (64, 3)
     from bench_xdist import cpu_name
 
-    from pytest_llmcheck.engines.transformers.weights import cpu_capability
+    from pytest_llmcheck.engines.transformers.cpu import cpu_capability
 
     print(f"{cpu_name()} ({cpu_capability()}), {os.cpu_count()} CPUs")
     print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {tokens} new tokens, median of {repeats}\n")

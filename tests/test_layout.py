@@ -28,16 +28,9 @@ TRANSFORMERS = f"{PACKAGE}.engines.transformers"
 # engines/llamacpp.py, settings.py): each entry says how it goes away. A fixed one fails the
 # test until its entry is removed, so these lists only shrink.
 KNOWN_CYCLE_EDGES = {
-    # conversions/__init__ defines Conversion and ConversionError and imports chatglm and qwen,
-    # which import them back: move both (and TensorMap) into conversions/base.py.
-    (f"{TRANSFORMERS}.conversions.chatglm", f"{TRANSFORMERS}.conversions"),
-    (f"{TRANSFORMERS}.conversions.qwen", f"{TRANSFORMERS}.conversions"),
     # fastpath -> w4a8 -> fastpath (for _int4_parts): move it, public, into a low module
     # (e.g. engines/transformers/int4.py) that both import.
     (f"{TRANSFORMERS}.w4a8", f"{TRANSFORMERS}.fastpath"),
-    # weights -> quantize -> w4a8 -> weights (for cpu_capability): move cpu_capability into a
-    # low module (e.g. engines/transformers/cpu.py) that weights and w4a8 import.
-    (f"{TRANSFORMERS}.w4a8", f"{TRANSFORMERS}.weights"),
 }
 KNOWN_PRIVATE_IMPORTS = {
     (f"{PACKAGE}.engines.itrex.engine", "_quiet_transformers"),  # rename it quiet_transformers

@@ -209,7 +209,7 @@ def test_int4_a8_is_refused_in_portable_numerics(tiny_model: Path, pytester: pyt
 
 
 def test_native_fingerprint_names_the_cpu(tiny_model: Path) -> None:
-    from pytest_llmcheck.engines.transformers.weights import cpu_capability
+    from pytest_llmcheck.engines.transformers.cpu import cpu_capability
 
     engine = _load(tiny_model)  # direct API callers: native unless they ask
     try:
@@ -229,7 +229,7 @@ def test_portable_fingerprint_and_cache_key_on_a_stand_in_avx2_cpu(
     import torch
 
     from pytest_llmcheck.cache import Cache
-    from pytest_llmcheck.engines.transformers.weights import cpu_capability
+    from pytest_llmcheck.engines.transformers.cpu import cpu_capability
 
     cache = Cache(tmp_path / "cache")
     native_cpu = cpu_capability()

@@ -296,9 +296,9 @@ def test_a_compile_error_is_reported_and_nothing_is_cached(
 
 
 def test_a_cpu_without_vnni_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_llmcheck.engines.transformers import weights
+    from pytest_llmcheck.engines.transformers import cpu
 
-    monkeypatch.setattr(weights, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(cpu, "cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(w4a8, "_namespace_taken", lambda: False)
     with pytest.raises(w4a8.W4A8Error, match=r"needs AVX512 with VNNI; torch reports this CPU as 'AVX2'; "
                                               r"use --llm-quant=int4"):

@@ -22,9 +22,10 @@ from ...registry import ModelRef
 from ..base import Answer, GenerationConfig, LoadFacts
 from . import decode_step
 from .conversions import code_problem, remote_code_message, unknown_architecture_message
+from .cpu import cpu_capability
 from .fastpath import FastDecoder, Unsupported
 from .quantize import Quantizer, QuantReport, quiet_loggers
-from .weights import cpu_capability, library_versions, load_model, weights_identity
+from .weights import library_versions, load_model, weights_identity
 
 if TYPE_CHECKING:
     import torch

@@ -41,7 +41,7 @@ class W4A8Error(LlmcheckError):
 
 def cpu_problem() -> str | None:
     """Why this CPU cannot run the kernel, or None."""
-    from .weights import cpu_capability
+    from .cpu import cpu_capability
 
     capability = cpu_capability()
     if not capability.startswith("AVX512") or "VNNI" not in capability.split():

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ....errors import LlmcheckError
+from .base import Conversion, ConversionError, TensorMap
+
+__all__ = ["Conversion", "ConversionError", "TensorMap", "convert", "detect"]
 
 if TYPE_CHECKING:
     import torch
@@ -31,37 +32,6 @@ SHARD_PREFIX = "model"
 INDEX_FILE = "model.safetensors.index.json"
 RECORD_FILE = "conversion.json"
 ITREX_HINT = "--llm-model={name}@itrex runs such code in its own pinned environment"
-
-
-class ConversionError(LlmcheckError):
-    """A checkpoint that claims a convertible architecture but does not fit its mapping."""
-
-
-TensorMap = Callable[[dict[str, Any], str, "torch.Tensor"], list[tuple[str, "torch.Tensor"]]]
-
-
-@dataclass(frozen=True)
-class Conversion:
-    """How one source architecture becomes a built-in transformers model.
-
-    ``map_tensor`` is pure (it only slices and renames), so it runs as well on meta
-    tensors: the full-size mapping is checkable without allocating 15 GB.
-    """
-
-    model_type: str  # the source config's model_type
-    source: str  # the source architecture, for messages
-    target: str  # the transformers class it becomes
-    version: int  # the mapping version: part of cache keys and fingerprints
-    target_config: Callable[[dict[str, Any]], Any]  # source config.json -> transformers config
-    map_tensor: TensorMap
-    ignored: re.Pattern[str]  # source tensors with no counterpart (recomputed buffers)
-    build_tokenizer: Callable[[Path, dict[str, Any]], Any]  # source folder -> PreTrainedTokenizerFast
-    generation: Callable[[dict[str, Any], Any], dict[str, Any]]  # (config, tokenizer) -> generation_config
-
-    @property
-    def tag(self) -> dict[str, Any]:
-        """What a cache key and a fingerprint record about this conversion."""
-        return {"converted": True, "from": self.model_type, "to": self.target, "mapping": self.version}
 
 
 def _registry() -> dict[str, Conversion]:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import Conversion, ConversionError
+from .base import Conversion, ConversionError
 
 if TYPE_CHECKING:
     import torch
