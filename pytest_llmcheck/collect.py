@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from .session import CASE_ID_KEY, MODEL_KEY, SESSION_KEY
+from .items import MODEL_KEY
+from .session import CASE_ID_KEY, SESSION_KEY
 from .suite import Question, SuiteError, check_repeat, load_suite
 
 QUESTION_KEY = pytest.StashKey[Question]()

@@ -18,9 +18,10 @@ from .collect import QUESTION_KEY, SuiteFile
 from .engines.base import Engine
 from .engines.registry import EngineError, EngineRegistry
 from .errors import LlmcheckError
+from .items import model_of
 from .numerics import PORTABLE, apply_portable_env, early_choice
 from .registry import ModelRef
-from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model, model_of
+from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model
 from .settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
 from .suite import Question, SuiteError, check_repeat, is_suite_file, load_suite
 from .timing import cpu_timer_note

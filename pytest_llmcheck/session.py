@@ -17,6 +17,7 @@ import pytest
 
 from .engines.base import Engine, GenerationConfig
 from .engines.registry import EngineRegistry
+from .items import model_of
 from .judge import Judge, JudgeError
 from .modelref import DEFAULT_ENGINE, ModelRef, ModelRefError
 from .pool import ModelPool, ModelUnavailable
@@ -266,7 +267,6 @@ def group_by_model(items: list[pytest.Item], model_of: Callable[[pytest.Item], s
 
 
 SESSION_KEY = pytest.StashKey[LlmcheckSession]()
-MODEL_KEY = pytest.StashKey[str]()  # model name of a suite item (Python tests use callspec)
 ALIAS_CLASHES_KEY = pytest.StashKey[list[str]]()
 
 
@@ -298,11 +298,3 @@ def strip_model(name: str, model: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)] + ("]" if suffix.startswith("-") else "")
     return name
-
-
-def model_of(item: pytest.Item) -> str | None:
-    """The model an item runs on, if it runs on one."""
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "llm" in callspec.params:
-        return str(callspec.params["llm"])
-    return item.stash.get(MODEL_KEY, None)

@@ -66,9 +66,9 @@ from syrupy.location import PyTestLocation
 from .compat.syrupy import TextSingleFileExtension, file_stem, snapshot_session
 from .engines.base import Answer
 from .errors import LlmcheckWarning
+from .items import model_of
 from .numerics import NATIVE, PORTABLE
 from .pending import SUFFIX
-from .session import model_of
 from .snapshot_file import MARKER as MARKER  # re-exported: defined here before snapshot_file.py
 from .snapshot_file import TITLE as TITLE
 from .snapshot_file import StoredAnswer as StoredAnswer
