@@ -10,19 +10,17 @@ projection; a final ``post_layer_norm``; an untied ``output_layer``. That is tra
 GLM with ``partial_rotary_factor`` 0.5 and ``head_dim`` = ``kv_channels``.
 
 The tokenizer is the sentencepiece ``tokenizer.model`` (a BPE model with byte fallback),
-read here with a few lines of protobuf decoding (no sentencepiece or protobuf package),
-plus the nine special tokens ChatGLM3's tokenizer appends after the pieces
-(``[MASK]`` .. ``<|observation|>``). Its leading-space rule: sentencepiece adds a dummy
-"▁" before each separately encoded text, and ``build_chat_input`` encodes the role's
-"\\n" and the message separately, so the chat template writes ``<|user|>\\n {message}``
-and every text chunk between special tokens gets its "▁".
+parsed with protobuf and built by transformers' own sentencepiece converter, plus the nine
+special tokens ChatGLM3's tokenizer appends after the pieces (``[MASK]`` .. ``<|observation|>``).
+Its leading-space rule: sentencepiece adds a dummy "▁" before each separately encoded
+text, and ``build_chat_input`` encodes the role's "\\n" and the message separately, so the
+chat template writes ``<|user|>\\n {message}`` and every text chunk between special tokens
+gets its "▁".
 """
 
 from __future__ import annotations
 
 import re
-import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,159 +152,72 @@ def map_tensor(config: dict[str, Any], name: str, tensor: torch.Tensor) -> list[
     raise ConversionError(f"unexpected tensor {name} in a ChatGLM checkpoint")
 
 
-# -- the sentencepiece model file ----------------------------------------------------
+def read_spm(path: Path) -> Any:
+    """The sentencepiece ``ModelProto`` of ``tokenizer.model``, parsed as transformers parses it."""
+    from transformers.convert_slow_tokenizer import import_protobuf
 
+    importer: Any = import_protobuf  # untyped in transformers 5
+    try:
+        model_pb2 = importer()
+    except ImportError:
+        raise ConversionError(f"reading {path} needs the protobuf package: pip install protobuf") from None
+    from google.protobuf.message import DecodeError
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return value, i
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message: varints, fixed and length-delimited."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        value: Any
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 1:
-            value, i = buf[i : i + 8], i + 8
-        elif wire == 5:
-            value, i = buf[i : i + 4], i + 4
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i : i + size], i + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield field, wire, value
-
-
-def read_spm(path: Path) -> dict[str, Any]:
-    """The parts of a sentencepiece ``ModelProto`` a BPE tokenizer needs (proto2 defaults applied)."""
-    pieces: list[tuple[str, float, int]] = []
-    trainer: dict[int, Any] = {}
-    normalizer: dict[int, Any] = {}
-    for field, _wire, value in _fields(path.read_bytes()):
-        if field == 1:  # SentencePiece: piece=1, score=2 (float), type=3 (NORMAL=1 by default)
-            piece, score, kind = "", 0.0, 1
-            for f, _w, v in _fields(value):
-                if f == 1:
-                    piece = v.decode("utf-8")
-                elif f == 2:
-                    score = struct.unpack("<f", v)[0]
-                elif f == 3:
-                    kind = v
-            pieces.append((piece, score, kind))
-        elif field == 2:
-            trainer = {f: v for f, _w, v in _fields(value)}
-        elif field == 3:
-            normalizer = {f: v for f, _w, v in _fields(value)}
-    return {
-        "pieces": pieces,
-        "model_type": trainer.get(3, 1),  # 1 unigram, 2 bpe
-        "byte_fallback": bool(trainer.get(35, 0)),
-        "unk_piece": trainer.get(45, b"<unk>").decode("utf-8"),
-        "normalizer": normalizer.get(1, b"nmt_nfkc").decode("utf-8"),
-        "add_dummy_prefix": bool(normalizer.get(3, 1)),
-        "remove_extra_whitespaces": bool(normalizer.get(4, 1)),
-        "escape_whitespaces": bool(normalizer.get(5, 1)),
-    }
+    proto = model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except DecodeError as exc:
+        raise ConversionError(f"{path} is not a sentencepiece model: {exc}") from None
+    return proto
 
 
 def build_tokenizer(folder: Path, config: dict[str, Any]) -> Any:
-    """A fast tokenizer that encodes chat text like ChatGLM3's SPTokenizer and build_chat_input."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
+    """A fast tokenizer that encodes chat text like ChatGLM3's SPTokenizer and build_chat_input.
+
+    transformers' ``SpmConverter.build_tokenizer_from_spm_proto`` follows the model's own
+    settings (BPE merges ranked by piece score, byte fallback, "▁" for spaces); ``legacy``
+    gives every chunk between special tokens its dummy "▁", as build_chat_input's separate
+    encode() calls do. Then ChatGLM3's nine special tokens, which are not in the model file.
+    """
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter
 
     path = folder / VOCAB_FILE
     if not path.is_file():
         raise ConversionError(f"{folder} has no {VOCAB_FILE} (the ChatGLM sentencepiece model)")
-    try:
-        spm = read_spm(path)
-    except (ValueError, UnicodeDecodeError, struct.error) as exc:
-        raise ConversionError(f"{path} is not a sentencepiece model: {exc}") from None
+    proto = read_spm(path)
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
     unsupported = [
         what
         for what, bad in (
-            (f"model type {spm['model_type']} (only BPE, 2)", spm["model_type"] != 2),
-            (f"normalizer {spm['normalizer']!r} (only identity)", spm["normalizer"] != "identity"),
-            ("remove_extra_whitespaces", spm["remove_extra_whitespaces"]),
-            ("no escape_whitespaces", not spm["escape_whitespaces"]),
-            ("no add_dummy_prefix", not spm["add_dummy_prefix"]),
+            (f"model type {trainer.model_type} (only BPE, 2)", trainer.model_type != 2),
+            (f"normalizer {norm.name!r} (only identity)", norm.name != "identity"),
+            ("remove_extra_whitespaces", norm.remove_extra_whitespaces),
+            ("no escape_whitespaces", not norm.escape_whitespaces),
+            ("no add_dummy_prefix", not norm.add_dummy_prefix),
         )
         if bad
     ]
     if unsupported:
         raise ConversionError(f"{path}: unsupported sentencepiece settings: {', '.join(unsupported)}")
-    pieces = spm["pieces"]
-    vocab = {piece: i for i, (piece, _score, _kind) in enumerate(pieces)}
-    # sentencepiece BPE merges the adjacent pair whose joined piece scores highest; only
-    # normal pieces (type 1) take part. Ranking every split of every normal piece by that
-    # score gives the same merges as an ordered list.
-    normal = {piece: (score, i) for i, (piece, score, kind) in enumerate(pieces) if kind == 1}
-    ranked = []
-    for piece, (score, i) in normal.items():
-        for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in normal and right in normal:
-                ranked.append((-score, i, left, right))
-    merges = [(left, right) for _s, _i, left, right in sorted(ranked)]
-    tok = Tokenizer(
-        BPE(
-            vocab=vocab,
-            merges=merges,
-            unk_token=spm["unk_piece"],
-            fuse_unk=True,
-            byte_fallback=spm["byte_fallback"],
-        )
-    )
-    tok.normalizer = normalizers.Sequence(
-        [
-            normalizers.Replace(" ", "▁"),
-            # sentencepiece adds its dummy "▁" even before a text that starts with one; Metaspace would not
-            normalizers.Replace(Regex(r"\A▁"), "▁▁"),
-        ]
-    )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            # every chunk between special tokens is a separate sentencepiece encode() in build_chat_input
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False),
-            # sentencepiece's words (SplitIntoWords, whitespace-only pieces allowed): a run of ▁ and
-            # what follows it
-            pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated"),
-        ]
-    )
-    tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("▁", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(content=" ", left=1),
-        ]
-    )
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    spm_converter: Any = SpmConverter  # untyped in transformers 5
+    tok = spm_converter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
     tok.add_special_tokens(
         [AddedToken(t, special=True, normalized=False, single_word=t in SINGLE_WORD) for t in SPECIAL_TOKENS]
     )
     for offset, token in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(token) != len(pieces) + offset:
-            raise ConversionError(f"{path}: special token {token} did not land on id {len(pieces) + offset}")
+        if tok.token_to_id(token) != len(proto.pieces) + offset:
+            raise ConversionError(
+                f"{path}: special token {token} did not land on id {len(proto.pieces) + offset}"
+            )
     fast: Any = PreTrainedTokenizerFast  # untyped in transformers 5
     return fast(
         tokenizer_object=tok,
         eos_token="</s>",
-        pad_token=spm["unk_piece"],
-        unk_token=spm["unk_piece"],
+        pad_token=trainer.unk_piece,
+        unk_token=trainer.unk_piece,
         chat_template=CHAT_TEMPLATE,
         model_max_length=int(config.get("seq_length", 8192)),
         clean_up_tokenization_spaces=False,
@@ -323,7 +234,7 @@ CHATGLM = Conversion(
     model_type="chatglm",
     source="ChatGLM2/3 (ChatGLMForConditionalGeneration)",
     target="GlmForCausalLM",
-    version=1,
+    version=2,  # 2: transformers' SpmConverter (tokenizer.json lost the word-split pre-tokenizer)
     target_config=target_config,
     map_tensor=map_tensor,
     ignored=re.compile(r"transformer\.rotary_pos_emb\.inv_freq"),  # recomputed from the config

@@ -128,7 +128,13 @@ def map_tensor(config: dict[str, Any], name: str, tensor: torch.Tensor) -> list[
 
 
 def load_ranks(path: Path) -> dict[bytes, int]:
-    """``qwen.tiktoken``: one ``base64(token) rank`` per line (what tiktoken's loader reads)."""
+    """``qwen.tiktoken``: one ``base64(token) rank`` per line, as tiktoken's ``load_tiktoken_bpe`` reads it.
+
+    Read here rather than by ``TikTokenConverter.load_tiktoken_bpe``, which needs the ``tiktoken``
+    package (not a dependency) and, for a local path, keeps a copy in ``$TMPDIR/data-gym-cache``
+    keyed by the path alone and reused without a content check: a changed file at the same path
+    (a re-download into the same cache folder) would be read stale.
+    """
     ranks: dict[bytes, int] = {}
     for line in path.read_bytes().splitlines():
         if line.strip():
@@ -137,45 +143,12 @@ def load_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def _byte_chars() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte, as ByteLevel pre-tokenizers and decoders use."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-def bpe_from_ranks(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """tiktoken ranks -> a ByteLevel BPE vocab and merge list (as transformers' TikTokenConverter).
-
-    A token of rank r is the merge of every split of it into two tokens; merges are
-    ordered by r (then by the parts' ranks), which is the order tiktoken applies them in.
-    """
-    table = str.maketrans({chr(b): c for b, c in _byte_chars().items()})
-
-    def text(token: bytes) -> str:
-        return token.decode("latin-1").translate(table)
-
-    vocab = {text(token): rank for token, rank in ranks.items()}
-    ordered: list[tuple[int, int, int, bytes, bytes]] = []
-    for token, rank in ranks.items():
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            left_rank, right_rank = ranks.get(left), ranks.get(right)
-            if left_rank is not None and right_rank is not None:
-                ordered.append((rank, left_rank, right_rank, left, right))
-    ordered.sort(key=lambda m: m[:3])
-    return vocab, [(text(left), text(right)) for _r, _lr, _rr, left, right in ordered]
-
-
 def build_tokenizer(folder: Path, config: dict[str, Any]) -> Any:
-    """A fast tokenizer that encodes like QWenTokenizer (tiktoken) on chat text."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
+    """A fast tokenizer that encodes like QWenTokenizer (tiktoken): transformers' ``TikTokenConverter``
+    with Qwen's split pattern and special tokens, plus the NFC normalization QWenTokenizer applies first."""
+    from tokenizers import normalizers
     from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
 
     path = folder / VOCAB_FILE
     if not path.is_file():
@@ -184,17 +157,11 @@ def build_tokenizer(folder: Path, config: dict[str, Any]) -> Any:
     if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) != SPECIAL_START_ID:
         raise ConversionError(f"{path}: expected ranks 0..{SPECIAL_START_ID - 1}, found {len(ranks)} tokens")
 
-    vocab, merges = bpe_from_ranks(ranks)
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=True))
+    converter_cls: Any = TikTokenConverter  # untyped in transformers 5
+    converter = converter_cls(vocab_file=str(path), pattern=PAT_STR, extra_special_tokens=SPECIAL_TOKENS)
+    converter.load_tiktoken_bpe = lambda _path: ranks  # read above, not by tiktoken (see load_ranks)
+    tok = converter.converted()
     tok.normalizer = normalizers.NFC()  # QWenTokenizer.tokenize normalizes to NFC first
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     for offset, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != SPECIAL_START_ID + offset:
             raise ConversionError(
@@ -221,7 +188,7 @@ QWEN = Conversion(
     model_type="qwen",
     source="Qwen v1 (QWenLMHeadModel)",
     target="Qwen2ForCausalLM",
-    version=1,
+    version=2,  # 2: transformers' TikTokenConverter (tokenizer.json gained its ByteLevel post-processor)
     target_config=target_config,
     map_tensor=map_tensor,
     ignored=re.compile(r"transformer\.h\.\d+\.attn\.(masked_bias|bias|rotary_emb\.inv_freq)"),
