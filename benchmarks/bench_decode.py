@@ -148,7 +148,7 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
 
     zeros: dict[int, torch.Tensor] = {}
 
-    def no_int4(self: fastpath._Int4 | fastpath._W4A8, x: torch.Tensor) -> torch.Tensor:
+    def no_int4(self: fastpath.Int4Call | fastpath.W4A8Call, x: torch.Tensor) -> torch.Tensor:
         n = sum(self.sizes)
         return zeros.setdefault(n, torch.zeros(1, 1, n, dtype=x.dtype))
 
@@ -157,26 +157,26 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
     decoder.native = None
     whole = ms_per_token()
     if quant == "int4-a8":
-        real = fastpath._W4A8.raw
+        real = fastpath.W4A8Call.raw
         try:
-            fastpath._W4A8.raw = no_int4  # type: ignore[method-assign,assignment]
+            fastpath.W4A8Call.raw = no_int4  # type: ignore[method-assign,assignment]
             rest = ms_per_token()
         finally:
-            fastpath._W4A8.raw = real  # type: ignore[method-assign]
+            fastpath.W4A8Call.raw = real  # type: ignore[method-assign]
         return {"cpp": cpp, "whole": whole, "int4": whole - rest, "rest": rest}
     head = decoder.lm_head
     hidden = torch.randn(head.shape[1], dtype=head.dtype)
     linear = product_ms(lambda h: F.linear(h[None], head), hidden)
     mv = product_ms(lambda h: torch.mv(head, h), hidden)
-    real_raw, real_head = fastpath._Int4.raw, fastpath.FastDecoder._head
+    real_raw, real_head = fastpath.Int4Call.raw, fastpath.FastDecoder._head
     try:
-        fastpath._Int4.raw = no_int4  # type: ignore[method-assign]
+        fastpath.Int4Call.raw = no_int4  # type: ignore[method-assign]
         without_int4 = ms_per_token()
         logits = torch.zeros(head.shape[0], dtype=head.dtype)
         fastpath.FastDecoder._head = lambda self, h: logits  # type: ignore[method-assign,assignment]
         rest = ms_per_token()
     finally:
-        fastpath._Int4.raw, fastpath.FastDecoder._head = real_raw, real_head  # type: ignore[method-assign]
+        fastpath.Int4Call.raw, fastpath.FastDecoder._head = real_raw, real_head  # type: ignore[method-assign]
     return {"cpp": cpp, "whole": whole, "int4": whole - without_int4, "lm_head": without_int4 - rest,
             "rest": rest, "linear": linear, "mv": mv, "chosen": "mv" if decoder.head_mv else "linear"}
 

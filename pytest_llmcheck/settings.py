@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .cache import default_cache_dir
+from .compat.pytest import option_names
 from .numerics import CHOICE_ENV, NATIVE, PORTABLE
 from .shard import Shard, parse_shard
 from .tolerance import Tolerance, ToleranceError, parse_tolerance
@@ -128,12 +129,6 @@ def all_options() -> tuple[OptionSpec, ...]:
     return OPTIONS + ENGINE_OPTIONS
 
 
-def _option_taken(parser: pytest.Parser, name: str) -> bool:
-    """Whether any plugin already registered ``name`` (pytest only checks within a group)."""
-    groups = [*getattr(parser, "_groups", []), getattr(parser, "_anonymous", None)]
-    return any(name in opt.names() for group in groups if group is not None for opt in group.options)
-
-
 def add_options(parser: pytest.Parser) -> None:
     """Register the canonical options and ini keys."""
     group = parser.getgroup("llmcheck", "pytest-llmcheck: regression tests for local LLMs")
@@ -148,9 +143,10 @@ def add_options(parser: pytest.Parser) -> None:
 def add_aliases(parser: pytest.Parser) -> list[str]:
     """Add each free ``--llm-*`` alias; return the ones another plugin holds."""
     group = parser.getgroup("llmcheck")
+    taken = option_names(parser)  # by any plugin: pytest itself checks only within a group
     clashes = []
     for spec in all_options():
-        if _option_taken(parser, spec.alias):
+        if spec.alias in taken:
             clashes.append(spec.alias)
             continue
         action = "store_true" if spec.flag else "store"

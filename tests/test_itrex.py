@@ -274,6 +274,32 @@ def test_env_create_never_leaves_a_half_built_environment(tmp_path: Path) -> Non
     assert main(["env", "remove", "itrex", "--cache-dir", str(root)]) == 0
 
 
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX venv layout (bin/)")
+def test_the_base_python_of_a_venv_made_from_a_venv_is_the_installation(tmp_path: Path) -> None:
+    """The ITREX venv is built from the installed interpreter, never from a venv's link to it
+    (that venv could move or go), even when pytest runs in a venv made from another venv."""
+    import sysconfig
+
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(outer)], check=True, timeout=120)
+    subprocess.run([str(outer / "bin" / "python"), "-m", "venv", "--without-pip", str(inner)], check=True,
+                   timeout=120)
+    paths = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])  # this checkout, its packages
+    done = subprocess.run(
+        [str(inner / "bin" / "python"), "-c",
+         "from pytest_llmcheck.engines.itrex.env import base_interpreter; print(base_interpreter())"],
+        capture_output=True, text=True, check=True, timeout=120, env={**os.environ, "PYTHONPATH": paths},
+    )
+    found = Path(done.stdout.strip())
+    home = next(line.split("=", 1)[1].strip() for line in (inner / "pyvenv.cfg").read_text().splitlines()
+                if line.startswith("home"))
+    assert found.parent == Path(home)  # the installation's bin/, as venv itself recorded it
+    assert found.is_file()
+    assert not found.is_relative_to(tmp_path)
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert found.name == f"python{version}"
+
 # -- the real worker
 
 

@@ -24,42 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 COMPAT = f"{PACKAGE}.compat"
 TRANSFORMERS = f"{PACKAGE}.engines.transformers"
 
-# What is left in files other work holds right now (engines/transformers, engines/itrex,
-# engines/llamacpp.py, settings.py): each entry says how it goes away. A fixed one fails the
-# test until its entry is removed, so these lists only shrink.
-KNOWN_CYCLE_EDGES = {
-    # fastpath -> w4a8 -> fastpath (for _int4_parts): move it, public, into a low module
-    # (e.g. engines/transformers/int4.py) that both import.
-    (f"{TRANSFORMERS}.w4a8", f"{TRANSFORMERS}.fastpath"),
-}
-KNOWN_PRIVATE_IMPORTS = {
-    (f"{PACKAGE}.engines.itrex.engine", "_quiet_transformers"),  # rename it quiet_transformers
-    (f"{TRANSFORMERS}.decode_step", "_Proj"),  # public names in fastpath (or the low int4 module)
-    (f"{TRANSFORMERS}.decode_step", "_W4A8"),
-    (f"{TRANSFORMERS}.w4a8", "_int4_parts"),  # see KNOWN_CYCLE_EDGES
-}
-KNOWN_OTHER_PRIVATES = {
-    # -> compat.llama_cpp: context(llama), vocab(llama), token_text(llama, t), quiet_logger()
-    (f"{PACKAGE}.engines.llamacpp", "_ctx"),
-    (f"{PACKAGE}.engines.llamacpp", "_model"),
-    (f"{PACKAGE}.engines.llamacpp", "_logger"),
-    # -> compat.pytest.option_names(parser)
-    (f"{PACKAGE}.settings", "_groups"),
-    (f"{PACKAGE}.settings", "_anonymous"),
-    # -> compat.torch.cxx11_abi(), or torch.utils.cpp_extension.load, which handles the ABI itself
-    (f"{TRANSFORMERS}.kernels", "_C"),
-    (f"{TRANSFORMERS}.kernels", "_GLIBCXX_USE_CXX11_ABI"),
-    # -> compat.torch.int4pack_mm_for_cpu()
-    (f"{TRANSFORMERS}.fastpath", "_weight_int4pack_mm_for_cpu"),
-    (f"{TRANSFORMERS}.w4a8", "_weight_int4pack_mm_for_cpu"),
-    # -> compat.transformers.attn_implementation(config)
-    (f"{TRANSFORMERS}.fastpath", "_attn_implementation"),
-    # -> setattr(module, leaf, buffer): nn.Module's public way to replace a registered buffer
-    (f"{TRANSFORMERS}.weights", "_buffers"),
-    # -> the interpreter under sys.base_prefix (bin/pythonX.Y), or a compat/ adapter if the
-    # private name (which venv itself uses) is kept
-    (f"{PACKAGE}.engines.itrex.env", "_base_executable"),
-}
+# What is left in files other work holds right now: each entry says how it goes away. A fixed
+# one fails the test until its entry is removed, so these lists only shrink.
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
+KNOWN_OTHER_PRIVATES: set[tuple[str, str]] = set()
 # Underscore names that are public API: os._exit, namedtuple's methods.
 PUBLIC_UNDERSCORE = {"_exit", "_asdict", "_replace", "_fields", "_make"}
 

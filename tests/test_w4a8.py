@@ -14,7 +14,7 @@ import pytest
 
 from pytest_llmcheck.cache import Cache
 from pytest_llmcheck.engines.base import GenerationConfig
-from pytest_llmcheck.engines.transformers import decode_step, fastpath, w4a8
+from pytest_llmcheck.engines.transformers import decode_step, fastpath, int4, w4a8
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.registry import resolve
@@ -161,7 +161,7 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     assert w4a8.is_w4a8_norm(model.model.norm)
     decoder = fastpath.FastDecoder.build(model)
     qkv = decoder.layers[0].qkv.single
-    assert isinstance(qkv, fastpath._W4A8)
+    assert isinstance(qkv, int4.W4A8Call)
     assert qkv.sizes == [256, 128, 128]
     assert decoder.head is not None
     decode_step.load_library(None)  # the kernel built, so a compiler is at hand
@@ -264,11 +264,9 @@ def test_the_tiny_model_with_32_output_layers_converts_whole(tiny_model: Path) -
 
 @needs_kernel
 def test_weights_the_kernel_does_not_know_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_llmcheck.engines.transformers import fastpath as fp
-
     model = _plain_tiny()
     get_quantizer("int4").apply(model)
-    monkeypatch.setattr(fp, "_int4_parts", lambda weight: None)  # as for a layout of another kind
+    monkeypatch.setattr(int4, "int4_parts", lambda weight: None)  # as for a layout of another kind
     with pytest.raises(w4a8.W4A8Error, match=r"layer model\.layers\.0\.self_attn\.q_proj holds weights of "
                                               r"type Int4OpaqueTensor, which the kernel does not take"):
         w4a8.convert(model)

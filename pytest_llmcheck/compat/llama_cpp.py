@@ -8,7 +8,7 @@ tokens, its perf counters), a token's text (the chat template's BOS/EOS) and qui
 (``llama_model_get_vocab``, ``llama_vocab_get_text``) give the same pointers, and the log
 callback llama-cpp-python installs consults the standard logger named ``LOGGER``.
 
-Imported only by the llamacpp engine, after ``llama_cpp`` itself.
+Imported by the llamacpp engine; ``llama_cpp`` is imported only inside the functions.
 """
 
 from __future__ import annotations

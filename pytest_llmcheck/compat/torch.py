@@ -7,8 +7,6 @@
   machine has, whatever kernels torch was told to use; they decide portable numerics and go
   into cache keys and fingerprints. ``torch.backends.cpu.get_cpu_capability()`` is public
   but names only the one level torch dispatches to.
-- ``torch._C._GLIBCXX_USE_CXX11_ABI``: the C++ ABI a native extension must be built with
-  (``torch.utils.cpp_extension`` reads the same flag).
 
 torch is imported inside the functions: importing the plugin never imports torch.
 """
@@ -41,10 +39,3 @@ def cpu_supports(extension: str) -> bool:
 
     probe = getattr(torch.cpu, CPU_PROBES[extension], None)
     return bool(probe()) if probe is not None else False
-
-
-def cxx11_abi() -> bool:
-    """Whether torch was built with the C++11 ABI of libstdc++ (native extensions must match)."""
-    import torch
-
-    return bool(torch._C._GLIBCXX_USE_CXX11_ABI)

@@ -563,12 +563,12 @@ def model_folder(ref: ModelRef, settings: Settings, scratch: Path) -> tuple[Path
     if ref.gguf_file is None:
         return folder, 0.0, False
     from ...cache import Cache
-    from ..transformers.engine import _quiet_transformers
+    from ..transformers.engine import quiet_transformers
     from ..transformers.quantize import quiet_loggers
     from ..transformers.weights import convert_gguf
 
     start = time.perf_counter()
-    with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers():
+    with quiet_loggers("torchao", "torch.utils._pytree"), quiet_transformers():
         path, built = convert_gguf(
             ref, folder, Cache(settings.cache_dir) if settings.use_cache else None,
             trust_remote_code=ref.trust_remote_code, scratch=scratch,

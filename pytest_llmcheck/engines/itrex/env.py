@@ -144,6 +144,18 @@ def _user_python(path: Path, origin: str) -> ItrexPython:
     return ItrexPython(path, origin, versions)
 
 
+def base_interpreter() -> str:
+    """The installed interpreter under this one, not a venv's link to it: ``bin/pythonX.Y``
+    under ``sys.base_prefix``, which is the installation itself even for a venv made from
+    another venv (venv writes the installation's folder as ``home``). A venv built from a
+    venv's python would depend on that venv staying where it is. ``sys.executable`` where
+    the installation has no such file (a relocated or embedded Python)."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    base = Path(sys.base_prefix)
+    candidate = base / "python.exe" if os.name == "nt" else base / "bin" / f"python{version}"
+    return str(candidate) if candidate.is_file() else sys.executable
+
+
 def find_base_python(python: str | None = None) -> str:
     """A Python ``PYTHON_VERSION`` interpreter to build the venv from."""
     if python:
@@ -152,7 +164,7 @@ def find_base_python(python: str | None = None) -> str:
             raise ItrexEnvError(f"--python: {python} not found")
         return found
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == PYTHON_VERSION:
-        return getattr(sys, "_base_executable", sys.executable)
+        return base_interpreter()
     found = shutil.which(f"python{PYTHON_VERSION}")
     if found is None:
         raise ItrexEnvError(

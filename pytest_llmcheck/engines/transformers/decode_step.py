@@ -6,6 +6,11 @@ per token. The C++ step makes the same calls on the same tensors, so its logits 
 same bit for bit; the engine still checks that at load (as it checks the Python step
 against the model's forward) and keeps the Python step when the library cannot be built
 here (no compiler) or does not check out.
+
+What it earns: ``benchmarks/bench_decode.py``'s rows "torch int4, fast loop" (this step)
+against "torch int4, fast loop, Python step" on SmolLM2, in docs/performance.md: 95.5 / 96.7
+against 86.4 decode tokens per second at 1 thread, 125.0 / 147.9 against 112.9 at 2; its
+split table, 10.1 against 11.8 ms per token (1 thread).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...cache import Cache, CacheError
 from . import kernels
+from .int4 import W4A8Call
 
 if TYPE_CHECKING:
-    from .fastpath import FastDecoder, _Proj
+    from .fastpath import FastDecoder, Projection
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
 LIBRARY = "decode_step.so"
@@ -74,10 +80,8 @@ def load_library(cache: Cache | None) -> str:
         raise StepUnavailable(f"the C++ step could not be built: {exc}") from None
 
 
-def _add_projection(native: Any, layer: int, slot: int, proj: _Proj) -> None:
+def _add_projection(native: Any, layer: int, slot: int, proj: Projection) -> None:
     import torch
-
-    from .fastpath import _W4A8
 
     empty = torch.empty(0)
     if not proj.int4:
@@ -87,7 +91,7 @@ def _add_projection(native: Any, layer: int, slot: int, proj: _Proj) -> None:
         return
     for call in proj.int4:
         biases = [] if call.bias is None else [call.bias]
-        if isinstance(call, _W4A8):
+        if isinstance(call, W4A8Call):
             native.add_call(layer, slot, W4A8, call.packed, call.sz, biases, call.group, call.sizes)
         else:
             native.add_call(layer, slot, INT4, call.packed, call.scale_zero, biases, call.group, call.sizes)

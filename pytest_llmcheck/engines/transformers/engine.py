@@ -99,7 +99,7 @@ def portable_arithmetic(numerics: str) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No progress bars or advice from transformers while loading: pytest would capture
     them into every failure report of the model's first test. The plugin prints its own
     one-line progress instead."""
@@ -280,7 +280,7 @@ class TransformersEngine:
         if problem == "remote" and not trust_remote_code:
             raise ModelLoadError(remote_code_message(ref.name, ref.spec, folder, None))
         try:
-            with quiet_loggers("torchao", "torch.utils._pytree"), _quiet_transformers(), \
+            with quiet_loggers("torchao", "torch.utils._pytree"), quiet_transformers(), \
                     portable_arithmetic(numerics):
                 loaded = load_model(ref, folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
                                     numerics=numerics)

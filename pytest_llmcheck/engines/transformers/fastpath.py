@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ...compat.transformers import attn_implementation
+from .int4 import Int4Call, W4A8Call, int4_parts
 from .w4a8 import is_w4a8_norm
 
 if TYPE_CHECKING:
@@ -51,66 +53,13 @@ STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 FUSE_MULTIPLE = 64  # output sizes the INT4 kernel computes in whole blocks (see _projection)
 
 
-@dataclass
-class _Int4:
-    """One call of torchao's CPU INT4 kernel for one or several projections."""
-
-    packed: torch.Tensor
-    group: int
-    scale_zero: torch.Tensor
-    sizes: list[int]  # output features of each member, in order
-    bias: torch.Tensor | None
-
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 1, sum of sizes): exactly what torchao's Int4OpaqueTensor linear computes,
-        for all members at once."""
-        import torch
-
-        mm = torch.ops.aten._weight_int4pack_mm_for_cpu
-        y: torch.Tensor = mm(x.view(1, -1), self.packed, self.group, self.scale_zero).view(1, 1, -1)
-        if self.bias is not None:
-            y += self.bias
-        return y if y.dtype == x.dtype else y.to(x.dtype)
-
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        import torch
-
-        y = self.raw(x)
-        return list(torch.split(y, self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
-
-
-@dataclass
-class _W4A8:
-    """One call of the ``int4-a8`` kernel for one or several projections (see w4a8.py).
-    Every 16 outputs are summed on their own, so a fused call gives each member's values."""
-
-    packed: torch.Tensor
-    sz: torch.Tensor
-    group: int
-    sizes: list[int]
-    bias: torch.Tensor | None
-
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        mm = torch.ops.llmcheck.w4a8_mm
-        y: torch.Tensor = mm(x.view(1, -1), self.packed, self.sz, self.bias, self.group)
-        return y.view(1, 1, -1)
-
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        import torch
-
-        y = self.raw(x)
-        return list(torch.split(y, self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
-
-
-def _w4a8_projection(linears: Sequence[Any]) -> _Proj:
+def _w4a8_projection(linears: Sequence[Any]) -> Projection:
     """One fused kernel call for int4-a8 layers; the modules' buffers become views of it."""
     import torch
 
     if len({lin.group for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
-        calls = [_W4A8(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias) for lin in linears]
-        return _Proj(int4=calls)
+        calls = [W4A8Call(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias) for lin in linears]
+        return Projection(int4=calls)
     packed = torch.cat([lin.packed for lin in linears], 0)
     sz = torch.cat([lin.sz for lin in linears], 0)
     bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
@@ -121,19 +70,20 @@ def _w4a8_projection(linears: Sequence[Any]) -> _Proj:
         if bias is not None:
             lin.bias = bias[start * 16 : (start + tiles) * 16]
         start += tiles
-    return _Proj(int4=[_W4A8(packed, sz, linears[0].group, [lin.out_features for lin in linears], bias)])
+    sizes = [lin.out_features for lin in linears]
+    return Projection(int4=[W4A8Call(packed, sz, linears[0].group, sizes, bias)])
 
 
 @dataclass
-class _Proj:
+class Projection:
     """Projections of the same input (q/k/v, gate/up, or one alone): (1, 1, out) each."""
 
-    int4: Sequence[_Int4 | _W4A8]
+    int4: Sequence[Int4Call | W4A8Call]
     weights: tuple[torch.Tensor, ...] = ()  # plain weights, one linear each
     biases: tuple[torch.Tensor | None, ...] = ()
 
     @property
-    def single(self) -> _Int4 | _W4A8 | None:
+    def single(self) -> Int4Call | W4A8Call | None:
         """The one INT4 call that computes all members, if that is how they run."""
         return self.int4[0] if len(self.int4) == 1 else None
 
@@ -145,24 +95,7 @@ class _Proj:
         return [y for call in self.int4 for y in call(x)]
 
 
-def _int4_parts(weight: Any) -> tuple[torch.Tensor, int, torch.Tensor] | None:
-    """(packed, group size, scale and zero) of a torchao CPU INT4 weight in the plain
-    weight-only layout; None for anything else."""
-    if type(weight).__name__ != "Int4OpaqueTensor":
-        return None
-    block = getattr(weight, "block_size", None)
-    if (
-        getattr(weight, "act_mapping_type", None) is not None
-        or getattr(weight, "act_pre_scale", None) is not None
-        or not block
-        or block[0] != 1
-        or weight.qdata.shape[0] != weight.shape[0]  # padded output features
-    ):
-        return None
-    return weight.qdata, int(block[1]), weight.scale_and_zero
-
-
-def _projection(linears: Sequence[Any]) -> _Proj:
+def _projection(linears: Sequence[Any]) -> Projection:
     """The products for ``linears``. INT4 members are fused into one kernel call when every
     output size is a whole number of the kernel's blocks: a size that ends in a partial
     block takes another code path whose sums differ in the last bit (seen with 32 outputs),
@@ -175,11 +108,11 @@ def _projection(linears: Sequence[Any]) -> _Proj:
         return _w4a8_projection(linears)
     if any(is_w4a8(lin) for lin in linears):
         raise Unsupported("int4-a8 layers mixed with others")
-    parts = [_int4_parts(lin.weight) for lin in linears]
+    parts = [int4_parts(lin.weight) for lin in linears]
     if all(p is not None for p in parts):
         ints = [p for p in parts if p is not None]
         members = [
-            _Int4(packed, group, scale_zero, [int(lin.weight.shape[0])], lin.bias)
+            Int4Call(packed, group, scale_zero, [int(lin.weight.shape[0])], lin.bias)
             for (packed, group, scale_zero), lin in zip(ints, linears, strict=True)
         ]
         fusable = (
@@ -189,10 +122,10 @@ def _projection(linears: Sequence[Any]) -> _Proj:
             and len({m.bias is None for m in members}) == 1
         )
         if not fusable:
-            return _Proj(int4=members)
+            return Projection(int4=members)
         biases = [m.bias for m in members if m.bias is not None]
         packed = torch.cat([m.packed for m in members], 0)
-        fused = _Int4(
+        fused = Int4Call(
             packed,
             members[0].group,
             torch.cat([m.scale_zero for m in members], 1).contiguous(),
@@ -206,12 +139,12 @@ def _projection(linears: Sequence[Any]) -> _Proj:
             size = member.sizes[0]
             lin.weight.qdata = packed[start : start + size]  # whole rows: contiguous, same bytes
             start += size
-        return _Proj(int4=[fused])
+        return Projection(int4=[fused])
     plain = (torch.Tensor, torch.nn.Parameter)
     if any(p is not None for p in parts) or any(type(lin.weight) not in plain for lin in linears):
         raise Unsupported(f"weights of type {type(linears[0].weight).__name__}")
     weights = tuple(lin.weight for lin in linears)
-    return _Proj(int4=[], weights=weights, biases=tuple(lin.bias for lin in linears))
+    return Projection(int4=[], weights=weights, biases=tuple(lin.bias for lin in linears))
 
 
 _KV = list["torch.Tensor"]  # one tensor per layer, (1, kv heads, tokens, head dim)
@@ -223,10 +156,10 @@ class Unsupported(Exception):
 
 @dataclass
 class _Layer:
-    qkv: _Proj
-    o: _Proj
-    gate_up: _Proj
-    down: _Proj
+    qkv: Projection
+    o: Projection
+    gate_up: Projection
+    down: Projection
     norm1: Any
     norm2: Any
 
@@ -308,14 +241,14 @@ class FastDecoder:
         self.rope_scale = rotary.attention_scaling
         self.embed = model.model.embed_tokens
         self.final_norm = model.model.norm
-        self.head: _W4A8 | None = None  # an int4-a8 lm_head
+        self.head: W4A8Call | None = None  # an int4-a8 lm_head
         self.head_mv = False  # a bf16 lm_head as torch.mv (else F.linear)
         self.native: Any = None  # the same step in C++ (decode_step), once checked
         self._lock = threading.Lock()
         plain = (torch.Tensor, torch.nn.Parameter)
         if is_w4a8(model.lm_head):
             head = model.lm_head
-            self.head = _W4A8(head.packed, head.sz, head.group, [head.out_features], head.bias)
+            self.head = W4A8Call(head.packed, head.sz, head.group, [head.out_features], head.bias)
         elif model.lm_head.bias is not None or type(model.lm_head.weight) not in plain:
             raise Unsupported("a quantized lm_head or one with a bias")
         else:
@@ -341,8 +274,9 @@ class FastDecoder:
         if config.model_type not in ARCHITECTURES:
             known = ", ".join(ARCHITECTURES)
             raise Unsupported(f"architecture {config.model_type!r} (the loop knows {known})")
-        if getattr(config, "_attn_implementation", None) != "sdpa":
-            raise Unsupported(f"attention implementation {config._attn_implementation!r}")
+        attention = attn_implementation(config)
+        if attention != "sdpa":
+            raise Unsupported(f"attention implementation {attention!r}")
         if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or ())):
             raise Unsupported("sliding-window layers")
         if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):

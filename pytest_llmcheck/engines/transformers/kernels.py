@@ -1,9 +1,19 @@
 """Small C++ libraries of torch ops, compiled once per machine into the cache.
 
 Two use this: the ``int4-a8`` recipe's kernel (``w4a8.cpp``) and the decode loop's C++ step
-(``decode_step.cpp``). Each is built with the compiler and C++ ABI torch extensions use,
-loaded from its build folder before its cache entry is committed (so an entry that does
-not load is never taken as good), and built again when a ready entry fails to load.
+(``decode_step.cpp``). Each is built into a cache entry's temporary folder, loaded from it
+before the entry is committed (so an entry that does not load is never taken as good), and
+built again when a ready entry fails to load.
+
+What to build with is torch's, through public names: the compiler ``cpp_extension`` uses
+(``$CXX``, else ``c++``), its ``include_paths()`` and ``library_paths()``, and the C++ ABI
+torch was built with (``torch.compiled_with_cxx11_abi()``; cpp_extension passes the same
+define on the torch builds that need one). The one compiler command is this
+module's, not ``cpp_extension.load``: ``load`` runs ninja, which is no dependency of the
+plugin (and the ``ninja`` wheel's binary is not on PATH when a venv's python is run without
+activating it, as CI runs pytest), it loads the library as a side effect of building it,
+under a name it versions per process (``w4a8_v1.so`` after a second build under one name),
+and leaves its ninja files and objects in the folder that becomes the cache entry.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ CACHE_KIND = "kernel"
 
 
 def compiler() -> str:
-    """The C++ compiler to build with (``$CXX``, else ``c++``)."""
+    """The C++ compiler to build with: ``$CXX``, else ``c++``, as
+    ``torch.utils.cpp_extension.get_cxx_compiler`` picks it on Linux and macOS (read here
+    without importing cpp_extension, which imports setuptools)."""
     return os.environ.get("CXX", "c++")
 
 
@@ -42,7 +54,7 @@ def compile_library(source: Path, out: Path, flags: Sequence[str]) -> str | None
     import torch
     import torch.utils.cpp_extension as ext
 
-    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"  # as torch was built
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"  # as torch was built
     command = [compiler(), *flags, abi, *(f"-I{p}" for p in ext.include_paths()), str(source),
                *(f"-L{p}" for p in ext.library_paths()), "-lc10", "-ltorch_cpu", "-o", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -81,7 +93,7 @@ def library_key(name: str, source: Path, flags: Sequence[str]) -> dict[str, Any]
         "flags": list(flags),
         "torch": torch.__version__,
         "torch_build": torch.version.git_version,  # two builds may share a version string
-        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "cxx11_abi": torch.compiled_with_cxx11_abi(),
         "compiler": which,
         "python": sys.version.split()[0],
     }
