@@ -675,9 +675,11 @@ def test_seed_command_through_the_stand_in_hub(
     code_modules = {Path(f).stem for files in REPO_CODE.values() for f in files}
     assert not [m for m in set(sys.modules) - before if m.rsplit(".", 1)[-1] in code_modules]
     assert not list(tmp_path.rglob("transformers_modules"))
-    # both were downloaded, converted and INT4-quantized into the cache
-    kinds = sorted(str(e["kind"]) for e in Cache(cache).list() if e["ready"])
-    assert kinds == ["converted", "converted", "download", "download", "quantized", "quantized"]
+    # both were downloaded and INT4-quantized into the cache straight from the source checkpoint,
+    # read through the conversion's mapping: no full bf16 converted copy on the way (the C++ decode
+    # step's library lands there too when this process has not loaded it yet)
+    kinds = sorted(str(e["kind"]) for e in Cache(cache).list() if e["ready"] and e["kind"] != "kernel")
+    assert kinds == ["download", "download", "quantized", "quantized"]
     requested = {path for _method, path in server.calls()}
     assert any(HUB_IDS["qwen"] in p for p in requested)
     assert any(HUB_IDS["chatglm3"] in p for p in requested)

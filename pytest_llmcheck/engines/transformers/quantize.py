@@ -140,6 +140,11 @@ def is_quantized_weight(weight: Any) -> bool:
     return type(weight) not in (torch.Tensor, torch.nn.Parameter)
 
 
+# the attribute of a meta-device model that reads its weights while ``TorchaoInt4.apply``
+# quantizes them: (quantize one layer: (module, fqn) -> seconds) -> seconds spent quantizing
+STREAM_ATTR = "llmcheck_read_weights"
+
+
 @dataclass(frozen=True)
 class NoQuant:
     """Keep the weights as loaded, in fp32 (``none``) or bf16 (``bf16``)."""
@@ -187,16 +192,51 @@ class TorchaoInt4:
             and module.in_features % self.group_size == 0
         )
 
-    def apply(self, model: torch.nn.Module) -> QuantReport:
+    def preflight(self) -> None:
+        """What must hold before any INT4 work starts (nothing for plain INT4)."""
+
+    def torchao_config(self) -> Any:
         with quiet_loggers("torchao", "torch.utils._pytree"):
             # torchao logs missing GPU kernels and torch pytree notices on import: noise on a CPU
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
-            from torchao.quantization import quantize_
 
-        before = weight_bytes(model)
+        return PrototypeInt4WeightOnlyConfig(group_size=self.group_size)
+
+    def apply(self, model: torch.nn.Module) -> QuantReport:
+        """Quantize ``model``'s eligible layers in place.
+
+        A model built on the meta device by ``stream`` carries ``STREAM_ATTR``: a function
+        that reads its weights and quantizes each eligible layer (``quantize_module``) as
+        soon as it is complete, so the whole model never exists in bf16. Either way this
+        is the one step that quantizes (the cache tests interrupt builds through it).
+        """
+        self.preflight()
+        config = self.torchao_config()
+        from torchao.quantization import quantize_
+
+        before = weight_bytes(model)  # of meta tensors too: their shapes and dtypes
+        read_weights = getattr(model, STREAM_ATTR, None)
+        if read_weights is not None:
+            return self.report(model, before, read_weights(self.quantize_module))
         start = time.perf_counter()
-        quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=self.group_size), filter_fn=self.eligible)
-        seconds = time.perf_counter() - start
+        quantize_(model, config, filter_fn=self.eligible)
+        return self.report(model, before, time.perf_counter() - start)
+
+    def quantize_module(self, module: torch.nn.Module, fqn: str) -> float:
+        """Quantize one linear layer the way ``apply`` does (the streamed build, ``stream``);
+        returns the seconds it took. Each weight is packed from itself alone, so layer by
+        layer gives the bytes ``apply`` gives on the whole model."""
+        if not self.eligible(module, fqn):
+            raise QuantizationError(f"{fqn} ({type(module).__name__}) is not an INT4-eligible linear layer")
+        config = self.torchao_config()
+        from torchao.quantization import quantize_
+
+        start = time.perf_counter()
+        quantize_(module, config, filter_fn=lambda m, _fqn: m is module)
+        return time.perf_counter() - start
+
+    def report(self, model: torch.nn.Module, before: int, seconds: float) -> QuantReport:
+        """What ``apply`` reports for a model quantized in ``seconds`` from ``before`` bytes."""
         total, done = count_quantized(model)
         report = QuantReport(  # what the cache keeps: the INT4 weights, whichever recipe uses them
             method="int4",
@@ -236,11 +276,10 @@ class TorchaoInt4A8(TorchaoInt4):
             "rms_norm": "one kernel call", "kernel": f"w4a8.cpp {kernel_source_digest()}",
         }
 
-    def apply(self, model: torch.nn.Module) -> QuantReport:
+    def preflight(self) -> None:
         from . import w4a8
 
         w4a8.preflight()  # before the INT4 work: a machine that cannot run the kernel says so first
-        return super().apply(model)
 
     def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
         from . import w4a8

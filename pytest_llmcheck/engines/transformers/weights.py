@@ -6,7 +6,10 @@ The expensive steps happen once per machine, not once per session:
   saved as a safetensors folder that reloads in under a second; or a checkpoint whose
   own code cannot run on transformers 5 (Qwen v1, ChatGLM2/3) rewritten as a built-in
   model by ``conversions`` (keyed on the source files and the mapping version);
-- ``quantized``: the INT4 model. torchao's tensors do not survive ``save_pretrained``,
+- ``quantized``: the INT4 model, built layer by layer from the checkpoint as found
+  (``stream``: never the whole bf16 model in memory; a Qwen v1 / ChatGLM checkpoint is read
+  through its conversion's mapping, so no ``converted`` copy is written for it).
+  torchao's tensors do not survive ``save_pretrained``,
   so the entry holds ``torch.save`` of the state dict plus every buffer, the config and
   the tokenizer; a reload builds the model on the meta device and assigns the saved
   tensors (``load_state_dict(assign=True)``), which takes a fraction of a second.
@@ -34,7 +37,8 @@ from ...registry import ModelRef
 from .conversions import Conversion, convert
 from .conversions import detect as detect_conversion
 from .cpu import cpu_capability
-from .quantize import NoQuant, Quantizer, QuantReport, count_quantized
+from .quantize import NoQuant, Quantizer, QuantReport, TorchaoInt4, count_quantized
+from .stream import stream_int4
 
 WEIGHTS_FILE = "weights.pt"
 QUANT_FILE = "quant.json"
@@ -187,7 +191,7 @@ def _load_quantized(folder: Path, dtype: str, trust_remote_code: bool) -> tuple[
     for name, buffer in data["buffers"].items():
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
-        module._buffers[leaf] = buffer
+        setattr(module, leaf, buffer)  # nn.Module puts a tensor set on a buffer's name into its buffers
     stray = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if stray:
         raise RuntimeError(f"cached INT4 model in {folder} lacks tensors: {', '.join(stray[:3])}")
@@ -334,7 +338,8 @@ def _load_and_convert(
     if conversion is None:
         plain = source_identity(ref, folder, memo) if cache is not None else {}
         loaded = _load(ref, lambda: folder, quantizer, cache=cache, trust_remote_code=trust_remote_code,
-                       identity=plain, start=start, numerics=numerics)
+                       identity=plain, start=start, numerics=numerics,
+                       stream_from=None if ref.gguf_file else (folder, None))
         loaded.content = plain.get("content")
         return loaded
     with contextlib.ExitStack() as stack:
@@ -348,7 +353,7 @@ def _load_and_convert(
         # only a cache needs the key: without one, do not read every weight file for it
         identity = {**source_identity(ref, folder, memo), "conversion": conversion.tag} if cache else {}
         loaded = _load(ref, source, quantizer, cache=cache, trust_remote_code=False, identity=identity,
-                       start=start, numerics=numerics)
+                       start=start, numerics=numerics, stream_from=(folder, conversion))
     if cache is not None and isinstance(quantizer, NoQuant):  # the converted entry is what was loaded
         loaded.from_cache = not sum(spent)
     loaded.conversion = {**conversion.tag, "seconds": round(sum(spent), 3)}
@@ -367,10 +372,19 @@ def _load(
     identity: dict[str, Any],
     start: float,
     numerics: str,
+    stream_from: tuple[Path, Conversion | None] | None = None,
 ) -> Loaded:
-    """The INT4 / bf16 / fp32 path for a model folder (``source()`` gives it, made on demand)."""
+    """The INT4 / bf16 / fp32 path for a model folder (``source()`` gives it, made on demand).
+
+    ``stream_from``: the checkpoint folder as found (and its conversion, if any), from which
+    INT4 is built tensor by tensor (``stream``) without the whole bf16 model, or a
+    converted copy of it, ever existing.
+    """
     gguf = ref.gguf_file is not None
     if cache is None:
+        if isinstance(quantizer, TorchaoInt4):
+            model, tokenizer, report = _quantize(ref, source, quantizer, trust_remote_code, stream_from)
+            return Loaded(model, tokenizer, report, time.perf_counter() - start, False)
         model, tokenizer = _from_pretrained(source(), ref, quantizer.load_dtype, trust_remote_code, gguf)
         return Loaded(model, tokenizer, quantizer.apply(model), time.perf_counter() - start, False)
 
@@ -391,12 +405,28 @@ def _load(
     if not entry.ready:
         with entry.build() as tmp:
             if tmp is not None:
-                model, tokenizer = _from_pretrained(
-                    source(), ref, quantizer.load_dtype, trust_remote_code, gguf
-                )
-                report = quantizer.apply(model)
+                model, tokenizer, report = _quantize(ref, source, quantizer, trust_remote_code, stream_from)
                 _save_quantized(model, tokenizer, report, tmp)
                 load_seconds = time.perf_counter() - start - report.seconds
                 return Loaded(model, tokenizer, report, load_seconds, False)
     model, tokenizer, report = _load_quantized(entry.path, quantizer.load_dtype, trust_remote_code)
     return Loaded(model, tokenizer, report, time.perf_counter() - start, True)
+
+
+def _quantize(
+    ref: ModelRef,
+    source: Callable[[], Path],
+    quantizer: Quantizer,
+    trust_remote_code: bool,
+    stream_from: tuple[Path, Conversion | None] | None,
+) -> tuple[Any, Any, QuantReport]:
+    """The quantized model: streamed from the checkpoint when ``stream`` fits it (INT4 at a
+    fraction of the memory, the same bytes), else loaded whole and quantized in place."""
+    if stream_from is not None and isinstance(quantizer, TorchaoInt4):
+        folder, conversion = stream_from
+        streamed = stream_int4(folder, quantizer, conversion=conversion, trust_remote_code=trust_remote_code)
+        if streamed is not None:
+            return streamed.model, streamed.tokenizer, streamed.report
+    model, tokenizer = _from_pretrained(source(), ref, quantizer.load_dtype, trust_remote_code,
+                                        ref.gguf_file is not None)
+    return model, tokenizer, quantizer.apply(model)

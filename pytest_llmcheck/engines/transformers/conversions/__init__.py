@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import Conversion, ConversionError, TensorMap
 
-__all__ = ["Conversion", "ConversionError", "TensorMap", "convert", "detect"]
+__all__ = ["Conversion", "ConversionError", "TensorMap", "convert", "detect", "shards", "write_companions"]
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ def detect(folder: Path) -> Conversion | None:
 # -- reading the source checkpoint -------------------------------------------------
 
 
-def _shards(folder: Path) -> list[Path]:
+def shards(folder: Path) -> list[Path]:
     """The weight files in load order, from the index when there is one."""
     for index_name in (INDEX_FILE, "pytorch_model.bin.index.json"):
         index = folder / index_name
@@ -149,7 +149,6 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
     Returns the record also written to ``conversion.json``.
     """
     from safetensors.torch import save_file
-    from transformers import GenerationConfig
 
     start = time.perf_counter()
     conversion = conversion or detect(src)
@@ -159,13 +158,13 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
         )
     config = read_config(src)
     expected = expected_shapes(conversion, config)
-    shards = _shards(src)
+    files = shards(src)
     produced: dict[str, tuple[int, ...]] = {}
     weight_map: dict[str, str] = {}
     total = 0
     dtypes: set[str] = set()
-    for i, shard in enumerate(shards, 1):
-        name = f"{SHARD_PREFIX}-{i:05d}-of-{len(shards):05d}.safetensors"
+    for i, shard in enumerate(files, 1):
+        name = f"{SHARD_PREFIX}-{i:05d}-of-{len(files):05d}.safetensors"
         part: dict[str, torch.Tensor] = {}
         for key, tensor in convert_tensors(conversion, config, read_shard(shard)):
             if key in produced:
@@ -185,6 +184,28 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
         ),
         encoding="utf-8",
     )
+    write_companions(src, out, conversion, config, dtypes)
+    record = {
+        **conversion.tag,
+        "seconds": round(time.perf_counter() - start, 3),
+        "tensors": len(produced),
+        "bytes": total,
+    }
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return record
+
+
+def write_companions(
+    src: Path, out: Path, conversion: Conversion, config: dict[str, Any], dtypes: set[str]
+) -> None:
+    """The converted folder's small files: config.json, the tokenizer, generation_config.json.
+
+    Apart from the weights so that the streamed INT4 build (``stream``), which reads the
+    source through ``map_tensor`` itself, gets the very same files. ``dtypes``: those of
+    the converted tensors; config.json records the dtype when they all agree.
+    """
+    from transformers import GenerationConfig
+
     target_config = conversion.target_config(config)
     target_config.architectures = [conversion.target]
     if len(dtypes) == 1:
@@ -194,14 +215,6 @@ def convert(src: Path, out: Path, conversion: Conversion | None = None) -> dict[
     tokenizer.save_pretrained(str(out))
     generation: Any = GenerationConfig  # untyped in transformers 5
     generation(**conversion.generation(config, tokenizer)).save_pretrained(str(out))
-    record = {
-        **conversion.tag,
-        "seconds": round(time.perf_counter() - start, 3),
-        "tensors": len(produced),
-        "bytes": total,
-    }
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return record
 
 
 # -- models whose own code cannot run here -------------------------------------------
