@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench_engines import table  # noqa: E402
 
 if TYPE_CHECKING:
-    from pytest_llmcheck.cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
 
 PROMPT = "Write three sentences about the city of Paris."
 TARGET = 0.5
@@ -65,13 +65,13 @@ def torch_worker(
     decode: str, threads: int, tokens: int, repeats: int, quant: str = "int4", numerics: str = "native"
 ) -> dict[str, object]:
     if numerics == "portable":  # as the plugin does, before anything imports torch
-        from pytest_llmcheck.numerics import apply_portable_env
+        from pytest_llmcheck.config.numerics import apply_portable_env
 
         apply_portable_env()
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
     engine = TransformersEngine.load(
@@ -91,7 +91,7 @@ def torch_worker(
 
 def machine_cache() -> Cache:
     """The per-machine cache: INT4 weights and compiled libraries built once, not per row."""
-    from pytest_llmcheck.cache import Cache, default_cache_dir
+    from pytest_llmcheck.storage.cache import Cache, default_cache_dir
 
     return Cache(default_cache_dir())
 
@@ -110,10 +110,10 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
     import torch
     import torch.nn.functional as F
 
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.transformers import fastpath
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
     engine = TransformersEngine.load(
@@ -184,10 +184,10 @@ def split_worker(threads: int, tokens: int, repeats: int, quant: str = "int4") -
 def llamacpp_engine_worker(
     threads: int, tokens: int, repeats: int, numerics: str = "portable"
 ) -> dict[str, object]:
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.llamacpp import load_llamacpp
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import Settings
 
     settings = Settings(threads=threads, no_cache=True, numerics=numerics)
     engine = load_llamacpp(resolve("smollm2@llamacpp"), settings)
@@ -205,7 +205,7 @@ def llamacpp_repacked_worker(threads: int, tokens: int, repeats: int) -> dict[st
     """Decode with llama.cpp's default (repacked) weights, greedy, the prompt token by token."""
     import llama_cpp
 
-    from pytest_llmcheck.registry import smollm2_path
+    from pytest_llmcheck.config.registry import smollm2_path
 
     llm = llama_cpp.Llama(
         str(smollm2_path()), n_ctx=2048, n_batch=512, n_ubatch=512,

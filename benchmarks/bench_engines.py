@@ -45,10 +45,10 @@ def table(rows: list[list[str]]) -> str:
 def speed_table(tokens: int, repeats: int) -> str:
     import torch
 
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
     rows = [
@@ -80,12 +80,12 @@ def speed_table(tokens: int, repeats: int) -> str:
 
 def itrex_rows(tokens: int, repeats: int) -> list[list[str]]:
     """ITREX RTN INT4 in its worker, on the same model and prompt, when its environment exists."""
-    from pytest_llmcheck.cache import default_cache_dir
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.itrex.engine import load_itrex
     from pytest_llmcheck.engines.itrex.env import ItrexEnvError, locate
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import Settings
+    from pytest_llmcheck.storage.cache import default_cache_dir
 
     try:
         python = locate(default_cache_dir())
@@ -127,8 +127,8 @@ import torch, transformers, torchao.quantization  # imports cost the same in eve
 from pathlib import Path
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers.loader import load_transformers
-from pytest_llmcheck.registry import resolve
-from pytest_llmcheck.settings import Settings
+from pytest_llmcheck.config.registry import resolve
+from pytest_llmcheck.config.settings import Settings
 settings = Settings(cache_dir=Path(sys.argv[2]), quant="int4", threads=2, numerics="native")
 start = time.perf_counter()
 engine = load_transformers(resolve(sys.argv[1]), settings)
@@ -162,10 +162,10 @@ LOAD_RATIO_TARGET = 0.1
 def cache_table() -> str:
     import os
 
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
     from pytest_llmcheck.engines.transformers.weights import forget_gguf
-    from pytest_llmcheck.registry import resolve
     from tests.hubserver import HubServer
 
     header = ["model", "1st load s", "2nd load s", "ratio", f"target ≤ {LOAD_RATIO_TARGET}"]

@@ -39,8 +39,8 @@ def main() -> None:
 
     import gguf
 
+    from pytest_llmcheck.config.registry import smollm2_path
     from pytest_llmcheck.engines.llamacpp import read_gguf_metadata
-    from pytest_llmcheck.registry import smollm2_path
 
     path = Path(smollm2_path())
     ours = timed(lambda: read_gguf_metadata(path), args.runs)

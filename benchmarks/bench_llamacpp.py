@@ -59,10 +59,10 @@ def measure(call: Callable[[], Run], repeats: int) -> list[Run]:
 def transformers_int4(threads: int, tokens: int, repeats: int) -> list[Run]:
     import torch
 
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
 
     ref = resolve("smollm2")
     engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer("int4"), threads=threads)
@@ -81,10 +81,10 @@ def transformers_int4(threads: int, tokens: int, repeats: int) -> list[Run]:
 
 
 def llamacpp_engine(threads: int, tokens: int, repeats: int) -> tuple[list[Run], bool, float]:
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.llamacpp import load_llamacpp
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import Settings
 
     engine = load_llamacpp(resolve("smollm2@llamacpp"), Settings(threads=threads, no_cache=True))
     config = GenerationConfig(max_new_tokens=tokens, threads=threads)
@@ -115,8 +115,8 @@ def standalone(threads: int, tokens: int, repeats: int) -> list[Run]:
 
     import llama_cpp
 
+    from pytest_llmcheck.config.registry import smollm2_path
     from pytest_llmcheck.engines.llamacpp import N_BATCH, N_CTX_MAX, amx_compiled, no_extra_buffers
-    from pytest_llmcheck.registry import smollm2_path
 
     guard = no_extra_buffers(llama_cpp) if amx_compiled(llama_cpp) else contextlib.nullcontext()
     with guard:

@@ -60,9 +60,9 @@ def prompts() -> list[str]:
 
 
 def _engine(numerics: str, threads: int, extra_buffers: bool | None) -> Any:
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.llamacpp import LlamaCppEngine, prepare
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import Settings
 
     ref = resolve("smollm2@llamacpp")
     settings = Settings(numerics=numerics, threads=threads, threads_given=True, no_cache=True)
@@ -111,7 +111,7 @@ def speed_child(kind: str, threads: int, tokens: int, repeats: int) -> dict[str,
             engine.close()
     import llama_cpp
 
-    from pytest_llmcheck.registry import smollm2_path
+    from pytest_llmcheck.config.registry import smollm2_path
 
     llm = llama_cpp.Llama(
         str(smollm2_path()), n_ctx=2048, n_batch=512, n_ubatch=512,

@@ -64,12 +64,12 @@ def _measure(engine: object, threads: int, tokens: int, repeats: int) -> tuple[f
 
 def _load(quant: str, threads: int) -> object:
     """The engine of a row: ``llamacpp`` (portable numerics), else the transformers recipe."""
-    from pytest_llmcheck.cache import Cache, default_cache_dir
-    from pytest_llmcheck.registry import resolve
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.storage.cache import Cache, default_cache_dir
 
     if quant == LLAMACPP:
+        from pytest_llmcheck.config.settings import Settings
         from pytest_llmcheck.engines.llamacpp import load_llamacpp
-        from pytest_llmcheck.settings import Settings
 
         settings = Settings(numerics="portable", threads=threads, threads_given=True)
         return load_llamacpp(resolve("smollm2@llamacpp"), settings)
@@ -84,7 +84,7 @@ def _load(quant: str, threads: int) -> object:
 
 def child(quant: str, threads: int, tokens: int, repeats: int, busy: int) -> dict[str, float]:
     """One row, in this process: load, measure quiet, measure beside the spinners."""
-    from pytest_llmcheck.settings import usable_cpus
+    from pytest_llmcheck.config.settings import usable_cpus
 
     engine = _load(quant, threads)
     _measure(engine, threads, 8, 1)  # warm-up
@@ -122,14 +122,14 @@ def main() -> None:
         print(json.dumps(row))
         return
 
-    from pytest_llmcheck.settings import usable_cpus
+    from pytest_llmcheck.config.settings import usable_cpus
 
     cpus = usable_cpus()
     spincounts = [s.strip() for s in args.spincounts.split(",") if s.strip()]
     for spin in spincounts:
         if spin != "default" and not spin.isdigit():
             sys.exit(f"--spincounts: {spin!r} is neither 'default' nor a whole number")
-    from pytest_llmcheck.settings import QUANT_CHOICES
+    from pytest_llmcheck.config.settings import QUANT_CHOICES
 
     quants = [q.strip() for q in args.quant.split(",") if q.strip()]
     for quant in quants:

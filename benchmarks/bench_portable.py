@@ -68,14 +68,14 @@ def prompts() -> list[str]:
 
 def child(engine: str, numerics: str, threads: int, tokens: int, count: int) -> None:
     """One configuration, in a fresh process: answer and print the answers' digests."""
-    from pytest_llmcheck import numerics as portable
+    from pytest_llmcheck.config import numerics as portable
 
     if numerics == portable.PORTABLE:
         portable.apply_portable_env()  # what the plugin does before anything imports torch
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.registry import EngineRegistry
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import Settings
 
     spec = "smollm2" if engine == "transformers" else f"smollm2@{engine}"
     settings = Settings(models=(spec,), numerics=numerics, threads=threads, threads_given=True)

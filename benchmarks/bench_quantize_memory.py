@@ -88,11 +88,11 @@ def write_model(out: Path, shape: dict[str, Any]) -> Path:
 
 def build(path: str, folder: Path) -> dict[str, Any]:
     """One INT4 build in this process, as the cache does it (weights file saved); its numbers."""
+    from pytest_llmcheck.config.registry import ModelRef
     from pytest_llmcheck.engines.transformers.conversions import convert, detect
     from pytest_llmcheck.engines.transformers.quantize import TorchaoInt4
     from pytest_llmcheck.engines.transformers.stream import stream_int4
     from pytest_llmcheck.engines.transformers.weights import WEIGHTS_FILE, _from_pretrained, _save_quantized
-    from pytest_llmcheck.registry import ModelRef
 
     quantizer = TorchaoInt4()
     conversion = detect(folder)

@@ -73,7 +73,7 @@ def main() -> None:
         parser.error(f"--copies: {args.copies} is too small; expected a whole number >= 1")
     tokens = 16 if args.quick else 64
 
-    from pytest_llmcheck.registry import resolve
+    from pytest_llmcheck.config.registry import resolve
 
     ref = resolve("smollm2")
     gguf = Path(ref.location) / str(ref.gguf_file)

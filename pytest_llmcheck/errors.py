@@ -8,7 +8,7 @@ URL's ``user:pass@`` or ``api_key=...`` in one is masked.
 
 from __future__ import annotations
 
-from .redact import redact
+from pytest_llmcheck.text.redact import redact
 
 
 class LlmcheckError(Exception):

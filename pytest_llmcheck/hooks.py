@@ -9,10 +9,10 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .engines.base import Engine
-    from .engines.registry import EngineSpec
-    from .registry import ModelRef
-    from .settings import Settings
+    from pytest_llmcheck.config.registry import ModelRef
+    from pytest_llmcheck.config.settings import Settings
+    from pytest_llmcheck.engines.base import Engine
+    from pytest_llmcheck.engines.registry import EngineSpec
 
 
 @pytest.hookspec

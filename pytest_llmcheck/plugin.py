@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from . import hooks
-from .case import LLM, marker_expectations
-from .collect import QUESTION_KEY, SuiteFile
-from .engines.base import Engine
-from .engines.registry import EngineError, EngineRegistry
-from .errors import LlmcheckError
-from .items import model_of
-from .numerics import PORTABLE, apply_portable_env, early_choice
-from .registry import ModelRef
-from .session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model
-from .settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
-from .suite import Question, SuiteError, check_repeat, is_suite_file, load_suite
-from .timing import cpu_timer_note
+from pytest_llmcheck import hooks
+from pytest_llmcheck.checks.suite import Question, SuiteError, check_repeat, is_suite_file, load_suite
+from pytest_llmcheck.config.items import model_of
+from pytest_llmcheck.config.numerics import PORTABLE, apply_portable_env, early_choice
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings, add_aliases, add_options, oversubscribed, worker_threads
+from pytest_llmcheck.engines.base import Engine
+from pytest_llmcheck.engines.registry import EngineError, EngineRegistry
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.run.case import LLM, marker_expectations
+from pytest_llmcheck.run.collect import QUESTION_KEY, SuiteFile
+from pytest_llmcheck.run.session import ALIAS_CLASHES_KEY, SESSION_KEY, LlmcheckSession, group_by_model
+from pytest_llmcheck.run.timing import cpu_timer_note
 
 if TYPE_CHECKING:
-    from .snapshots import SnapshotGuard
+    from pytest_llmcheck.snapshots.extension import SnapshotGuard
 
 MARKERS = (
     "llm_expect(**expectations): check every answer of this test: contains, all_of, any_of, "
@@ -96,14 +96,14 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--llm-judge: {exc}") from None
     config.stash[SESSION_KEY] = session
     if session.settings.shard is not None:
-        from .shard import ShardSelector
+        from pytest_llmcheck.distribution.shard import ShardSelector
 
         selector = ShardSelector(
             session.settings.shard, lambda: [ref.name for ref in session.resolve_models()], model_of
         )
         config.pluginmanager.register(selector, "llmcheck-shard")
     if config.pluginmanager.hasplugin("syrupy"):
-        from .snapshots import GUARD_KEY, SnapshotGuard
+        from pytest_llmcheck.snapshots.extension import GUARD_KEY, SnapshotGuard
 
         config.stash[GUARD_KEY] = SnapshotGuard()
 
@@ -173,7 +173,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _snapshot_guard(config: pytest.Config) -> SnapshotGuard | None:
-    from .snapshots import GUARD_KEY
+    from pytest_llmcheck.snapshots.extension import GUARD_KEY
 
     return config.stash.get(GUARD_KEY, None) if config.pluginmanager.hasplugin("syrupy") else None
 
@@ -237,7 +237,7 @@ def pytest_testnodedown(node: object, error: object) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """xdist controller: all tests of a model on one worker, so each model loads once."""
-    from .xdist import make_scheduler
+    from pytest_llmcheck.distribution.xdist import make_scheduler
 
     llm_session = config.stash.get(SESSION_KEY, None)
     if llm_session is None:
@@ -255,7 +255,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(line, yellow=True)
     if not llm_session.results.models:
         return
-    from .summary import summary_lines
+    from pytest_llmcheck.reporting.summary import summary_lines
 
     terminalreporter.write_sep("=", "llmcheck summary")
     for line in summary_lines(llm_session.results):

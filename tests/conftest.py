@@ -43,7 +43,7 @@ def native_numerics_unless_asked(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     processes. Whatever an inner session sets for portable numerics is undone afterwards."""
     import os
 
-    from pytest_llmcheck.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV
+    from pytest_llmcheck.config.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV
 
     names = (*PORTABLE_ENV, BEFORE_ENV)
     saved = {name: os.environ.get(name) for name in names}
@@ -58,9 +58,9 @@ def native_numerics_unless_asked(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 
 def itrex_worker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **start: object) -> dict[str, str]:
     """The environment ``ItrexEngine.start`` gives its worker, captured without starting one."""
+    from pytest_llmcheck.config.registry import ModelRef
     from pytest_llmcheck.engines.itrex import engine as itrex
     from pytest_llmcheck.engines.itrex.env import ItrexPython
-    from pytest_llmcheck.registry import ModelRef
 
     seen: dict[str, str] = {}
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.storage.cache import Cache
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}

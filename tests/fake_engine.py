@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings
 from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
 from pytest_llmcheck.engines.registry import EngineSpec
 from pytest_llmcheck.errors import LlmcheckError
-from pytest_llmcheck.registry import ModelRef
-from pytest_llmcheck.settings import Settings
 
 LOADS: list[str] = []  # model names in load order, for the load-count tests
 EVENTS: list[str] = []  # "load a", "close a", ...: shows one model in memory at a time

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache, CacheError, canonical_key, default_cache_dir
+from pytest_llmcheck.storage.cache import Cache, CacheError, canonical_key, default_cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = {"name": "qwen/Qwen-7B-Chat", "revision": "v1.0"}
@@ -129,7 +129,7 @@ def test_sigkill_mid_build_is_rebuilt(tmp_path: Path) -> None:
         """
         import sys, time
         from pathlib import Path
-        from pytest_llmcheck.cache import Cache
+        from pytest_llmcheck.storage.cache import Cache
         entry = Cache(Path(sys.argv[1])).entry("download", {"name": "victim"})
         with entry.build() as tmp:
             (tmp / "part.bin").write_bytes(b"partial")
@@ -165,7 +165,7 @@ def test_concurrent_builders_do_the_work_once(tmp_path: Path) -> None:
     code = """
         import sys, time
         from pathlib import Path
-        from pytest_llmcheck.cache import Cache
+        from pytest_llmcheck.storage.cache import Cache
         root, go, log, me = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
         entry = Cache(root).entry("download", {"name": "shared"})
         Path(str(go) + "." + me).write_text("waiting")

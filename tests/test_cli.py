@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
-from pytest_llmcheck.cli import KIND_CHOICES, main
+from pytest_llmcheck.cli.commands import KIND_CHOICES, main
+from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.itrex.engine import CACHE_KIND as ITREX_KIND
 from pytest_llmcheck.engines.llamacpp import KIND as LLAMACPP_KIND
 from pytest_llmcheck.engines.transformers.w4a8 import CACHE_KIND as W4A8_KIND
-from pytest_llmcheck.hub import cache_entry
-from pytest_llmcheck.registry import resolve
+from pytest_llmcheck.storage.cache import Cache
+from pytest_llmcheck.storage.hub import cache_entry
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 
 pytest_plugins = ["tests.conftest_hub"]
@@ -204,7 +204,7 @@ def test_console_script_help() -> None:
 
 def test_the_cli_imports_no_heavy_modules() -> None:
     code = (
-        "import sys; from pytest_llmcheck.cli import main; rc = main(['pull', 'nosuchmodel']);"
+        "import sys; from pytest_llmcheck.cli.commands import main; rc = main(['pull', 'nosuchmodel']);"
         "heavy = [m for m in ('torch', 'transformers', 'modelscope', 'huggingface_hub') if m in sys.modules];"
         "print(rc, heavy)"
     )
@@ -216,7 +216,7 @@ def test_the_cli_imports_no_heavy_modules() -> None:
 def test_engine_cache_kinds_can_be_listed_and_cleared(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_llmcheck.cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
 
     assert kind in KIND_CHOICES
     cache = Cache(tmp_path)

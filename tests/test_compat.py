@@ -130,7 +130,7 @@ def test_llama_cpp() -> None:
     # the public ways give what the private attributes the engine used to read give
     import ctypes
 
-    from pytest_llmcheck.registry import smollm2_path
+    from pytest_llmcheck.config.registry import smollm2_path
 
     with adapter.quiet_logger():
         llama = llama_cpp.Llama(str(smollm2_path()), vocab_only=True, n_ctx=64, verbose=False)

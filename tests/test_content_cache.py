@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from pytest_llmcheck import filehash
-from pytest_llmcheck.cache import Cache
-from pytest_llmcheck.cli import main
-from pytest_llmcheck.filehash import MEMO_FILE, FileHashes
+from pytest_llmcheck.cli.commands import main
+from pytest_llmcheck.storage import filehash
+from pytest_llmcheck.storage.cache import Cache
+from pytest_llmcheck.storage.filehash import MEMO_FILE, FileHashes
 
 DAY = 86400.0
 
@@ -103,7 +103,7 @@ def test_a_corrupt_memo_only_costs_a_rehash(tmp_path: Path, hashed: list[str]) -
 WRITER = """
 import sys
 from pathlib import Path
-from pytest_llmcheck.filehash import FileHashes
+from pytest_llmcheck.storage.filehash import FileHashes
 root, files = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 for f in files:
     FileHashes(root).digests([f])
@@ -140,9 +140,9 @@ def test_concurrent_sessions_keep_a_whole_memo(tmp_path: Path) -> None:
 def test_the_same_model_in_two_installs_is_quantized_once(
     tiny_model: Path, tmp_path: Path, hashed: list[str]
 ) -> None:
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
 
     installs = [tmp_path / f"venv{i}" / "lib" / "site-packages" / "tiny-llama" for i in (1, 2)]
     for folder in installs:

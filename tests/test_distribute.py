@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.xdist import model_in_nodeid, wants_model_scheduling
+from pytest_llmcheck.distribution.xdist import model_in_nodeid, wants_model_scheduling
 from tests.test_checks import REPO, SUITE, run, set_answers
 
 PY_TESTS = """
@@ -204,8 +204,8 @@ def test_shards_keep_the_other_parts_snapshots(fake: pytest.Pytester) -> None:
 def test_report_merge_builds_one_report_from_the_shards(
     project: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_llmcheck.cli import main
-    from pytest_llmcheck.report import validate_json
+    from pytest_llmcheck.cli.commands import main
+    from pytest_llmcheck.reporting.report import validate_json
 
     set_answers(project, a={}, b={"What is the capital?": "Berlin"}, c={})
     models = "fake:a,fake:b,fake:c"
@@ -234,7 +234,7 @@ def test_report_merge_builds_one_report_from_the_shards(
 
 
 def test_report_merge_of_one_model_split_by_tests(project: pytest.Pytester) -> None:
-    from pytest_llmcheck.merge import merge_reports
+    from pytest_llmcheck.reporting.merge import merge_reports
 
     for k in (1, 2):
         run(project, f"--llm-shard={k}/2", f"--llm-report=s{k}", "--snapshot-update", models="fake:a")
@@ -249,7 +249,7 @@ def test_report_merge_of_one_model_split_by_tests(project: pytest.Pytester) -> N
 def test_report_merge_conflict_and_bad_input_are_one_line(
     project: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_llmcheck.cli import main
+    from pytest_llmcheck.cli.commands import main
 
     run(project, "--llm-report=one", models="fake:a")
     set_answers(project, a={"What is the capital?": "Berlin"})

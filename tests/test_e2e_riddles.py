@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.report import validate_json
+from pytest_llmcheck.reporting.report import validate_json
 from tests.test_report_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DOCS_SCREENSHOT, _sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent

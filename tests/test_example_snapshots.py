@@ -93,8 +93,8 @@ def test_smollm2_int4_a8_native_snapshots_pass_or_are_not_comparable(examples: P
 
 
 def test_smollm2_itrex_native_snapshots_pass_or_are_not_comparable(examples: Path) -> None:
-    from pytest_llmcheck.cache import default_cache_dir
     from pytest_llmcheck.engines.itrex import env
+    from pytest_llmcheck.storage.cache import default_cache_dir
 
     try:
         env.locate(default_cache_dir())

@@ -1,4 +1,4 @@
-"""Unit tests for pytest_llmcheck.expect: validation, CJK-aware matching, verdict text."""
+"""Unit tests for pytest_llmcheck.checks.expect: validation, CJK-aware matching, verdict text."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from pytest_llmcheck.engines.base import Answer
-from pytest_llmcheck.expect import (
+from pytest_llmcheck.checks.expect import (
     EXPECTATION_KEYS,
     ExpectationError,
     Failure,
@@ -16,6 +15,7 @@ from pytest_llmcheck.expect import (
     normalize,
     parse_expectations,
 )
+from pytest_llmcheck.engines.base import Answer
 
 
 def make_answer(text: str, *, seconds: float = 1.0, new_tokens: int = 5) -> Answer:

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers import decode_step, fastpath, kernels
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-from pytest_llmcheck.registry import resolve
+from pytest_llmcheck.storage.cache import Cache
 from tests.tiny_model import tiny_in_memory
 
 needs_compiler = pytest.mark.skipif(

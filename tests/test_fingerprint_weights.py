@@ -19,16 +19,16 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.checks.judge import Judge, VerdictStore, judge_identity
+from pytest_llmcheck.config.registry import resolve, smollm2_path
+from pytest_llmcheck.config.settings import Settings
 from pytest_llmcheck.engines.registry import EngineRegistry
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.engines.transformers.weights import source_identity, weights_identity
-from pytest_llmcheck.hub import download, download_info
-from pytest_llmcheck.judge import Judge, VerdictStore, judge_identity
-from pytest_llmcheck.registry import resolve, smollm2_path
-from pytest_llmcheck.settings import Settings
-from pytest_llmcheck.snapshots import fingerprint_note
+from pytest_llmcheck.snapshots.extension import fingerprint_note
+from pytest_llmcheck.storage.cache import Cache
+from pytest_llmcheck.storage.hub import download, download_info
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 from tests.tiny_model import build_tiny_model
 
@@ -93,7 +93,7 @@ def gguf_twins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_transformers_fingerprints_tell_one_changed_byte_apart(
     twins: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_llmcheck import filehash
+    from pytest_llmcheck.storage import filehash
 
     hashed: list[Path] = []
     real = filehash.sha256_file
@@ -295,7 +295,7 @@ def test_modelscope_commit_is_the_newest_of_the_files(
     in the newest of those; none is claimed when they cannot be ordered or do not match."""
     import modelscope_hub
 
-    from pytest_llmcheck.hub import _modelscope_commit
+    from pytest_llmcheck.storage.hub import _modelscope_commit
 
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     (tmp_path / "model.bin").write_bytes(b"12345")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.report import validate_json
+from pytest_llmcheck.reporting.report import validate_json
 from tests.conftest import write_fake_ini
 
 # alpha answers everything right; beta gets the capital wrong (pass rate 2/3).

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
-from pytest_llmcheck.hub import HubError, cache_entry, download
-from pytest_llmcheck.registry import ModelRef, resolve
+from pytest_llmcheck.config.registry import ModelRef, resolve
+from pytest_llmcheck.storage.cache import Cache
+from pytest_llmcheck.storage.hub import HubError, cache_entry, download
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 
 pytest_plugins = ["tests.conftest_hub"]

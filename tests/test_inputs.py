@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from pytest_llmcheck.suite import ID_MAX, MODEL_NAME_MAX
+from pytest_llmcheck.checks.suite import ID_MAX, MODEL_NAME_MAX
 
 
 def suite(fake: pytest.Pytester, body: str) -> None:
@@ -131,8 +131,8 @@ def test_min_passes_above_repeat_through_the_suite_marker(fake: pytest.Pytester)
 
 def test_min_passes_above_repeat_in_a_python_question_fails_its_test(fake: pytest.Pytester) -> None:
     fake.makepyfile(test_py="""
-        from pytest_llmcheck.expect import Expectations
-        from pytest_llmcheck.suite import Question
+        from pytest_llmcheck.checks.expect import Expectations
+        from pytest_llmcheck.checks.suite import Question
 
         def test_q(llm):
             llm.ask(Question(id="q", prompt="hi", system=None, expect=Expectations(), min_passes=5))

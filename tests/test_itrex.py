@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache, default_cache_dir
-from pytest_llmcheck.cli import main
+from pytest_llmcheck.cli.commands import main
+from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.itrex import env
 from pytest_llmcheck.engines.itrex.compat import legacy_config, legacy_tokenizer, legacy_view
 from pytest_llmcheck.engines.itrex.engine import WORKER, ItrexEngine, WorkerError
-from pytest_llmcheck.registry import resolve
+from pytest_llmcheck.storage.cache import Cache, default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_MODELS = [ROOT.parent / "shared" / "seed-models", Path("/work/shared/seed-models")]
@@ -426,9 +426,9 @@ def test_fp32_parity_with_the_transformers_engine_on_converted_smollm2(
     The converted folder's config.json says ``rope_parameters: {rope_theta: 100000}``; without
     the rewrite transformers 4.40 uses 10000, and the answer changes (the control below).
     """
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.itrex.engine import load_itrex
     from pytest_llmcheck.engines.transformers.loader import load_transformers
-    from pytest_llmcheck.settings import Settings
 
     config = GenerationConfig(max_new_tokens=32, threads=1)
     settings = Settings(cache_dir=tmp_path / "cache", quant="none", threads=1, numerics="native",

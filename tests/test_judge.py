@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.judge import Judge, VerdictStore, judge_prompt, language, yes_probability
+from pytest_llmcheck.checks.judge import Judge, VerdictStore, judge_prompt, language, yes_probability
 from tests import fake_engine
 
 SUITE = """\
@@ -63,7 +63,7 @@ def test_verdicts_come_from_yes_no_probabilities(project: pytest.Pytester) -> No
         "rubric": "The answer names the capital of France.", "probability": 0.9, "passed": True,
         "judge": "judge", "cached": False}]
     assert cases["zh"]["judgements"][0]["probability"] == 0.8
-    from pytest_llmcheck.report import validate_json
+    from pytest_llmcheck.reporting.report import validate_json
 
     validate_json(report)
     props = {(p.get("name"), p.get("value")) for p in ET.parse(project.path / "j.xml").iter("property")}
@@ -150,9 +150,9 @@ def test_yes_probability_is_normalized_over_yes_and_no() -> None:
 @pytest.mark.slow
 def test_smollm2_judges_an_english_rubric(tmp_path: Path) -> None:
     """The real model decides a rubric it can: is the answer a greeting?"""
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.registry import EngineRegistry
-    from pytest_llmcheck.registry import resolve
-    from pytest_llmcheck.settings import Settings
 
     engines = EngineRegistry()
     ref = resolve("smollm2", engines=engines)

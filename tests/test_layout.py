@@ -1,5 +1,6 @@
 """The package's shape, checked from its source with ``ast``: no import cycles, no private
-names across modules, other packages' private APIs only in ``pytest_llmcheck/compat/``.
+names across modules, other packages' private APIs only in ``pytest_llmcheck/compat/``, and
+imports between the folders pointing down their order (``RANKS``).
 
 Why: a cycle means two modules cannot be read, tested or moved apart, and one that exists
 only for type checking is still one (mypy and readers follow it), so every import counts:
@@ -288,3 +289,52 @@ def test_other_packages_private_names_only_in_compat() -> None:
     )
     stale = sorted(KNOWN_OTHER_PRIVATES - set(found))
     assert not stale, f"fixed, so remove from KNOWN_OTHER_PRIVATES: {stale}"
+
+
+# The folders from the bottom up: an import between folders goes to the same rank or lower, so the
+# parts can be read (and tested) from the bottom: what people are shown, configuration, storage,
+# engines, checks, snapshots, reporting, running, distribution, the CLI, the pytest face.
+RANKS = {
+    "text": 0, "compat": 0, "errors": 1, "config": 2, "storage": 3, "engines": 4, "checks": 5,
+    "snapshots": 6, "reporting": 7, "run": 8, "distribution": 8, "cli": 9, "hooks": 10, "plugin": 10, "": 10,
+}
+# Imports that still point up: each says how it goes away. A fixed one fails the test until its
+# entry is removed, so this list only shrinks.
+KNOWN_UPWARD = {
+    # the alias registry builds the engine registry to read "name@engine": take it as an argument
+    (f"{PACKAGE}.config.registry", f"{PACKAGE}.engines.registry"),
+    # smollm2_path looks up the pulled GGUF in the cache: move that lookup into storage/embedded.py
+    (f"{PACKAGE}.config.registry", f"{PACKAGE}.storage.cache"),
+    # Settings holds parsed values of three other parts: move Tolerance, Shard and default_cache_dir
+    # (values and parsers only) into config/, leaving comparing, sharding and the cache where they are
+    (f"{PACKAGE}.config.settings", f"{PACKAGE}.checks.tolerance"),
+    (f"{PACKAGE}.config.settings", f"{PACKAGE}.distribution.shard"),
+    (f"{PACKAGE}.config.settings", f"{PACKAGE}.storage.cache"),
+    # the replay engine answers from recorded reports: read them through a loader the CLI passes in
+    (f"{PACKAGE}.engines.replay", f"{PACKAGE}.reporting.recordings"),
+    # review checks a report.json against its schema: the schema's loader belongs low (storage)
+    (f"{PACKAGE}.snapshots.pending", f"{PACKAGE}.reporting.report"),
+}
+
+
+def folder(module: str) -> str:
+    """``pytest_llmcheck.run.case`` -> ``run``; the package itself -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_folder_has_a_rank() -> None:
+    unranked = sorted({folder(m) for m in all_modules()} - set(RANKS))
+    assert not unranked, f"give these folders a place in RANKS (tests/test_layout.py): {unranked}"
+
+
+def test_imports_point_down_the_folders() -> None:
+    found: dict[tuple[str, str], int] = {}
+    for edge in edges(all_modules()):
+        if RANKS.get(folder(edge.target), 0) > RANKS.get(folder(edge.source), 0):
+            found.setdefault((edge.source, edge.target), edge.line)
+    new = [f"{source} (line {line}) imports {target}" for (source, target), line in sorted(found.items())
+           if (source, target) not in KNOWN_UPWARD]
+    assert not new, "imports that point up the folders (see RANKS):\n" + "\n".join(new)
+    stale = sorted(KNOWN_UPWARD - set(found))
+    assert not stale, f"fixed, so remove from KNOWN_UPWARD: {stale}"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.config.registry import ModelRefError, resolve, smollm2_path
 from pytest_llmcheck.engines.llamacpp import KIND, LlamaCppError, _quiet, choose_gguf, gguf_header
-from pytest_llmcheck.registry import ModelRefError, resolve, smollm2_path
+from pytest_llmcheck.storage.cache import Cache
 from tests.hubserver import HubServer
 
 pytest_plugins = ["tests.conftest_hub"]
@@ -308,8 +308,8 @@ def test_no_cache_quantized_copy_is_removed_at_close(
 ) -> None:
     import tempfile
 
+    from pytest_llmcheck.config.settings import Settings
     from pytest_llmcheck.engines.llamacpp import load_llamacpp
-    from pytest_llmcheck.settings import Settings
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     settings = Settings(threads=1, no_cache=True, cache_dir=tmp_path / "cache")

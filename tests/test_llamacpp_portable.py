@@ -39,8 +39,8 @@ import json, sys
 import yaml
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.llamacpp import load_llamacpp
-from pytest_llmcheck.registry import resolve
-from pytest_llmcheck.settings import Settings
+from pytest_llmcheck.config.registry import resolve
+from pytest_llmcheck.config.settings import Settings
 
 numerics, tokens, suite = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 threads = [int(t) for t in sys.argv[2].split(",")]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.report import validate_json
+from pytest_llmcheck.reporting.report import validate_json
 
 SUITE = """\
 questions:

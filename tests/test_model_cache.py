@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache, CacheError
+from pytest_llmcheck.config.registry import ModelRef, ModelRefError, resolve
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-from pytest_llmcheck.hub import ENDPOINT_ENV, HubError, download_key
-from pytest_llmcheck.registry import ModelRef, ModelRefError, resolve
+from pytest_llmcheck.storage.cache import Cache, CacheError
+from pytest_llmcheck.storage.hub import ENDPOINT_ENV, HubError, download_key
 from tests.hubserver import HF_REPO, MS_REPO, HubServer
 
 pytest_plugins = ["tests.conftest_hub"]
@@ -268,10 +268,10 @@ LOADER = textwrap.dedent(
     import json, os, sys, time
     from pathlib import Path
 
-    from pytest_llmcheck.cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import TorchaoInt4, get_quantizer
-    from pytest_llmcheck.registry import resolve
+    from pytest_llmcheck.config.registry import resolve
 
     folder, cache, work, mode = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     original = TorchaoInt4.apply

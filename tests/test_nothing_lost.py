@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from filelock import FileLock
 
-from pytest_llmcheck import cache as cache_module
-from pytest_llmcheck.cache import Cache, CacheEntry, CacheError, LockBusy
-from pytest_llmcheck.cli import main
-from pytest_llmcheck.judge import VerdictStore
+from pytest_llmcheck.checks.judge import VerdictStore
+from pytest_llmcheck.cli.commands import main
+from pytest_llmcheck.storage import cache as cache_module
+from pytest_llmcheck.storage.cache import Cache, CacheEntry, CacheError, LockBusy
 from tests.test_cache import run_python, wait_for
 from tests.test_checks import REPO, set_answers
 from tests.test_checks import run as run_checks
@@ -39,7 +39,7 @@ HOLD_LOCK = """
 BUILD = """
     import sys, time
     from pathlib import Path
-    from pytest_llmcheck.cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
     entry = Cache(Path(sys.argv[1])).entry("quantized", {"name": "big"})
     with entry.build() as tmp:
         Path(sys.argv[2]).write_text(str(tmp))

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmcheck.config.registry import resolve, smollm2_path
+from pytest_llmcheck.config.settings import Settings
 from pytest_llmcheck.engines import openai as openai_engine
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.openai import OpenAIError, load_openai
-from pytest_llmcheck.registry import resolve, smollm2_path
-from pytest_llmcheck.settings import Settings
 from tests.openai_standin import StandIn, Step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ class LlamaServer:
         args = [
             sys.executable,
             "-m",
-            "pytest_llmcheck.llama_server",
+            "pytest_llmcheck.cli.llama_server",
             "--model",
             str(smollm2_path()),
             "--model_alias",

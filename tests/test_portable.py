@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV, recipe
+from pytest_llmcheck.config.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV, recipe
 from tests.conftest import itrex_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> 
 def test_portable_tiny_model_in_a_fresh_process(tiny_project: Path, tiny_model: Path) -> None:
     """Portable by default: the fingerprint names the recipe and no CPU, the INT4 cache entry is
     keyed so that every machine shares it and no native entry collides with it."""
-    from pytest_llmcheck.cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
 
     out, cache = tiny_project / "portable.json", tiny_project / "cache"
     result = run_pytest(tiny_project, f"--llm-model={tiny_model}", "--llm-max-new-tokens=8",
@@ -172,9 +172,9 @@ def test_torch_run_before_the_plugin_fails_the_portable_load_in_one_line(
 
 
 def _load(folder: Path, quant: str = "int4", **kwargs: Any) -> Any:
+    from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.registry import resolve
 
     return TransformersEngine.load(resolve(str(folder)), folder, get_quantizer(quant), threads=1, **kwargs)
 
@@ -228,8 +228,8 @@ def test_portable_fingerprint_and_cache_key_on_a_stand_in_avx2_cpu(
     oneDNN off while it computes; the quantized entry apart from the native one."""
     import torch
 
-    from pytest_llmcheck.cache import Cache
     from pytest_llmcheck.engines.transformers.cpu import cpu_capability
+    from pytest_llmcheck.storage.cache import Cache
 
     cache = Cache(tmp_path / "cache")
     native_cpu = cpu_capability()
@@ -295,7 +295,7 @@ def test_a_cpu_without_avx2_runs_natively_and_says_why(
 def test_itrex_worker_gets_the_users_environment_back(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from pytest_llmcheck.numerics import apply_portable_env
+    from pytest_llmcheck.config.numerics import apply_portable_env
 
     for name in CAPS:
         monkeypatch.delenv(name, raising=False)
@@ -309,9 +309,9 @@ def test_itrex_worker_gets_the_users_environment_back(
 
 
 def test_itrex_fingerprint_and_summary_say_native(tmp_path: Path) -> None:
+    from pytest_llmcheck.config.registry import ModelRef
     from pytest_llmcheck.engines.itrex import engine as itrex
     from pytest_llmcheck.engines.itrex.env import ItrexPython
-    from pytest_llmcheck.registry import ModelRef
 
     class Worker:
         def __init__(self) -> None:
@@ -358,7 +358,7 @@ def _record(fake: pytest.Pytester, fingerprint: dict[str, Any]) -> bytes:
 
 
 def test_a_native_snapshot_of_another_cpu_is_not_comparable(fake: pytest.Pytester) -> None:
-    from pytest_llmcheck.report import validate_json
+    from pytest_llmcheck.reporting.report import validate_json
 
     recorded = _record(fake, AMX)
     _answers(fake, "Paris, France", ZEN)
@@ -417,7 +417,7 @@ def test_portable_snapshot_where_portable_cannot_run_is_not_comparable(fake: pyt
 
 
 def test_not_comparable_rules() -> None:
-    from pytest_llmcheck.snapshots import not_comparable
+    from pytest_llmcheck.snapshots.extension import not_comparable
 
     assert not_comparable(AMX, AMX) is None
     assert not_comparable({"numerics": "portable-v1"}, {"numerics": "portable-v1"}) is None

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import LlmcheckWarning, QuantizationError, get_quantizer
-from pytest_llmcheck.registry import resolve
+from pytest_llmcheck.storage.cache import Cache
 from tests.tiny_model import build_tiny_model
 
 

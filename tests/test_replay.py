@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck import cli
-from pytest_llmcheck.judge import Judge, VerdictStore
-from pytest_llmcheck.recordings import RecordingError, load_recordings
-from pytest_llmcheck.rescore import confusion, questions_of, report_lines, rescore
+from pytest_llmcheck.checks.judge import Judge, VerdictStore
+from pytest_llmcheck.cli import commands as cli
+from pytest_llmcheck.cli.rescore import confusion, questions_of, report_lines, rescore
+from pytest_llmcheck.reporting.recordings import RecordingError, load_recordings
 from tests import fake_engine
 
 RIDDLES = Path(__file__).resolve().parent.parent / "examples" / "riddles"

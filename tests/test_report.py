@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.report import (
+from pytest_llmcheck.reporting.report import (
     step_summary,
     to_html,
     to_json,
@@ -20,7 +20,7 @@ from pytest_llmcheck.report import (
     validate_json,
     write_report,
 )
-from pytest_llmcheck.results import CaseResult, SessionResults
+from pytest_llmcheck.reporting.results import CaseResult, SessionResults
 
 RIDDLE = "什么东西越洗越脏？"
 RIDDLE_ANSWER = "水。<script>alert('x')</script> 因为水越洗越脏 | 答案"

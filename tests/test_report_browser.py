@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.report import write_report
+from pytest_llmcheck.reporting.report import write_report
 from tests.test_report import sample_results
 
 CHROMIUM = os.environ.get("LLMCHECK_CHROMIUM", "/usr/bin/chromium")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck import cli
-from pytest_llmcheck.pending import find_candidates
-from pytest_llmcheck.review import Style, char_diff
-from pytest_llmcheck.snapshots import StoredAnswer
+from pytest_llmcheck.cli import commands as cli
+from pytest_llmcheck.snapshots.extension import StoredAnswer
+from pytest_llmcheck.snapshots.pending import find_candidates
+from pytest_llmcheck.snapshots.review import Style, char_diff
 
 SUITE = """\
 questions:
@@ -75,7 +75,7 @@ def test_a_changed_answer_is_kept_beside_its_snapshot(drifted: pytest.Pytester) 
     assert (candidate.model, candidate.verdict_before, candidate.verdict_after) == ("a", "fail", "pass")
     assert candidate.fingerprint["answers_version"] == 2
     # the CI report carries the same candidate, and the schema accepts it
-    from pytest_llmcheck.report import validate_json
+    from pytest_llmcheck.reporting.report import validate_json
 
     data = json.loads((root / "out/report.json").read_text(encoding="utf-8"))
     validate_json(data)

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck import cli
-from pytest_llmcheck.pending import MAX_SNAPSHOT_BYTES
-from pytest_llmcheck.snapshots import StoredAnswer
+from pytest_llmcheck.cli import commands as cli
+from pytest_llmcheck.snapshots.extension import StoredAnswer
+from pytest_llmcheck.snapshots.pending import MAX_SNAPSHOT_BYTES
 
 SUITE = """\
 questions:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmcheck.cli.rescore import confusion, questions_of, rescore
 from pytest_llmcheck.engines.base import Answer
-from pytest_llmcheck.recordings import load_recordings
-from pytest_llmcheck.rescore import confusion, questions_of, rescore
+from pytest_llmcheck.reporting.recordings import load_recordings
 
 RIDDLES = Path(__file__).resolve().parent.parent / "examples" / "riddles"
 RECORDED = load_recordings(RIDDLES / "seed_answers.yaml")
@@ -28,7 +28,7 @@ KNOWN_DISAGREEMENTS = {("riddle-2", "qwen")}
     ids=[f"{r.question}-{r.model}-{i}" for i, r in enumerate(RECORDED.recordings)],
 )
 def test_suite_agrees_with_the_person(recording: object) -> None:
-    from pytest_llmcheck.recordings import Recording
+    from pytest_llmcheck.reporting.recordings import Recording
 
     assert isinstance(recording, Recording)
     assert recording.question is not None

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.report import to_html, to_markdown
-from pytest_llmcheck.results import SessionResults
-from pytest_llmcheck.session import LlmcheckSession
-from pytest_llmcheck.settings import Settings
+from pytest_llmcheck.config.settings import Settings
+from pytest_llmcheck.reporting.report import to_html, to_markdown
+from pytest_llmcheck.reporting.results import SessionResults
+from pytest_llmcheck.run.session import LlmcheckSession
 from tests.test_checks import set_answers
 
 
@@ -62,7 +62,7 @@ def test_other_quantizations_are_other_models_with_their_own_snapshots(
 
 
 def test_chart_labels_of_long_ids_stay_distinct() -> None:
-    from pytest_llmcheck.report import chart_labels
+    from pytest_llmcheck.reporting.report import chart_labels
 
     ids = [
         "examples/python_api/test_riddles.py::test_riddle[riddle-1]",

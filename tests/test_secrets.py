@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmcheck.config.registry import ModelRefError, resolve
 from pytest_llmcheck.engines.itrex.engine import worker_env
-from pytest_llmcheck.redact import has_credentials, redact
-from pytest_llmcheck.registry import ModelRefError, resolve
+from pytest_llmcheck.text.redact import has_credentials, redact
 from tests import fake_engine
 from tests.conftest import itrex_worker_env
 from tests.openai_standin import StandIn

@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.config.registry import ModelRef, resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers.conversions import (
     ConversionError,
@@ -41,8 +41,8 @@ from pytest_llmcheck.engines.transformers.conversions.chatglm import CHATGLM
 from pytest_llmcheck.engines.transformers.conversions.qwen import QWEN
 from pytest_llmcheck.engines.transformers.engine import ModelLoadError, TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-from pytest_llmcheck.hub import ENDPOINT_ENV
-from pytest_llmcheck.registry import ModelRef, resolve
+from pytest_llmcheck.storage.cache import Cache
+from pytest_llmcheck.storage.hub import ENDPOINT_ENV
 from tests.hubserver import HubServer
 
 pytest_plugins = ["tests.conftest_hub"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.snapshots import MARKER, StoredAnswer, fingerprint_changes, fingerprint_note
+from pytest_llmcheck.snapshots.extension import MARKER, StoredAnswer, fingerprint_changes, fingerprint_note
 
 SUITE = """\
 questions:
@@ -243,7 +243,7 @@ def test_file_format_round_trip_and_notes() -> None:
 def test_results_get_the_status(project: pytest.Pytester) -> None:
     project.makeconftest("""
         import json
-        from pytest_llmcheck.session import SESSION_KEY
+        from pytest_llmcheck.run.session import SESSION_KEY
 
         def pytest_sessionfinish(session):
             results = session.config.stash[SESSION_KEY].results

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.config.registry import ModelRef
 from pytest_llmcheck.engines.transformers import stream
 from pytest_llmcheck.engines.transformers.conversions import convert, detect
 from pytest_llmcheck.engines.transformers.quantize import QuantReport, TorchaoInt4, get_quantizer
@@ -25,7 +25,7 @@ from pytest_llmcheck.engines.transformers.weights import (
     _save_quantized,
     load_model,
 )
-from pytest_llmcheck.registry import ModelRef
+from pytest_llmcheck.storage.cache import Cache
 from tests.test_seed_models import FIXTURES, seed_dir  # noqa: F401  (a fixture)
 from tests.tiny_model import build_tiny_model
 

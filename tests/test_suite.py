@@ -1,4 +1,4 @@
-"""Unit tests for pytest_llmcheck.suite: loading YAML question suites and their errors."""
+"""Unit tests for pytest_llmcheck.checks.suite: loading YAML question suites and their errors."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.engines.base import Answer
-from pytest_llmcheck.expect import Expectations
-from pytest_llmcheck.suite import (
+from pytest_llmcheck.checks.expect import Expectations
+from pytest_llmcheck.checks.suite import (
     Suite,
     SuiteError,
     is_suite_file,
     load_suite,
 )
+from pytest_llmcheck.engines.base import Answer
 
 GOOD = """\
 suite: 谜语

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pytest_llmcheck import settings as settings_mod
-from pytest_llmcheck.settings import default_threads, oversubscribed
+from pytest_llmcheck.config import settings as settings_mod
+from pytest_llmcheck.config.settings import default_threads, oversubscribed
 from tests.test_checks import set_answers
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pytest_llmcheck.tolerance import Tolerance, ToleranceError, parse_tolerance
+from pytest_llmcheck.checks.tolerance import Tolerance, ToleranceError, parse_tolerance
 
 OLD = "白白喜欢明明，因为明明很聪明，也很善良。"
 PUNCT = "白白 喜欢 明明。因为明明很聪明；也很善良！"  # only spacing / punctuation differ

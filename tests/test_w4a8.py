@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from pytest_llmcheck.cache import Cache
+from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers import decode_step, fastpath, int4, w4a8
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-from pytest_llmcheck.registry import resolve
+from pytest_llmcheck.storage.cache import Cache
 from tests.tiny_model import build_tiny_model, tiny_in_memory
 
 _CPU = w4a8.cpu_problem()
@@ -349,7 +349,7 @@ def test_a_cached_kernel_that_does_not_load_is_built_again(tmp_path: Path) -> No
     import sys
 
     script = (
-        "import sys; from pytest_llmcheck.cache import Cache; "
+        "import sys; from pytest_llmcheck.storage.cache import Cache; "
         "from pytest_llmcheck.engines.transformers import w4a8; "
         "print(w4a8.load_kernel(Cache(sys.argv[1])))"
     )

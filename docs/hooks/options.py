@@ -1,7 +1,7 @@
 """MkDocs hook: the option reference is generated from the plugin's own option table.
 
 ``docs/options.md`` holds a marker line; this hook replaces it with a table built from
-``pytest_llmcheck.settings.OPTIONS`` and ``ENGINE_OPTIONS`` (names, ini keys, defaults,
+``pytest_llmcheck.config.settings.OPTIONS`` and ``ENGINE_OPTIONS`` (names, ini keys, defaults,
 allowed values, help), so the page cannot drift from what ``pytest --help`` shows.
 """
 
@@ -22,7 +22,7 @@ def options_table() -> str:
     root = str(Path(__file__).resolve().parents[2])
     if root not in sys.path:  # built from a clone without the package installed
         sys.path.append(root)
-    from pytest_llmcheck.settings import ENGINE_OPTIONS, OPTIONS
+    from pytest_llmcheck.config.settings import ENGINE_OPTIONS, OPTIONS
 
     rows = ["| option | ini key | default | what it does |", "|---|---|---|---|"]
     for spec in (*OPTIONS, *ENGINE_OPTIONS):

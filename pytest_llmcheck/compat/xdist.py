@@ -5,7 +5,7 @@
 ``loadfile`` and ``loadgroup`` schedulers are subclasses that override just it, and there
 is no public hook for it. ``ScopeScheduling`` turns it into a public ``scope_of``.
 
-Imported only when xdist runs (from ``pytest_llmcheck.xdist``).
+Imported only when xdist runs (from ``pytest_llmcheck.distribution.xdist``).
 """
 
 from __future__ import annotations

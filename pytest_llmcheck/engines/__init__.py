@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import Answer, Engine, GenerationConfig, LoadFacts
+from pytest_llmcheck.engines.base import Answer, Engine, GenerationConfig, LoadFacts
 
 __all__ = ["Answer", "Engine", "GenerationConfig", "LoadFacts"]

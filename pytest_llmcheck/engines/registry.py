@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import LlmcheckError
-from ..modelref import DEFAULT_ENGINE as DEFAULT_ENGINE  # re-exported: defined here before modelref.py
-from ..modelref import HUB_SCHEMES as HUB_SCHEMES
-from ..modelref import ModelRef, ModelRefError
-from ..redact import has_credentials
+from pytest_llmcheck.config.modelref import (
+    DEFAULT_ENGINE as DEFAULT_ENGINE,  # re-exported: defined here before modelref.py
+)
+from pytest_llmcheck.config.modelref import HUB_SCHEMES as HUB_SCHEMES
+from pytest_llmcheck.config.modelref import ModelRef, ModelRefError
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.text.redact import has_credentials
 
 if TYPE_CHECKING:
-    from ..settings import Settings
-    from .base import Engine
+    from pytest_llmcheck.config.settings import Settings
+    from pytest_llmcheck.engines.base import Engine
 
 Loader = Callable[["ModelRef", "Settings"], "Engine"]
 

@@ -15,11 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import LlmcheckError
-from ..recordings import Recorded, Recording, load_recordings
-from ..registry import ModelRef
-from ..settings import Settings
-from .base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.reporting.recordings import Recorded, Recording, load_recordings
 
 
 class ReplayError(LlmcheckError):

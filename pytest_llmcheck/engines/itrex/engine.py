@@ -34,16 +34,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import LlmcheckError
-from ...numerics import NATIVE, PORTABLE, native_environ
-from ...registry import ModelRef
-from ...settings import Settings
-from ..base import Answer, GenerationConfig, LoadFacts
-from .compat import legacy_view
-from .env import ItrexPython, locate
+from pytest_llmcheck.config.numerics import NATIVE, PORTABLE, native_environ
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.engines.itrex.compat import legacy_view
+from pytest_llmcheck.engines.itrex.env import ItrexPython, locate
+from pytest_llmcheck.errors import LlmcheckError
 
 if TYPE_CHECKING:
-    from ...cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
 
 WORKER = Path(__file__).with_name("worker.py")
 # Runs worker.py as a script without putting its folder on sys.path (-I: no user site,
@@ -553,7 +553,7 @@ def model_folder(ref: ModelRef, settings: Settings, scratch: Path) -> tuple[Path
     A GGUF becomes the transformers engine's ``converted`` cache entry (fp32 safetensors);
     without the cache it is converted into ``scratch`` for this session only.
     """
-    from ..transformers.loader import model_files
+    from pytest_llmcheck.engines.transformers.loader import model_files
 
     if ref.source == "plugin":
         raise ItrexOptionError(
@@ -562,10 +562,10 @@ def model_folder(ref: ModelRef, settings: Settings, scratch: Path) -> tuple[Path
     folder = model_files(ref, settings, progress=settings.progress)
     if ref.gguf_file is None:
         return folder, 0.0, False
-    from ...cache import Cache
-    from ..transformers.engine import quiet_transformers
-    from ..transformers.quantize import quiet_loggers
-    from ..transformers.weights import convert_gguf
+    from pytest_llmcheck.engines.transformers.engine import quiet_transformers
+    from pytest_llmcheck.engines.transformers.quantize import quiet_loggers
+    from pytest_llmcheck.engines.transformers.weights import convert_gguf
+    from pytest_llmcheck.storage.cache import Cache
 
     start = time.perf_counter()
     with quiet_loggers("torchao", "torch.utils._pytree"), quiet_transformers():
@@ -588,8 +588,8 @@ def load_itrex(ref: ModelRef, settings: Settings) -> ItrexEngine:
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    from ...cache import Cache
-    from ..transformers.weights import source_identity, weights_identity
+    from pytest_llmcheck.engines.transformers.weights import source_identity, weights_identity
+    from pytest_llmcheck.storage.cache import Cache
 
     source = Path(ref.location)
     weights = source if ref.gguf_file else folder

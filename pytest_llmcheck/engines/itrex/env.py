@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...cache import Cache, CacheEntry
-from ...errors import LlmcheckError
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.storage.cache import Cache, CacheEntry
 
 ENGINE = "itrex"
 KIND = "envs"
@@ -120,7 +120,7 @@ def locate(cache_dir: Path, python: str | None = None) -> ItrexPython:
 
 def _shown_cache(cache_dir: Path) -> Path | None:
     """The cache dir to name in a hint: only when it is not the default one."""
-    from ...cache import default_cache_dir
+    from pytest_llmcheck.storage.cache import default_cache_dir
 
     return None if Path(cache_dir).expanduser() == default_cache_dir() else cache_dir
 

@@ -10,7 +10,7 @@ def cpu_capability() -> str:
     differently and answer differently, so cache keys and fingerprints carry them all."""
     import torch
 
-    from ...compat.torch import cpu_supports
+    from pytest_llmcheck.compat.torch import cpu_supports
 
     try:
         level = str(torch.backends.cpu.get_cpu_capability())

@@ -19,12 +19,12 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...cache import Cache, CacheError
-from . import kernels
-from .int4 import W4A8Call
+from pytest_llmcheck.engines.transformers import kernels
+from pytest_llmcheck.engines.transformers.int4 import W4A8Call
+from pytest_llmcheck.storage.cache import Cache, CacheError
 
 if TYPE_CHECKING:
-    from .fastpath import FastDecoder, Projection
+    from pytest_llmcheck.engines.transformers.fastpath import FastDecoder, Projection
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
 LIBRARY = "decode_step.so"
@@ -98,7 +98,7 @@ def _add_projection(native: Any, layer: int, slot: int, proj: Projection) -> Non
 
 
 def _set_norm(native: Any, layer: int, slot: int, norm: Any) -> None:
-    from .w4a8 import is_w4a8_norm
+    from pytest_llmcheck.engines.transformers.w4a8 import is_w4a8_norm
 
     native.set_norm(layer, slot, is_w4a8_norm(norm), norm.weight, float(norm.variance_epsilon))
 

@@ -14,18 +14,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...cache import Cache
-from ...compat.torch import cpu_supports
-from ...errors import LlmcheckError
-from ...numerics import NATIVE, PORTABLE, recipe
-from ...registry import ModelRef
-from ..base import Answer, GenerationConfig, LoadFacts
-from . import decode_step
-from .conversions import code_problem, remote_code_message, unknown_architecture_message
-from .cpu import cpu_capability
-from .fastpath import FastDecoder, Unsupported
-from .quantize import Quantizer, QuantReport, quiet_loggers
-from .weights import library_versions, load_model, weights_identity
+from pytest_llmcheck.compat.torch import cpu_supports
+from pytest_llmcheck.config.numerics import NATIVE, PORTABLE, recipe
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
+from pytest_llmcheck.engines.transformers import decode_step
+from pytest_llmcheck.engines.transformers.conversions import (
+    code_problem,
+    remote_code_message,
+    unknown_architecture_message,
+)
+from pytest_llmcheck.engines.transformers.cpu import cpu_capability
+from pytest_llmcheck.engines.transformers.fastpath import FastDecoder, Unsupported
+from pytest_llmcheck.engines.transformers.quantize import Quantizer, QuantReport, quiet_loggers
+from pytest_llmcheck.engines.transformers.weights import library_versions, load_model, weights_identity
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.storage.cache import Cache
 
 if TYPE_CHECKING:
     import torch

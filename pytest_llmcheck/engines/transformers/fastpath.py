@@ -37,9 +37,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...compat.transformers import attn_implementation
-from .int4 import Int4Call, W4A8Call, int4_parts
-from .w4a8 import is_w4a8_norm
+from pytest_llmcheck.compat.transformers import attn_implementation
+from pytest_llmcheck.engines.transformers.int4 import Int4Call, W4A8Call, int4_parts
+from pytest_llmcheck.engines.transformers.w4a8 import is_w4a8_norm
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +102,7 @@ def _projection(linears: Sequence[Any]) -> Projection:
     so such members get a call of their own, as in the model."""
     import torch
 
-    from .w4a8 import is_w4a8
+    from pytest_llmcheck.engines.transformers.w4a8 import is_w4a8
 
     if all(is_w4a8(lin) for lin in linears):
         return _w4a8_projection(linears)
@@ -224,7 +224,7 @@ class FastDecoder:
     def __init__(self, model: Any, *, portable: bool = False) -> None:
         import torch
 
-        from .w4a8 import is_w4a8
+        from pytest_llmcheck.engines.transformers.w4a8 import is_w4a8
 
         config = model.config
         self.model = model

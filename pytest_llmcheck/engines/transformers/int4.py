@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...compat.torch import int4pack_mm_for_cpu
+from pytest_llmcheck.compat.torch import int4pack_mm_for_cpu
 
 if TYPE_CHECKING:
     import torch

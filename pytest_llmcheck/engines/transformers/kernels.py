@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...cache import Cache
+from pytest_llmcheck.storage.cache import Cache
 
 CACHE_KIND = "kernel"
 

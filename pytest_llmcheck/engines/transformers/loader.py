@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...cache import Cache
-from ...registry import ModelRef
-from ...settings import Settings
-from .engine import TransformersEngine
-from .quantize import get_quantizer
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.config.settings import Settings
+from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+from pytest_llmcheck.storage.cache import Cache
 
 
 def model_files(ref: ModelRef, settings: Settings, *, progress: bool = False) -> Path:
     """A local folder holding the model (downloaded from a hub when needed)."""
     if ref.source in ("modelscope", "hf"):
-        from ...hub import download
+        from pytest_llmcheck.storage.hub import download
 
         return download(ref, Cache(settings.cache_dir), offline=settings.offline, progress=progress)
     return Path(ref.location)

@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...errors import LlmcheckError, LlmcheckWarning
+from pytest_llmcheck.errors import LlmcheckError, LlmcheckWarning
 
 if TYPE_CHECKING:
     import torch
 
-    from ...cache import Cache
+    from pytest_llmcheck.storage.cache import Cache
 
 
 @dataclass
@@ -266,7 +266,7 @@ class TorchaoInt4A8(TorchaoInt4):
     name: str = "int4-a8"
 
     def recipe(self) -> dict[str, Any]:
-        from .w4a8 import kernel_source_digest
+        from pytest_llmcheck.engines.transformers.w4a8 import kernel_source_digest
 
         group = self.group_size
         return {
@@ -277,12 +277,12 @@ class TorchaoInt4A8(TorchaoInt4):
         }
 
     def preflight(self) -> None:
-        from . import w4a8
+        from pytest_llmcheck.engines.transformers import w4a8
 
         w4a8.preflight()  # before the INT4 work: a machine that cannot run the kernel says so first
 
     def finish(self, model: torch.nn.Module, report: QuantReport, cache: Cache | None) -> None:
-        from . import w4a8
+        from pytest_llmcheck.engines.transformers import w4a8
 
         kernel = w4a8.load_kernel(cache)
         start = time.perf_counter()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .conversions import (
+from pytest_llmcheck.engines.transformers.conversions import (
     Conversion,
     ConversionError,
     check_complete,
@@ -48,7 +48,7 @@ from .conversions import (
     shards,
     write_companions,
 )
-from .quantize import STREAM_ATTR, QuantReport, TorchaoInt4
+from pytest_llmcheck.engines.transformers.quantize import STREAM_ATTR, QuantReport, TorchaoInt4
 
 if TYPE_CHECKING:
     import torch

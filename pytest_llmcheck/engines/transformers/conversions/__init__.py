@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Conversion, ConversionError, TensorMap
+from pytest_llmcheck.engines.transformers.conversions.base import Conversion, ConversionError, TensorMap
 
 __all__ = ["Conversion", "ConversionError", "TensorMap", "convert", "detect", "shards", "write_companions"]
 
@@ -35,8 +35,8 @@ ITREX_HINT = "--llm-model={name}@itrex runs such code in its own pinned environm
 
 
 def _registry() -> dict[str, Conversion]:
-    from .chatglm import CHATGLM
-    from .qwen import QWEN
+    from pytest_llmcheck.engines.transformers.conversions.chatglm import CHATGLM
+    from pytest_llmcheck.engines.transformers.conversions.qwen import QWEN
 
     return {c.model_type: c for c in (QWEN, CHATGLM)}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ....errors import LlmcheckError
+from pytest_llmcheck.errors import LlmcheckError
 
 if TYPE_CHECKING:
     import torch

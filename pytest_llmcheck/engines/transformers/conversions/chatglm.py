@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Conversion, ConversionError
+from pytest_llmcheck.engines.transformers.conversions.base import Conversion, ConversionError
 
 if TYPE_CHECKING:
     import torch

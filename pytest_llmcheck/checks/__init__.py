@@ -1,0 +1,1 @@
+"""Checks: suite files, expectations, snapshot tolerance and the local-model judge."""

@@ -1,0 +1,1 @@
+"""Distribution: pytest-xdist scheduling (one worker per model) and ``--llm-shard`` parts."""

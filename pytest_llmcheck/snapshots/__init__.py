@@ -1,0 +1,1 @@
+"""Snapshots: the syrupy extension, the snapshot text format, pending candidates and their review."""

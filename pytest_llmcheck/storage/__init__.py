@@ -1,0 +1,1 @@
+"""Storage: the per-machine cache, file digests, hub downloads and the embedded model's file."""
