@@ -1,4 +1,4 @@
-"""Portable numerics (``numerics.py``): the same greedy answer on every x86-64-v3 CPU.
+"""Portable numerics (``config/numerics.py``): the same greedy answer on every x86-64-v3 CPU.
 
 This process runs natively (pyproject.toml) and torch here already chose its kernels, so the
 tests of the portable path start fresh pytest processes, as a user's project would, with

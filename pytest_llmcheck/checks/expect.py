@@ -122,7 +122,7 @@ class Expectations:
     def check(self, answer: Answer) -> list[Failure]:
         """Every unmet expectation, in ``EXPECTATION_KEYS`` order; empty means pass.
 
-        ``judge`` rubrics need a model and are graded by the caller (``judge.py``)."""
+        ``judge`` rubrics need a model and are graded by the caller (``checks/judge.py``)."""
         fold = self.case_insensitive
         text = normalize(answer.text, ignore_case=fold)
         failures: list[Failure] = []

@@ -1,6 +1,6 @@
 """A model reference, resolved: the value both registries share.
 
-``registry.py`` (aliases and reference parsing) makes these and ``engines/registry.py``
+``config/registry.py`` (aliases and reference parsing) makes these and ``engines/registry.py``
 (the engine axis) loads them; both import this module and neither imports the other back.
 It holds only what a ``ModelRef`` needs to exist: its error, its default engine and the
 hub schemes that no engine may claim.

@@ -3,7 +3,7 @@
 ``pytest examples/riddles --llm-model=qwen --llm-replay=out/report.json`` re-checks
 new or edited expectations against what qwen answered in that run, in seconds and
 without loading anything. The recording is a report (``report.json`` or its folder),
-a recorded-answers file (``recordings.py``) or a folder of answer snapshots. A model
+a recorded-answers file (``reporting/recordings.py``) or a folder of answer snapshots. A model
 is looked up by its name (``replay:NAME`` replays any recorded name), a question by its
 prompt (and system prompt, when both sides know it). A prompt that was not recorded
 fails its test with one line. Latency checks see the recorded seconds.

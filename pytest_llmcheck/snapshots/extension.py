@@ -28,7 +28,7 @@ model itself answers differently). ``--snapshot-update`` writes new and changed
 answers, and refreshes the header when only the fingerprint changed. Nothing is ever
 written or deleted without it.
 
-A fingerprint names its numerics (see ``numerics.py``): a portable answer holds on every
+A fingerprint names its numerics (see ``config/numerics.py``): a portable answer holds on every
 x86-64-v3 CPU; a native one (``numerics: native``, with the ``cpu``) only on the CPU kind
 that recorded it. A changed native answer on another CPU is therefore no finding about the
 model: the test is skipped with one line saying so, and the report marks it "not
@@ -45,7 +45,7 @@ test and stays under syrupy's normal unused accounting. Likewise an item that fa
 before it reached its snapshot (e.g. its model failed to load) counts as skipped, so
 ``--snapshot-update`` does not delete the answers of a broken model. The guard also adds
 ``new`` to syrupy's ignored file extensions, so the pending answers (``*.txt.new``, see
-``pending.py``) are never reported as unused snapshots.
+``snapshots/pending.py``) are never reported as unused snapshots.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def check_snapshot(
     """Compare ``answer`` with its stored snapshot (or store it under ``--snapshot-update``).
 
     An answer that differs beyond ``tolerance`` (or has no snapshot yet) fails and is
-    kept as a pending candidate beside the snapshot (see ``pending.py``); one within it
+    kept as a pending candidate beside the snapshot (see ``snapshots/pending.py``); one within it
     passes as "drifted" and the snapshot stays as it is.
     """
     from pytest_llmcheck.snapshots.pending import Candidate, remove_stale

@@ -8,7 +8,7 @@ after. Keys: ``a`` accept (write the snapshot), ``r`` reject (delete the candida
 each answer is a line. Nothing is written without an accept.
 
 Candidates may come from a downloaded CI report (untrusted): an accept re-checks the
-path right before it writes (``pending.py``) and a refusal is one line; every text shown
+path right before it writes (``snapshots/pending.py``) and a refusal is one line; every text shown
 has its control characters escaped, so an answer cannot drive the terminal (ANSI escape
 sequences, bidi overrides) and hide what the reviewer accepts.
 """

@@ -1,9 +1,9 @@
 """The snapshot file format: a short ``#`` header, a marker line, the answer.
 
-Read and written by the syrupy extension (``snapshots.py``), by pending candidates and
-review (``pending.py``) and by replay (``recordings.py``). It lives apart from the
+Read and written by the syrupy extension (``snapshots/extension.py``), by pending candidates and
+review (``snapshots/pending.py``) and by replay (``reporting/recordings.py``). It lives apart from the
 extension so that those can read a file without the extension, and the extension can
-keep candidates (``pending.py``) without a cycle back to it.
+keep candidates (``snapshots/pending.py``) without a cycle back to it.
 """
 
 from __future__ import annotations

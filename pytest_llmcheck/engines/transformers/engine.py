@@ -50,7 +50,7 @@ def numerics_here(asked: str, quant: str) -> tuple[str, str | None]:
     """(the numerics this engine runs, why not portable when portable was asked and cannot be).
 
     Portable means torch's kernels held to AVX2 + FMA (the plugin sets ATEN_CPU_CAPABILITY
-    before any conftest can import torch, see ``numerics.py``): the widest level every
+    before any conftest can import torch, see ``config/numerics.py``): the widest level every
     x86-64-v3 CPU runs, so the same instructions in the same order everywhere. torch reads
     that variable once, at its first kernel call (not at import): torch at another level on a
     CPU with AVX2 means something ran torch before the plugin could hold it, and the load is
@@ -271,7 +271,7 @@ class TransformersEngine:
 
         With a cache, the converted and quantized weights are reused across sessions.
         ``decode="fast"`` answers greedy prompts with the lean loop when it checks out.
-        ``numerics="portable"`` (the plugin's default, see ``numerics.py``): answers that hold
+        ``numerics="portable"`` (the plugin's default, see ``config/numerics.py``): answers that hold
         on every x86-64 CPU from AVX2 up; checked here, before any weight is touched.
         """
         import torch
