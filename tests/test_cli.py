@@ -13,6 +13,7 @@ from pytest_llmcheck.cli.commands import KIND_CHOICES, main
 from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.itrex.engine import CACHE_KIND as ITREX_KIND
 from pytest_llmcheck.engines.llamacpp import KIND as LLAMACPP_KIND
+from pytest_llmcheck.engines.transformers.decode_check import KIND as DECODE_CHECK_KIND
 from pytest_llmcheck.engines.transformers.w4a8 import CACHE_KIND as W4A8_KIND
 from pytest_llmcheck.storage.cache import Cache
 from pytest_llmcheck.storage.hub import cache_entry
@@ -100,7 +101,8 @@ def test_pull_then_pull_again_then_clear(
     assert out.count("quantized (INT4): built and cached; load ") == 1
     assert out.count("quantized (INT4): from cache; load ") == 1
     assert "int4: 14/14 linear layers" in out
-    assert kinds(root) == ["download", "download", "quantized"]
+    # one INT4 entry and one check of the fast decode loop for the two references' one model
+    assert kinds(root) == ["decode-check", "download", "download", "quantized"]
     assert kinds(root, ready=False) == []
     assert len(endpoints.requests) > 0
 
@@ -123,7 +125,7 @@ def test_pull_then_pull_again_then_clear(
     assert main(["clear", "--kind", "quantized", "--cache-dir", str(root), "--yes"]) == 0
     out = capsys.readouterr().out
     assert f"removed 1 quantized entry from {root}; freed {quantized} bytes" in out
-    assert kinds(root) == ["download", "download"]
+    assert kinds(root) == ["decode-check", "download", "download"]
 
     left = len(Cache(root).list())
     assert main(["clear", "--cache-dir", str(root), "--yes"]) == 0
@@ -212,7 +214,8 @@ def test_the_cli_imports_no_heavy_modules() -> None:
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("kind", [LLAMACPP_KIND, ITREX_KIND, W4A8_KIND])  # the engines' own constants
+# the engines' own constants
+@pytest.mark.parametrize("kind", [LLAMACPP_KIND, ITREX_KIND, W4A8_KIND, DECODE_CHECK_KIND])
 def test_engine_cache_kinds_can_be_listed_and_cleared(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

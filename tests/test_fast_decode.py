@@ -319,3 +319,63 @@ def test_smollm2_int4_fast_loop_matches_generate() -> None:
         assert got == [engine.generate(p, system=None, config=config).text for p in prompts]
     finally:
         engine.close()
+
+
+def _load_cached(folder: Path, cache: Cache, threads: int = 1) -> TransformersEngine:
+    quantizer = get_quantizer("int4")
+    return TransformersEngine.load(resolve(str(folder)), folder, quantizer, threads=threads, cache=cache,
+                                   decode="python")
+
+
+def test_the_check_at_load_is_kept_once_per_machine(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second load with the same cache recalls the first load's check (the model's forward is
+    not run again); the same decoding, fingerprint and answers. Another key checks again."""
+    from pytest_llmcheck.engines.transformers import decode_check
+
+    cache = Cache(tmp_path / "cache")
+    first = _load_cached(tiny_model, cache)
+    assert first.fast is not None
+    assert first.facts.details["decode"] == (
+        "fast, Python step (--llm-decode=python; same logits as the model's forward on a probe)"
+    )
+    assert [e["kind"] for e in cache.list()].count(decode_check.KIND) == 1
+
+    def checked_again(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(fastpath.FastDecoder, "verify_steps", checked_again)
+    second = _load_cached(tiny_model, cache)
+    assert second.fast is not None
+    assert second.facts.details["decode"] == (
+        "fast, Python step (--llm-decode=python; same logits as the model's forward on a probe, "
+        "checked at an earlier load on this machine)"
+    )
+    assert second.fingerprint() == first.fingerprint()
+    assert _answers(second) == _answers(first)
+    with pytest.raises(AssertionError, match="checked again"):  # threads are part of the key
+        _load_cached(tiny_model, cache, threads=2)
+
+
+def test_an_unreadable_check_record_is_checked_again(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llmcheck.engines.transformers import decode_check
+
+    cache = Cache(tmp_path / "cache")
+    _load_cached(tiny_model, cache)
+    (entry,) = [e for e in cache.list() if e["kind"] == decode_check.KIND]
+    record = Path(str(entry["path"])) / decode_check.RECORD
+    record.write_text('{"problems": "none", "head_mv": 1}', encoding="utf-8")
+    calls: list[int] = []
+    real = fastpath.FastDecoder.verify_steps
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastpath.FastDecoder, "verify_steps", counted)
+    engine = _load_cached(tiny_model, cache)
+    assert calls
+    assert engine.fast is not None

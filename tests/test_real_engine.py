@@ -97,7 +97,8 @@ def test_smollm2_knows_the_capital_of_france(quant: str, tmp_path: Path) -> None
     cache = Cache(tmp_path / "cache")  # GGUF -> converted (fp32, bf16) or INT4 entry, written once
     engine = TransformersEngine.load(ref, Path(ref.location), get_quantizer(quant), threads=2, cache=cache)
     assert not engine.facts.from_cache
-    assert [e["kind"] for e in cache.list()] == ["quantized" if quant == "int4" else "converted"]
+    kinds = [e["kind"] for e in cache.list() if e["kind"] != "decode-check"]  # and the fast loop's check
+    assert kinds == ["quantized" if quant == "int4" else "converted"]
     try:
         answer = engine.generate(
             "What is the capital of France? Answer in one word.",

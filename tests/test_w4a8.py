@@ -224,14 +224,19 @@ def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
     assert len(answers[0]) > 24
     assert answers[0] == answers[1]  # two sessions, 2 then 1 thread: the same bytes
     kinds = _entries(cache)
-    assert kinds == [("kernel", "decode_step"), ("kernel", "w4a8"), ("quantized", "")]
+    # the two kernels and the one INT4 entry, beside the fast loop's checks (one per thread count)
+    assert [k for k in kinds if k[0] != "decode-check"] == [("kernel", "decode_step"), ("kernel", "w4a8"),
+                                                            ("quantized", "")]
+    assert kinds.count(("decode-check", "")) == 2
     result = pytester.runpytest_subprocess(
         f"--llm-model={folder}", "--llm-max-new-tokens=24", f"--llm-cache-dir={cache}",
         "-p", "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["tiny-llama (*): loaded 1x in *; int4: 14/14 linear layers, *from cache*"])
-    assert _entries(cache) == kinds  # int4 read the same entry
+    # int4 read the same entry (and its fast loop, another recipe, was checked once)
+    weights = [k for k in kinds if k[0] != "decode-check"]
+    assert [k for k in _entries(cache) if k[0] != "decode-check"] == weights
 
 
 @needs_kernel

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 PROG = "llmcheck"
 # cache entry kinds
-KIND_CHOICES = ("download", "converted", "quantized", "gguf-quantized", "itrex-int4", "kernel", "embedded")
+KIND_CHOICES = (
+    "download", "converted", "quantized", "gguf-quantized", "itrex-int4", "kernel", "decode-check", "embedded"
+)
 ENV_ENGINES = ("itrex",)  # engines that run in a Python environment of their own
 
 

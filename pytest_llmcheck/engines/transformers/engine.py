@@ -18,7 +18,7 @@ from pytest_llmcheck.compat.torch import cpu_supports
 from pytest_llmcheck.config.numerics import NATIVE, PORTABLE, recipe
 from pytest_llmcheck.config.registry import ModelRef
 from pytest_llmcheck.engines.base import Answer, GenerationConfig, LoadFacts
-from pytest_llmcheck.engines.transformers import decode_step
+from pytest_llmcheck.engines.transformers import decode_check, decode_step
 from pytest_llmcheck.engines.transformers.conversions import (
     code_problem,
     remote_code_message,
@@ -216,6 +216,7 @@ class TransformersEngine:
         torch.set_num_threads(self.threads)
         self.fast = None  # until this call's decision: an earlier loop may no longer hold
         step_problem: str | None = "--llm-decode=python" if not native else None
+        checked = ""  # or how an earlier check is known
         try:
             decoder = FastDecoder.build(self.model, portable=self.numerics == PORTABLE)
             candidates: list[Any] = [None]
@@ -225,13 +226,7 @@ class TransformersEngine:
                     candidates.append(decode_step.build(decoder))
                 except decode_step.StepUnavailable as exc:
                     step_problem = str(exc)
-            with torch.inference_mode():
-                problems = decoder.verify_steps(self._encode(PROBE, None), candidates)
-                if problems[0] is not None and decoder.head_mv:  # mv timed faster: linear is the model's own
-                    decoder.head_mv = False
-                    for candidate in candidates[1:]:
-                        candidate.set_head_mv(False)
-                    problems = decoder.verify_steps(self._encode(PROBE, None), candidates)
+            problems, checked = self._check_steps(decoder, candidates, cache)
             problem = problems[0]
             if len(problems) > 1 and problems[1] is not None:
                 step_problem = f"C++ step: {problems[1]}"
@@ -243,16 +238,51 @@ class TransformersEngine:
         elif step_problem is None:
             decoder.native = candidates[1]
             self.fast = decoder
-            decision = f"fast, C++ step ({how}; same logits as the model's forward on a probe)"
+            decision = f"fast, C++ step ({how}; same logits as the model's forward on a probe{checked})"
         else:
             self.fast = decoder
-            decision = f"fast, Python step ({step_problem}; same logits as the model's forward on a probe)"
+            decision = (
+                f"fast, Python step ({step_problem}; same logits as the model's forward on a probe{checked})"
+            )
         summary = self.facts.summary.split("; decode: ")[0]  # what an earlier call said goes
         if slower:  # said on the summary line: it explains a slower model
             summary = f"{summary}; decode: {decision}"
         self.facts = dataclasses.replace(self.facts, summary=summary)
         self.facts.details["decode"] = decision
         return decision
+
+    def _check_steps(
+        self, decoder: FastDecoder, candidates: list[Any], cache: Cache | None
+    ) -> tuple[list[str | None], str]:
+        """Each candidate step's problem (None: the model's own logits on the probe), and how it
+        was known: checked now, or recalled from this machine's earlier check (``decode_check``)."""
+        import torch
+
+        inputs = self._encode(PROBE, None)
+        # what the weights and the stack are, not what they are called: one check for one model
+        # reached by two references (a hub id and its folder)
+        fingerprint = {k: v for k, v in self.fingerprint().items()
+                       if k not in ("decode", "model", "source", "revision")}
+        steps = ["python" if c is None else "c++" for c in candidates]
+        probe = inputs["input_ids"][0].tolist()
+        key = decode_check.check_key(fingerprint, probe, threads=self.threads, steps=steps)
+        entry = decode_check.entry_for(cache, key)
+        recalled = decode_check.recall(entry, len(candidates))
+        if recalled is not None:
+            problems, head_mv = recalled
+            decoder.head_mv = head_mv  # the lm_head kernel the check ran with, not this session's timing
+            for candidate in candidates[1:]:
+                candidate.set_head_mv(head_mv)
+            return problems, ", checked at an earlier load on this machine"
+        with torch.inference_mode():
+            problems = decoder.verify_steps(inputs, candidates)
+            if problems[0] is not None and decoder.head_mv:  # mv timed faster: linear is the model's own
+                decoder.head_mv = False
+                for candidate in candidates[1:]:
+                    candidate.set_head_mv(False)
+                problems = decoder.verify_steps(inputs, candidates)
+        decode_check.remember(entry, problems, decoder.head_mv)
+        return problems, ""
 
     @classmethod
     def load(
