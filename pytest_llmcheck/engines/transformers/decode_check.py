@@ -2,8 +2,9 @@
 
 Before greedy answers go through :class:`~pytest_llmcheck.engines.transformers.fastpath.FastDecoder`
 its logits are compared bit for bit with the model's own forward on a probe prompt. That runs
-the model through transformers four times: at Qwen2-1.5B shape 14 of a cached load's 28
-seconds (``benchmarks/bench_size.py``, profiled), at 7B the larger part of 35-43 seconds. The
+the model through transformers four times: at Qwen2-1.5B shape a cached load took 7.5 s with
+the check and 5.2-5.4 s without (``benchmarks/bench_size.py --size 1.5b --rows int4 --no-cold``,
+three runs, the first one checking; 14 of 28 s when profiled on a busy machine). The
 outcome is a function of what the key below holds (the model's fingerprint: weights digest,
 recipe, numerics, library versions; the probe's token ids; threads; which steps were checked;
 the decode code's own digest), so it is kept as a ``decode-check`` cache entry and a later load
