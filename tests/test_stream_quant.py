@@ -185,3 +185,60 @@ def test_a_checkpoint_with_other_names_takes_the_whole_model_path(tmp_path: Path
     weights["model.norm.gamma"] = weights.pop("model.norm.weight")
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     assert stream.stream_int4(folder, INT4) is None
+
+
+def _rewrite_header(path: Path, change: Any) -> None:
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    new = change(header, size)
+    if isinstance(new, bytes):  # the whole file as given
+        path.write_bytes(new)
+        return
+    text = json.dumps(new, separators=(",", ":")).encode()  # the data keeps its offsets after the header
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size:])
+
+
+def _first_tensor(header: dict[str, Any]) -> dict[str, Any]:
+    return next(v for k, v in header.items() if k != "__metadata__")
+
+
+def _huge_size(header: dict[str, Any], size: int) -> bytes:
+    return (2**62).to_bytes(8, "little") + b"{}"
+
+
+def _offsets_outside(header: dict[str, Any], size: int) -> dict[str, Any]:
+    _first_tensor(header)["data_offsets"] = [0, 10**12]
+    return header
+
+
+def _wrong_size(header: dict[str, Any], size: int) -> dict[str, Any]:
+    start, end = _first_tensor(header)["data_offsets"]
+    _first_tensor(header)["data_offsets"] = [start, end - 2]
+    return header
+
+
+def _not_a_table(header: dict[str, Any], size: int) -> list[int]:
+    return [1, 2, 3]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_huge_size, r"not a safetensors file \(header of \d+ bytes in \d+\)"),
+    (_offsets_outside, r"lies outside the file or has the wrong size"),
+    (_wrong_size, r"lies outside the file or has the wrong size"),
+    (_not_a_table, r"not a safetensors file \(its header is not a table\)"),
+])
+def test_a_crafted_safetensors_header_is_one_line_not_a_read(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    """The streamed build reads safetensors itself (see stream._read): every offset and size in
+    a header is checked against the file before anything is read on its word."""
+    from pytest_llmcheck.engines.transformers.conversions import ConversionError
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    (weights,) = sorted(folder.glob("*.safetensors"))
+    _rewrite_header(weights, change)
+    with pytest.raises(ConversionError, match=message) as caught:
+        stream.stream_int4(folder, INT4)
+    assert "\n" not in str(caught.value)
+    assert str(weights) in str(caught.value)

@@ -58,6 +58,7 @@ _SAFETENSORS_DTYPES = {
     "BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
 }
+_WIDTHS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 # Dense decoder families whose bf16 ``from_pretrained`` is a plain name-for-name load: no
@@ -127,11 +128,42 @@ def _read(path: Path) -> Iterator[tuple[str, torch.Tensor, bool]]:
         yield name, state.pop(name), True
 
 
+MAX_HEADER = 100_000_000  # the safetensors library's own limit on a header
+
+
 def _safetensors_header(f: Any) -> tuple[dict[str, Any], int]:
-    """A safetensors file's tensor table (name -> dtype, shape, data_offsets) and where data starts."""
+    """A safetensors file's tensor table (name -> dtype, shape, data_offsets) and where data starts.
+
+    Checked as the safetensors library checks it before anything is read on its word: the
+    header's size within the file and the library's limit, each tensor's offsets inside the
+    data and matching its shape and dtype. A file that fails is one ConversionError line.
+    """
+    name = getattr(f, "name", "a safetensors file")
+    f.seek(0, 2)
+    file_size = f.tell()
+    f.seek(0)
     size = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(size))
+    if not 2 <= size <= min(MAX_HEADER, file_size - 8):
+        raise ConversionError(f"{name}: not a safetensors file (header of {size} bytes in {file_size})")
+    try:
+        header = json.loads(f.read(size))
+    except ValueError:
+        raise ConversionError(f"{name}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{name}: not a safetensors file (its header is not a table)")
     header.pop("__metadata__", None)
+    data_size = file_size - 8 - size
+    for key, info in header.items():
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            width = _WIDTHS.get(info["dtype"])  # another dtype: _dtype says it is not read here
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError(f"{name}: tensor {key!r} has a malformed entry") from None
+        if not 0 <= start <= end <= data_size or (width is not None and end - start != count * width):
+            raise ConversionError(f"{name}: tensor {key!r} lies outside the file or has the wrong size")
     return header, 8 + size
 
 
