@@ -6,7 +6,8 @@ the model through transformers four times: at Qwen2-1.5B shape a cached load too
 the check and 5.2-5.4 s without (``benchmarks/bench_size.py --size 1.5b --rows int4 --no-cold``,
 three runs, the first one checking; 14 of 28 s when profiled on a busy machine). The
 outcome is a function of what the key below holds (the model's fingerprint: weights digest,
-recipe, numerics, library versions; the probe's token ids; threads; which steps were checked;
+recipe, numerics, library versions; the probe's token ids; threads; which steps were checked,
+with the C++ step's INT4 product and the body it runs on this CPU;
 the decode code's own digest), so it is kept as a ``decode-check`` cache entry and a later load
 with the same key reuses it, with the lm_head kernel it was checked with. Any change to one of
 those checks again.

@@ -11,6 +11,11 @@ What it earns: ``benchmarks/bench_decode.py``'s rows "torch int4, fast loop" (th
 against "torch int4, fast loop, Python step" on SmolLM2, in docs/performance.md: 95.5 / 96.7
 against 86.4 decode tokens per second at 1 thread, 125.0 / 147.9 against 112.9 at 2; its
 split table, 10.1 against 11.8 ms per token (1 thread).
+
+Where torch's INT4 kernel is its AVX2 one (portable numerics, or an AVX2 CPU), the step runs
+the file's own ``int4_mm`` instead: the same roundings in the same order per output, about
+twice as fast (``benchmarks/bench_int4_product.py``); the check at load covers it as it
+covers everything else in the step.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
 LIBRARY = "decode_step.so"
-FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-w")
+FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-fopenmp", "-w")  # OpenMP: at::parallel_for
 PLAIN, INT4, W4A8 = 0, 1, 2  # the kinds of call in decode_step.cpp
 SLOTS = ("qkv", "o", "gate_up", "down")
 
@@ -80,6 +85,25 @@ def load_library(cache: Cache | None) -> str:
         raise StepUnavailable(f"the C++ step could not be built: {exc}") from None
 
 
+def own_int4_here() -> bool:
+    """Whether the step may run its own INT4 product: only where torch's INT4 kernel in this
+    process is the AVX2 one, whose weight layout and arithmetic ``int4_mm`` reproduces."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability()) == "AVX2"
+
+
+def int4_product(native: Any) -> str:
+    """Which INT4 product the step runs, for the load facts and the decode check's key:
+    ``int4_mm/avx512 on 56 of 56 calls``, or ``torch's`` (``int4_mm`` takes none here)."""
+    import torch
+
+    own, total = native.int4_calls()
+    if not own:
+        return "torch's"
+    return f"int4_mm/{torch.ops.llmcheck_decode.int4_mm_variant()} on {own} of {total} calls"
+
+
 def _add_projection(native: Any, layer: int, slot: int, proj: Projection) -> None:
     import torch
 
@@ -121,6 +145,7 @@ def _build(decoder: FastDecoder) -> Any:
         decoder.embed.weight, decoder.inv_freq, float(decoder.rope_scale), decoder.heads, decoder.kv_heads,
         decoder.head_dim, float(decoder.scaling), decoder.gqa, len(decoder.layers),
     )
+    native.set_own_int4(own_int4_here())  # before the calls: each decides as it is added
     for i, layer in enumerate(decoder.layers):
         for slot, name in enumerate(SLOTS):
             _add_projection(native, i, slot, getattr(layer, name))

@@ -215,6 +215,7 @@ class TransformersEngine:
 
         torch.set_num_threads(self.threads)
         self.fast = None  # until this call's decision: an earlier loop may no longer hold
+        self.facts.details.pop("int4_product", None)
         step_problem: str | None = "--llm-decode=python" if not native else None
         checked = ""  # or how an earlier check is known
         try:
@@ -239,6 +240,7 @@ class TransformersEngine:
             decoder.native = candidates[1]
             self.fast = decoder
             decision = f"fast, C++ step ({how}; same logits as the model's forward on a probe{checked})"
+            self.facts.details["int4_product"] = decode_step.int4_product(decoder.native)
         else:
             self.fast = decoder
             decision = (
@@ -263,7 +265,8 @@ class TransformersEngine:
         # reached by two references (a hub id and its folder)
         fingerprint = {k: v for k, v in self.fingerprint().items()
                        if k not in ("decode", "model", "source", "revision")}
-        steps = ["python" if c is None else "c++" for c in candidates]
+        # the C++ step's INT4 product is part of what was checked (its body follows the CPU)
+        steps = ["python" if c is None else f"c++, INT4: {decode_step.int4_product(c)}" for c in candidates]
         probe = inputs["input_ids"][0].tolist()
         key = decode_check.check_key(fingerprint, probe, threads=self.threads, steps=steps)
         entry = decode_check.entry_for(cache, key)

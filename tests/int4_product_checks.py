@@ -1,0 +1,126 @@
+"""The C++ step's own INT4 product: torch's AVX2 INT4 kernel's numbers, bit for bit.
+
+Run by tests/test_int4_product.py in a process of their own with ATEN_CPU_CAPABILITY=avx2
+(this project's test sessions run native numerics, so their torch runs its AVX-512 kernel
+on a CPU that has it); not collected on its own (no test_ prefix).
+
+``int4_mm`` (decode_step.cpp) replaces ``aten::_weight_int4pack_mm_for_cpu`` in the decode
+loop where torch's kernel is its AVX2 one; a portable answer is only portable if the two
+agree in every bit, on both of its bodies (AVX2, and AVX-512 where the CPU has it), at any
+thread count. These tests compare them directly; the decode loop's check at load compares
+the logits again on every model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmcheck.engines.transformers import decode_step, fastpath, kernels
+from pytest_llmcheck.storage.cache import Cache
+from tests.tiny_model import tiny_in_memory
+
+torch = pytest.importorskip("torch")
+
+CACHE_ENV = "LLMCHECK_TEST_STEP_CACHE"  # the outer test's cache, the library already built in it
+
+
+@pytest.fixture(scope="module")
+def library() -> str:
+    assert str(torch.backends.cpu.get_cpu_capability()) == "AVX2", "run with ATEN_CPU_CAPABILITY=avx2"
+    assert kernels.compiler_missing() is None
+    how = decode_step.load_library(Cache(Path(os.environ[CACHE_ENV])))
+    variant: str = torch.ops.llmcheck_decode.int4_mm_variant()
+    assert variant in ("avx2", "avx512"), how
+    return variant
+
+
+def _weights(n: int, k: int, group: int, gen: Any, scale: float = 0.05) -> tuple[Any, Any]:
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    scale_zero = (torch.randn(k // group, n, 2, generator=gen) * scale).to(torch.bfloat16)
+    return packed, scale_zero
+
+
+def _bits(t: Any) -> Any:
+    return t.view(torch.int16)
+
+
+SHAPES = [  # (outputs, inputs, group, rows)
+    (32, 64, 32, 1), (64, 128, 64, 1), (96, 256, 128, 3), (160, 512, 32, 1), (224, 256, 256, 2),
+    (2048, 1536, 32, 1), (1536, 8960, 32, 1),  # Qwen2-1.5B's q/k/v and down
+]
+
+
+@pytest.mark.parametrize("body", ["", "avx2"], ids=["this-cpu", "avx2-body"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int4_mm_is_torchs_avx2_kernel_bit_for_bit(library: str, body: str, threads: int) -> None:
+    gen = torch.Generator().manual_seed(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, k, group, rows in SHAPES:
+            packed, scale_zero = _weights(n, k, group, gen)
+            x = (torch.randn(rows, k, generator=gen) * 3).to(torch.bfloat16)
+            expected = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scale_zero)
+            got = torch.ops.llmcheck_decode.int4_mm(x, packed, group, scale_zero, body)
+            assert got.shape == expected.shape == (rows, n)
+            assert torch.equal(_bits(got), _bits(expected)), (n, k, group, rows, body)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_int4_mm_rounds_and_overflows_as_torch_does(library: str) -> None:
+    """Sums that round to bf16 ties, overflow to infinity, or meet a NaN or an infinity."""
+    gen = torch.Generator().manual_seed(7)
+    packed, scale_zero = _weights(64, 256, 32, gen, scale=1.0)
+    cases = [
+        (torch.randn(1, 256, generator=gen) * 1e4).to(torch.bfloat16),  # large products
+        (torch.randn(1, 256, generator=gen) * 3e37).to(torch.bfloat16),  # sums past fp32's range
+        torch.full((1, 256), 2**-130).to(torch.bfloat16),  # subnormal inputs
+    ]
+    with_nan = (torch.randn(1, 256, generator=gen)).to(torch.bfloat16)
+    with_nan[0, 17] = float("nan")
+    with_inf = (torch.randn(1, 256, generator=gen)).to(torch.bfloat16)
+    with_inf[0, 200] = float("inf")
+    for x in [*cases, with_nan, with_inf]:
+        for body in ("", "avx2"):
+            expected = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_zero)
+            got = torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero, body)
+            assert torch.equal(_bits(got), _bits(expected))
+
+
+def test_int4_mm_refuses_what_it_does_not_reproduce(library: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    packed, scale_zero = _weights(48, 64, 32, gen)  # a partial block of 16: torch's other path
+    x = torch.randn(1, 64, generator=gen).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="whole blocks of 32 outputs"):
+        torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero)
+    packed, scale_zero = _weights(32, 64, 32, gen)
+    with pytest.raises(RuntimeError, match="body avx9 is not one this CPU runs"):
+        torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero, "avx9")
+
+
+@pytest.mark.parametrize("head_dim", [16, 64], ids=["k-v-apart", "q-k-v-fused"])
+def test_the_cpp_step_runs_int4_mm_and_keeps_the_forwards_logits(library: str, head_dim: int) -> None:
+    model, inputs = tiny_in_memory("qwen2", True, head_dim=head_dim)
+    decoder = fastpath.FastDecoder.build(model)
+    native = decode_step.build(decoder)
+    own, total = native.int4_calls()
+    assert own == total > 0  # every projection has whole blocks of 32 outputs
+    assert decode_step.int4_product(native) == f"int4_mm/{library} on {own} of {total} calls"
+    with torch.inference_mode():
+        assert decoder.verify_steps(inputs, [None, native], steps=4) == [None, None]
+
+
+def test_where_torchs_kernel_is_not_the_avx2_one_the_step_keeps_it(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = tiny_in_memory("llama", True, head_dim=64)
+    monkeypatch.setattr(decode_step, "own_int4_here", lambda: False)  # as under AVX-512 dispatch
+    native = decode_step.build(fastpath.FastDecoder.build(model))
+    assert native.int4_calls()[0] == 0
+    assert decode_step.int4_product(native) == "torch's"
