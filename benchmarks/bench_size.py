@@ -122,7 +122,8 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
     result: dict[str, Any] = {
         "load": load,
         "from_cache": engine.facts.from_cache,
-        "decode_path": str(engine.facts.details.get("decode", "")).split(" (")[0],
+        "decode_path": str(engine.facts.details.get("decode", "")).split(" (")[0]
+        + (f", {product.split(' on ')[0]}" if (product := engine.facts.details.get("int4_product")) else ""),
         "quantize_s": engine.quant.seconds,
     }
     if cold:

@@ -6,9 +6,8 @@ on a CPU that has it); not collected on its own (no test_ prefix).
 
 ``int4_mm`` (decode_step.cpp) replaces ``aten::_weight_int4pack_mm_for_cpu`` in the decode
 loop where torch's kernel is its AVX2 one; a portable answer is only portable if the two
-agree in every bit, on both of its bodies (AVX2, and AVX-512 where the CPU has it), at any
-thread count. These tests compare them directly; the decode loop's check at load compares
-the logits again on every model.
+agree in every bit, at any thread count. These tests compare them directly; the decode
+loop's check at load compares the logits again on every model.
 """
 
 from __future__ import annotations
@@ -32,10 +31,7 @@ CACHE_ENV = "LLMCHECK_TEST_STEP_CACHE"  # the outer test's cache, the library al
 def library() -> str:
     assert str(torch.backends.cpu.get_cpu_capability()) == "AVX2", "run with ATEN_CPU_CAPABILITY=avx2"
     assert kernels.compiler_missing() is None
-    how = decode_step.load_library(Cache(Path(os.environ[CACHE_ENV])))
-    variant: str = torch.ops.llmcheck_decode.int4_mm_variant()
-    assert variant in ("avx2", "avx512"), how
-    return variant
+    return decode_step.load_library(Cache(Path(os.environ[CACHE_ENV])))
 
 
 def _weights(n: int, k: int, group: int, gen: Any, scale: float = 0.05) -> tuple[Any, Any]:
@@ -55,9 +51,8 @@ SHAPES = [  # (outputs, inputs, group, rows)
 ]
 
 
-@pytest.mark.parametrize("body", ["", "avx2"], ids=["this-cpu", "avx2-body"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_int4_mm_is_torchs_avx2_kernel_bit_for_bit(library: str, body: str, threads: int) -> None:
+def test_int4_mm_is_torchs_avx2_kernel_bit_for_bit(library: str, threads: int) -> None:
     gen = torch.Generator().manual_seed(threads)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -66,9 +61,9 @@ def test_int4_mm_is_torchs_avx2_kernel_bit_for_bit(library: str, body: str, thre
             packed, scale_zero = _weights(n, k, group, gen)
             x = (torch.randn(rows, k, generator=gen) * 3).to(torch.bfloat16)
             expected = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scale_zero)
-            got = torch.ops.llmcheck_decode.int4_mm(x, packed, group, scale_zero, body)
+            got = torch.ops.llmcheck_decode.int4_mm(x, packed, group, scale_zero)
             assert got.shape == expected.shape == (rows, n)
-            assert torch.equal(_bits(got), _bits(expected)), (n, k, group, rows, body)
+            assert torch.equal(_bits(got), _bits(expected)), (n, k, group, rows)
     finally:
         torch.set_num_threads(before)
 
@@ -87,10 +82,9 @@ def test_int4_mm_rounds_and_overflows_as_torch_does(library: str) -> None:
     with_inf = (torch.randn(1, 256, generator=gen)).to(torch.bfloat16)
     with_inf[0, 200] = float("inf")
     for x in [*cases, with_nan, with_inf]:
-        for body in ("", "avx2"):
-            expected = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_zero)
-            got = torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero, body)
-            assert torch.equal(_bits(got), _bits(expected))
+        expected = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_zero)
+        got = torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero)
+        assert torch.equal(_bits(got), _bits(expected))
 
 
 def test_int4_mm_refuses_what_it_does_not_reproduce(library: str) -> None:
@@ -100,8 +94,8 @@ def test_int4_mm_refuses_what_it_does_not_reproduce(library: str) -> None:
     with pytest.raises(RuntimeError, match="whole blocks of 32 outputs"):
         torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero)
     packed, scale_zero = _weights(32, 64, 32, gen)
-    with pytest.raises(RuntimeError, match="body avx9 is not one this CPU runs"):
-        torch.ops.llmcheck_decode.int4_mm(x, packed, 32, scale_zero, "avx9")
+    with pytest.raises(RuntimeError, match="x must be bf16"):
+        torch.ops.llmcheck_decode.int4_mm(x.float(), packed, 32, scale_zero)
 
 
 @pytest.mark.parametrize("head_dim", [16, 64], ids=["k-v-apart", "q-k-v-fused"])
@@ -111,7 +105,7 @@ def test_the_cpp_step_runs_int4_mm_and_keeps_the_forwards_logits(library: str, h
     native = decode_step.build(decoder)
     own, total = native.int4_calls()
     assert own == total > 0  # every projection has whole blocks of 32 outputs
-    assert decode_step.int4_product(native) == f"int4_mm/{library} on {own} of {total} calls"
+    assert decode_step.int4_product(native) == f"int4_mm on {own} of {total} calls"
     with torch.inference_mode():
         assert decoder.verify_steps(inputs, [None, native], steps=4) == [None, None]
 

@@ -10,8 +10,8 @@
 // (llmcheck::w4a8_mm, llmcheck::rms_norm), called through the dispatcher, with one
 // exception: torch's INT4 product in its AVX2 layout (the one portable numerics use), below.
 //
-// Built without architecture flags (-O2): it runs wherever torch runs; the INT4 product's
-// AVX2 and AVX-512 bodies are compiled for their targets and chosen at run time.
+// Built without architecture flags (-O2): it runs wherever torch runs; the INT4 product is
+// compiled for AVX2 + FMA on its own and used only on a CPU that has them.
 
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
@@ -60,12 +60,13 @@ namespace {
 //   acc    = 0;  acc = fma(x[k], w[k], acc)  for k = 0 .. K-1 in order
 //   y[n]   = bf16 of acc, rounded to nearest even (a NaN becomes 0xFFFF, as torch's does)
 //
-// Each output is one SIMD lane's sequence, so the vector width (8 lanes with AVX2, 16 with
-// AVX-512) and the thread count change nothing: the result is torch's, bit for bit (tests
-// compare them; the decode loop's check at load compares the logits). What is faster: x is
-// converted to fp32 once, not once per block of outputs; a group's scales once per group;
-// the unpacking reads each weight byte once; with AVX-512, 4 blocks of outputs per pass.
-//
+// Each output is one SIMD lane's sequence, so neither the instructions' width nor the thread
+// count matters: the result is torch's, bit for bit (tests compare them; the decode loop's
+// check at load compares the logits). What is faster: x is converted to fp32 once, not once
+// per block of outputs; a group's scales once per group, two integer ops per 8; each weight
+// byte is read once and unpacked with one widening load. An AVX-512 body (16 lanes, 4 blocks
+// a pass) gave the same bits but was slower on this project's AMD EPYC (double-pumped 512-bit
+// units; 17.6 against 13.7 ms a Qwen2-7B layer), so there is one body.
 // Layout (torch's weight_to_int4pack_kernel with AVX2): packed uint8 [N/32][K][16], byte d of
 // a row holds output d in its low nibble and output d + 16 in its high one; scale_zero bf16
 // [K/group][N][2]. Only N a multiple of 32 (no partial block) is taken here.
@@ -87,13 +88,6 @@ __attribute__((target("avx2,fma"))) inline void scales8(const c10::BFloat16* sz,
   s = _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16));
   z = _mm256_fmadd_ps(s, _mm256_set1_ps(-8.0f),
                       _mm256_castsi256_ps(_mm256_and_si256(pair, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)))));
-}
-
-__attribute__((target("avx512f"))) inline void scales16(const c10::BFloat16* sz, __m512& s, __m512& z) {
-  const __m512i pair = _mm512_loadu_si512(sz);
-  s = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
-  z = _mm512_fmadd_ps(s, _mm512_set1_ps(-8.0f),
-                      _mm512_castsi512_ps(_mm512_and_si512(pair, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)))));
 }
 
 __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const uint8_t* B,
@@ -126,111 +120,50 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
   _mm256_storeu_ps(out + 24, acc3);
 }
 
-// ``blocks`` (1..4) consecutive blocks of 32 outputs; 16 lanes hold outputs d (low nibbles)
-// or d + 16 (high nibbles) of one block
-__attribute__((target("avx512f"))) void int4_blocks_avx512(const float* x, const uint8_t* B,
-                                                            const c10::BFloat16* SZ, int64_t N, int64_t K,
-                                                            int64_t group, int blocks, float* out) {
-  const __m512i low = _mm512_set1_epi32(0xF);
-  __m512 acc[4][2];
-  __m512 s[4][2], z[4][2];
-  for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < K / group; ++g) {
-    for (int j = 0; j < blocks; ++j) {
-      const c10::BFloat16* sz = SZ + g * N * 2 + j * kInt4Block * 2;
-      scales16(sz, s[j][0], z[j][0]);
-      scales16(sz + 32, s[j][1], z[j][1]);
-    }
-    for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-      const __m512 a = _mm512_set1_ps(x[k]);
-#define LLMCHECK_INT4_BLOCK(j)                                                                          \
-  if (j < blocks) {                                                                                     \
-    const __m512i q = _mm512_cvtepu8_epi32(                                                            \
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(B + (j) * K * 16 + k * 16)));                  \
-    acc[j][0] = _mm512_fmadd_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(q, low)), s[j][0], z[j][0]), acc[j][0]); \
-    acc[j][1] = _mm512_fmadd_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4)), s[j][1], z[j][1]), acc[j][1]); \
-  }
-      LLMCHECK_INT4_BLOCK(0)
-      LLMCHECK_INT4_BLOCK(1)
-      LLMCHECK_INT4_BLOCK(2)
-      LLMCHECK_INT4_BLOCK(3)
-#undef LLMCHECK_INT4_BLOCK
-    }
-  }
-  for (int j = 0; j < blocks; ++j) {
-    _mm512_storeu_ps(out + j * kInt4Block, acc[j][0]);
-    _mm512_storeu_ps(out + j * kInt4Block + 16, acc[j][1]);
-  }
-}
-
-// which body this CPU runs: "avx512", "avx2", or "" (none: torch's kernel is used)
-const std::string& int4_variant() {
-  static const std::string variant = [] {
+// whether this CPU runs int4_mm's body (AVX2 and FMA)
+bool int4_cpu() {
+  static const bool ok = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return std::string("avx512");
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return std::string("avx2");
-    return std::string();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
-  return variant;
+  return ok;
 }
 
 // whether int4_mm takes these tensors (else the caller uses torch's kernel)
 bool int4_mm_fits(const at::Tensor& packed, const at::Tensor& scale_zero, int64_t group) {
-  if (int4_variant().empty() || packed.scalar_type() != at::kByte || !packed.is_contiguous()) return false;
+  if (!int4_cpu() || packed.scalar_type() != at::kByte || !packed.is_contiguous()) return false;
   if (scale_zero.scalar_type() != at::kBFloat16 || !scale_zero.is_contiguous() || scale_zero.dim() != 3) return false;
   const int64_t N = scale_zero.size(1);
   const int64_t K = scale_zero.size(0) * group;
   return group > 0 && scale_zero.size(2) == 2 && N % kInt4Block == 0 && packed.numel() * 2 == N * K;
 }
 
-// x (M, K) bf16 -> (M, N) bf16, as aten::_weight_int4pack_mm_for_cpu under AVX2 computes it;
-// ``body`` "avx2" runs the AVX2 body on an AVX-512 CPU too (tests compare both), "" picks
-at::Tensor int4_mm_body(const at::Tensor& x, const at::Tensor& packed, int64_t group,
-                        const at::Tensor& scale_zero, const std::string& body) {
+// x (M, K) bf16 -> (M, N) bf16, as aten::_weight_int4pack_mm_for_cpu under AVX2 computes it
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scale_zero) {
   TORCH_CHECK(int4_mm_fits(packed, scale_zero, group),
               "int4_mm: needs an AVX2 CPU, torch's AVX2 INT4 layout with whole blocks of 32 outputs, "
               "and contiguous bf16 scales [K/group, N, 2]");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(1) == scale_zero.size(0) * group,
               "int4_mm: x must be bf16 (M, K)");
   const int64_t M = x.size(0), K = x.size(1), N = scale_zero.size(1);
-  const int64_t NB = N / kInt4Block;
   at::Tensor xf = x.to(at::kFloat).contiguous();  // exact: bf16 is fp32's upper half
   at::Tensor out = at::empty({M, N}, x.options());
   const float* xd = xf.data_ptr<float>();
   const auto* bd = packed.data_ptr<uint8_t>();
   const auto* sd = scale_zero.data_ptr<c10::BFloat16>();
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
-  TORCH_CHECK(body.empty() || body == "avx2" || body == int4_variant(), "int4_mm: body ", body,
-              " is not one this CPU runs (", int4_variant(), ")");
-  const bool wide = body.empty() ? int4_variant() == "avx512" : body == "avx512";
-  const int64_t step = wide ? 4 : 1;  // blocks per pass
-  const int64_t passes = (NB + step - 1) / step;
-  at::parallel_for(0, passes, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float y[4 * kInt4Block];
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t nb = p * step;
-      const int blocks = static_cast<int>(std::min(step, NB - nb));
+  // one block of 32 outputs a work item: each output is computed by one thread, whatever the count
+  at::parallel_for(0, N / kInt4Block, 1, [&](int64_t begin, int64_t end) {
+    alignas(32) float y[kInt4Block];
+    for (int64_t nb = begin; nb < end; ++nb) {
       for (int64_t m = 0; m < M; ++m) {
-        const uint8_t* B = bd + nb * K * 16;
-        const c10::BFloat16* SZ = sd + nb * kInt4Block * 2;
-        if (wide) {
-          int4_blocks_avx512(xd + m * K, B, SZ, N, K, group, blocks, y);
-        } else {
-          int4_block_avx2(xd + m * K, B, SZ, N, K, group, y);
-        }
-        for (int64_t i = 0; i < blocks * kInt4Block; ++i) od[m * N + nb * kInt4Block + i] = bf16_bits(y[i]);
+        int4_block_avx2(xd + m * K, bd + nb * K * 16, sd + nb * kInt4Block * 2, N, K, group, y);
+        for (int64_t i = 0; i < kInt4Block; ++i) od[m * N + nb * kInt4Block + i] = bf16_bits(y[i]);
       }
     }
   });
   return out;
 }
-
-at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group, const at::Tensor& scale_zero) {
-  return int4_mm_body(x, packed, group, scale_zero, "");
-}
-
-// the body int4_mm runs on this CPU ("avx512", "avx2"; "" where it does not run)
-std::string int4_mm_variant() { return int4_variant(); }
 
 enum Kind : int64_t { kPlain = 0, kInt4 = 1, kW4A8 = 2 };
 
@@ -469,8 +402,7 @@ TORCH_LIBRARY(llmcheck_decode, m) {
       .def("int4_calls", &Decoder::int4_calls)
       .def("key_cache", &Decoder::key_cache)
       .def("clear", &Decoder::clear);
-  m.def("int4_mm(Tensor x, Tensor packed, int group, Tensor scale_zero, str body=\"\") -> Tensor");
-  m.def("int4_mm_variant() -> str", &int4_mm_variant);
+  m.def("int4_mm(Tensor x, Tensor packed, int group, Tensor scale_zero) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(llmcheck_decode, CPU, m) { m.impl("int4_mm", &int4_mm_body); }
+TORCH_LIBRARY_IMPL(llmcheck_decode, CPU, m) { m.impl("int4_mm", &int4_mm); }

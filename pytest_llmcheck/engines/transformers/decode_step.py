@@ -95,13 +95,9 @@ def own_int4_here() -> bool:
 
 def int4_product(native: Any) -> str:
     """Which INT4 product the step runs, for the load facts and the decode check's key:
-    ``int4_mm/avx512 on 56 of 56 calls``, or ``torch's`` (``int4_mm`` takes none here)."""
-    import torch
-
+    ``int4_mm on 56 of 56 calls``, or ``torch's`` (``int4_mm`` takes none here)."""
     own, total = native.int4_calls()
-    if not own:
-        return "torch's"
-    return f"int4_mm/{torch.ops.llmcheck_decode.int4_mm_variant()} on {own} of {total} calls"
+    return f"int4_mm on {own} of {total} calls" if own else "torch's"
 
 
 def _add_projection(native: Any, layer: int, slot: int, proj: Projection) -> None:
