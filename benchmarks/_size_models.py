@@ -13,18 +13,14 @@ quantizes its own way. Folders are complete only when their ``done.json`` exists
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -315,152 +311,15 @@ def f16_gguf(folder: Path) -> Path:
     return out
 
 
-# -- a stand-in hub that streams big files from disk ---------------------------------------------
-
-
-class DiskRepo:
-    """A served folder: sizes and sha256 computed once, bytes read from disk per request."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.paths = {
-            p.relative_to(folder).as_posix(): p
-            for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != DONE
-        }
-        self.size = {n: p.stat().st_size for n, p in self.paths.items()}
-        self.sha256: dict[str, str] = {}
-        self.blob: dict[str, str] = {}
-        for name, path in self.paths.items():
-            digest, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % self.size[name])
-            with path.open("rb") as fh:
-                while chunk := fh.read(1 << 24):
-                    digest.update(chunk)
-                    blob.update(chunk)
-            self.sha256[name], self.blob[name] = digest.hexdigest(), blob.hexdigest()
-        top = hashlib.sha1()
-        for name in self.paths:
-            top.update(name.encode() + b"\0" + bytes.fromhex(self.sha256[name]))
-        self.sha = top.hexdigest()
+# -- the stand-in hub ------------------------------------------------------------------------------
 
 
 def streaming_hub() -> Any:
-    """tests/hubserver.py's HubServer with file bodies streamed from disk (it holds every file in
-    memory, which a 15 GB model cannot afford); ModelScope and HF listing shapes as there."""
-    from tests.hubserver import HubServer, _Handler, is_lfs
+    """tests/hubserver.py's HubServer: it hashes files once and streams bodies from disk, so it
+    serves a 15 GB model without holding it in memory."""
+    from tests.hubserver import HubServer
 
-    class Handler(_Handler):
-        def _ms_files(self, repo_id: str, head: bool) -> None:
-            repo = self.hub.repos.get(repo_id)
-            if repo is None:
-                self._ms_not_found(f"model {repo_id}", head)
-                return
-            files = [
-                {
-                    "Name": n.rsplit("/", 1)[-1],
-                    "Path": n,
-                    "Type": "blob",
-                    "Size": repo.size[n],
-                    "Sha256": repo.sha256[n],
-                    "Revision": repo.sha,
-                }
-                for n in repo.paths
-            ]
-            self._json(
-                200, {"Code": 200, "Success": True, "Message": "success", "Data": {"Files": files}}, head=head
-            )
-
-        def _hf_revision(self, repo_id: str, head: bool) -> None:
-            repo = self.hub.repos.get(repo_id)
-            if repo is None:
-                self._hf_not_found(head)
-                return
-            self._json(
-                200,
-                {
-                    "id": repo_id,
-                    "modelId": repo_id,
-                    "sha": repo.sha,
-                    "private": False,
-                    "siblings": [{"rfilename": n} for n in repo.paths],
-                },
-                head=head,
-            )
-
-        def _hf_tree(self, repo_id: str, sub: str, head: bool) -> None:
-            repo = self.hub.repos.get(repo_id)
-            if repo is None:
-                self._hf_not_found(head)
-                return
-            entries: list[dict[str, object]] = []
-            for n in repo.paths:
-                if sub and not n.startswith(sub.rstrip("/") + "/"):
-                    continue
-                entry: dict[str, object] = {
-                    "type": "file",
-                    "path": n,
-                    "size": repo.size[n],
-                    "oid": repo.blob[n],
-                }
-                if is_lfs(n):
-                    entry["lfs"] = {"oid": repo.sha256[n], "size": repo.size[n], "pointerSize": 134}
-                entries.append(entry)
-            self._json(200, entries, head=head)
-
-        def _file(self, repo_id: str, file_path: str, head: bool, *, hf: bool) -> None:
-            repo = self.hub.repos.get(repo_id)
-            if repo is None or file_path not in repo.paths:
-                self._hf_not_found(head) if hf else self._ms_not_found(f"file {file_path}", head)
-                return
-            size = repo.size[file_path]
-            etag = repo.sha256[file_path] if is_lfs(file_path) else repo.blob[file_path]
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "ETag": f'"{etag}"',
-                "X-Repo-Commit": repo.sha,
-                "Connection": "close",
-            }
-            if is_lfs(file_path):
-                headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
-            start, end, status = 0, size - 1, 200
-            rng = self.headers.get("Range")
-            if rng and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())):
-                start = int(m.group(1))
-                end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
-                headers.update({"Content-Range": f"bytes {start}-{end}/{size}", "Accept-Ranges": "bytes"})
-                status = 206
-            headers["Content-Length"] = str(max(0, end - start + 1))
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            if head:
-                return
-            with repo.paths[file_path].open("rb") as fh:
-                fh.seek(start)
-                left = end - start + 1
-                while left > 0 and (chunk := fh.read(min(left, 1 << 22))):
-                    self.wfile.write(chunk)
-                    left -= len(chunk)
-
-    class StreamingHub(HubServer):
-        def add_repo(self, repo_id: str, folder: Path) -> Any:
-            repo = DiskRepo(folder)
-            self.repos[repo_id] = repo  # type: ignore[assignment]
-            return repo
-
-        def start(self) -> StreamingHub:
-            handler = type("Handler", (Handler,), {"hub": self})
-            self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-            self._httpd.daemon_threads = True
-            httpd = self._httpd
-            self._thread = threading.Thread(
-                target=lambda: httpd.serve_forever(poll_interval=0.02), daemon=True
-            )
-            self._thread.start()
-            return self
-
-    return StreamingHub()
+    return HubServer()
 
 
 def main() -> None:

@@ -4,6 +4,9 @@ It serves plain folders in both the ModelScope API shape (``/api/v1/models/...``
 the Hugging Face shape (``/api/models/...`` + ``/<repo>/resolve/<sha>/<path>``), records
 every request, and can be told to fail: a repo that 404s, a file whose bytes are
 corrupted (same size, wrong hash), a file that 404s, or a server error.
+
+Files are hashed once when a repo is added and their bodies streamed from disk per
+request, so the same server stands in for a 15 GB model (``benchmarks/bench_size.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 LFS_SUFFIXES = (".bin", ".safetensors", ".gguf", ".pt")
 MS_REPO = "qwen/Tiny"  # the names the fixtures in tests/conftest_hub.py serve
 HF_REPO = "org/Tiny"
+CHUNK = 4 << 20  # bytes read at a time: big files are never held whole in memory
 
 
 @dataclass(frozen=True)
@@ -31,26 +36,65 @@ class Request:
     query: dict[str, str]
 
 
+@dataclass(frozen=True)
+class RepoFile:
+    """A served file: where it lies and what the listings say of it, hashed once at load."""
+
+    path: Path
+    size: int
+    sha256: str
+    blob_id: str  # the id git (and the HF tree API) gives a non-LFS file
+
+    @classmethod
+    def hash(cls, path: Path) -> RepoFile:
+        """Hash the file in chunks: sha256 and git's blob id in one read."""
+        size = path.stat().st_size
+        sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+        with path.open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                sha256.update(chunk)
+                blob.update(chunk)
+        return cls(path=path, size=size, sha256=sha256.hexdigest(), blob_id=blob.hexdigest())
+
+    def served_size(self, corrupt: bool) -> int:
+        """The size the server answers with (an empty corrupted file gets one stray byte)."""
+        return 1 if corrupt and self.size == 0 else self.size
+
+    def chunks(self, start: int, stop: int, *, corrupt: bool = False) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` as served: when corrupt, the first byte flipped (size kept)."""
+        if corrupt and self.size == 0:
+            yield b"x"[start:stop]
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(start)
+            pos = start
+            while pos < stop and (chunk := fh.read(min(CHUNK, stop - pos))):
+                if corrupt and pos == 0:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                yield chunk
+                pos += len(chunk)
+
+
 @dataclass
 class Repo:
+    """A served folder: per file its metadata (``files``), and the commit sha built from them."""
+
     folder: Path
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, RepoFile] = field(default_factory=dict)
     sha: str = ""
 
     @classmethod
     def load(cls, folder: Path) -> Repo:
+        """Hash every file once; the sha is a stable stand-in commit (same files, same sha)."""
         files = {
-            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            p.relative_to(folder).as_posix(): RepoFile.hash(p)
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
         }
         digest = hashlib.sha1()
-        for name, data in files.items():
-            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        for name, info in files.items():
+            digest.update(name.encode() + b"\0" + bytes.fromhex(info.sha256))
         return cls(folder=folder, files=files, sha=digest.hexdigest())
-
-
-def git_blob_id(data: bytes) -> str:
-    """The id git (and the HF tree API) gives a non-LFS file."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def is_lfs(path: str) -> bool:
@@ -123,13 +167,13 @@ class HubServer:
             return [(r.method, r.path) for r in self.requests]
 
     def file_bytes(self, repo_id: str, path: str) -> bytes | None:
+        """The bytes a download of the file gets (corruption included), read whole: small files only."""
         repo = self.repos.get(repo_id)
         if repo is None or path not in repo.files:
             return None
-        data = repo.files[path]
-        if (repo_id, path) in self.corrupt:
-            data = bytes(b ^ 0xFF for b in data[:1]) + data[1:] if data else b"x"
-        return data
+        info = repo.files[path]
+        corrupt = (repo_id, path) in self.corrupt
+        return b"".join(info.chunks(0, info.served_size(corrupt), corrupt=corrupt))
 
 
 _MS_FILES = re.compile(r"^/api/v1/models/([^/]+/[^/]+)/repo/files$")
@@ -153,19 +197,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(head=True)
 
     # -- helpers ---------------------------------------------------------
-    def _send(
-        self, status: int, body: bytes, headers: dict[str, str] | None = None, *, head: bool = False
-    ) -> None:
+    def _start(self, status: int, length: int, headers: dict[str, str] | None) -> None:
+        """Status line and headers for a body of ``length`` bytes (JSON unless told otherwise)."""
         self.send_response(status)
         all_headers = {
             "Content-Type": "application/json",
-            "Content-Length": str(len(body)),
+            "Content-Length": str(length),
             "Connection": "close",
         }
         all_headers.update(headers or {})
         for key, value in all_headers.items():
             self.send_header(key, value)
         self.end_headers()
+
+    def _send(
+        self, status: int, body: bytes, headers: dict[str, str] | None = None, *, head: bool = False
+    ) -> None:
+        self._start(status, len(body), headers)
         if not head:
             self.wfile.write(body)
 
@@ -224,11 +272,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "Name": name.rsplit("/", 1)[-1],
                 "Path": name,
                 "Type": "blob",
-                "Size": len(data),
-                "Sha256": hashlib.sha256(data).hexdigest(),
+                "Size": info.size,
+                "Sha256": info.sha256,
                 "Revision": repo.sha,
             }
-            for name, data in repo.files.items()
+            for name, info in repo.files.items()
         ]
         self._json(
             200, {"Code": 200, "Success": True, "Message": "success", "Data": {"Files": files}}, head=head
@@ -254,19 +302,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._hf_not_found(head)
             return
         entries: list[dict[str, object]] = []
-        for name, data in repo.files.items():
+        for name, info in repo.files.items():
             if sub and not name.startswith(sub.rstrip("/") + "/"):
                 continue
             entry: dict[str, object] = {
                 "type": "file",
                 "path": name,
-                "size": len(data),
-                "oid": git_blob_id(data),
+                "size": info.size,
+                "oid": info.blob_id,
             }
             if is_lfs(name):
                 entry["lfs"] = {
-                    "oid": hashlib.sha256(data).hexdigest(),
-                    "size": len(data),
+                    "oid": info.sha256,
+                    "size": info.size,
                     "pointerSize": 134,
                 }
             entries.append(entry)
@@ -281,8 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
         if repo_id in hub.broken:
             self._json(500, {"error": "internal error"}, head=head)
             return
-        data = hub.file_bytes(repo_id, file_path)
-        if data is None or (repo_id, file_path) in hub.missing_files:
+        info = repo.files.get(file_path)
+        if info is None or (repo_id, file_path) in hub.missing_files:
             if hf:
                 self._json(
                     404, {"error": "Entry not found"}, head=head, headers={"X-Error-Code": "EntryNotFound"}
@@ -290,23 +338,30 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._ms_not_found(f"file {file_path}", head)
             return
-        real = repo.files[file_path]
-        etag = hashlib.sha256(real).hexdigest() if is_lfs(file_path) else git_blob_id(real)
+        etag = info.sha256 if is_lfs(file_path) else info.blob_id
         headers = {"Content-Type": "application/octet-stream", "ETag": f'"{etag}"', "X-Repo-Commit": repo.sha}
         if is_lfs(file_path):
             headers["X-Linked-Etag"] = f'"{etag}"'
-            headers["X-Linked-Size"] = str(len(real))
-        status = 200
+            headers["X-Linked-Size"] = str(info.size)
+        corrupt = (repo_id, file_path) in hub.corrupt
+        size = info.served_size(corrupt)
+        start, end, status = 0, size - 1, 200
         range_header = self.headers.get("Range")
         if range_header and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", range_header.strip())):
             start = int(m.group(1))
-            end = int(m.group(2)) if m.group(2) else len(data) - 1
-            if start >= len(data):
-                self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, head=head)
+            end = int(m.group(2)) if m.group(2) else size - 1
+            if start >= size:
+                self._send(416, b"", {"Content-Range": f"bytes */{size}"}, head=head)
                 return
-            end = min(end, len(data) - 1)
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            end = min(end, size - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             headers["Accept-Ranges"] = "bytes"
-            data = data[start : end + 1]
             status = 206
-        self._send(status, data, headers, head=head)
+        self._start(status, max(0, end - start + 1), headers)
+        if head:
+            return
+        try:
+            for chunk in info.chunks(start, end + 1, corrupt=corrupt):
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: its business
+            pass
