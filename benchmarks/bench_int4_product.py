@@ -8,11 +8,11 @@ token per step that product reads every weight of the model once. ``int4_mm`` co
 same roundings in the same order for every output (so the same bits; checked here for every
 shape, and by tests/int4_product_checks.py), faster. One table: the INT4 products of one
 transformer layer at Qwen2-1.5B's and Qwen2-7B's shapes (q/k/v fused, o, gate/up fused, down;
-group 32, random weights), one token, per thread count: torch's AVX2 kernel, ``int4_mm``, and,
-for scale, torch's AVX-512 kernel (another process: a different layout and other numbers)
-where the CPU has one. Each
-figure is the median over ``--runs`` runs of the best-of-20-layers time; ratios against
-torch's AVX2 kernel in the same process.
+group 32, random weights), for one token and for a ``--prompt``-token prompt, per thread
+count: torch's AVX2 kernel, ``int4_mm``, and, for scale, torch's AVX-512 kernel (another
+process: a different layout and other numbers) where the CPU has one. Each figure is the
+median over ``--runs`` runs of a layer's time (the mean of 20 layers for one token, one layer
+for a prompt); ratios against torch's AVX2 kernel in the same process.
 """
 
 from __future__ import annotations
@@ -54,18 +54,19 @@ def layer_weights(size: str) -> tuple[list[tuple[Any, Any]], list[Any]]:
     return weights, inputs
 
 
-def layer_ms(product: Any, weights: list[tuple[Any, Any]], inputs: list[Any], runs: int) -> float:
-    """Median over runs of the mean time of 20 layers, in ms."""
-    for _ in range(3):
-        for (p, s), x in zip(weights, inputs, strict=True):
-            product(x, p, s)
+def layer_ms(
+    product: Any, weights: list[tuple[Any, Any]], inputs: list[Any], runs: int, repeat: int
+) -> float:
+    """Median over runs of the mean time of ``repeat`` layers, in ms."""
+    for (p, s), x in zip(weights, inputs, strict=True):
+        product(x, p, s)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        for _ in range(20):
+        for _ in range(repeat):
             for (p, s), x in zip(weights, inputs, strict=True):
                 product(x, p, s)
-        times.append((time.perf_counter() - start) / 20 * 1e3)
+        times.append((time.perf_counter() - start) / repeat * 1e3)
     return statistics.median(times)
 
 
@@ -76,11 +77,14 @@ def worker(spec: dict[str, Any]) -> None:
     out: dict[str, Any] = {"level": str(torch.backends.cpu.get_cpu_capability())}
     torch.set_num_threads(spec["threads"])
     weights, inputs = layer_weights(spec["size"])
+    rows, repeat = spec["rows"], (20 if spec["rows"] == 1 else 1)
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(rows, x.shape[1], generator=gen).to(torch.bfloat16) for x in inputs]
 
     def aten(x: Any, p: Any, s: Any) -> Any:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, GROUP, s)
 
-    out["torch"] = layer_ms(aten, weights, inputs, spec["runs"])
+    out["torch"] = layer_ms(aten, weights, inputs, spec["runs"], repeat)
     if spec["own"]:
         from pytest_llmcheck.engines.transformers import decode_step
         from pytest_llmcheck.storage.cache import Cache, default_cache_dir
@@ -91,7 +95,7 @@ def worker(spec: dict[str, Any]) -> None:
             torch.equal(aten(x, p, s).view(torch.int16), own(x, p, GROUP, s).view(torch.int16))
             for (p, s), x in zip(weights, inputs, strict=True)
         )
-        out["own"] = layer_ms(lambda x, p, s: own(x, p, GROUP, s), weights, inputs, spec["runs"])
+        out["own"] = layer_ms(lambda x, p, s: own(x, p, GROUP, s), weights, inputs, spec["runs"], repeat)
     print(json.dumps(out))
 
 
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--sizes", default="1.5b,7b")
+    parser.add_argument("--prompt", type=int, default=512, help="rows of the prompt table (0: none)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -119,22 +124,24 @@ def main() -> None:
     from pytest_llmcheck.compat.torch import cpu_supports
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{datetime.now():%Y-%m-%d %H:%M}; median of {args.runs} runs; ms per layer (one token)")
-    header = ["shape", "threads", "torch AVX2", "int4_mm", "torch AVX-512",
-              "int4_mm vs torch AVX2", "same bits", "per token (x28), int4_mm"]
+          f"{datetime.now():%Y-%m-%d %H:%M}; median of {args.runs} runs; ms per layer, one token (rows 1) "
+          f"or a prompt")
+    header = ["shape", "rows", "threads", "torch AVX2", "int4_mm", "torch AVX-512",
+              "int4_mm vs torch AVX2", "same bits", "x28 layers, int4_mm"]
     rows = [header]
-    for size in args.sizes.split(","):
-        for threads in (int(t) for t in args.threads.split(",")):
-            spec = {"size": size, "threads": threads, "runs": args.runs, "own": True}
-            held = child(spec, "avx2")
-            wide = child({**spec, "own": False}, None) if cpu_supports("AVX2") else None
-            native = wide["torch"] if wide and wide["level"] != "AVX2" else None
-            rows.append([
-                f"Qwen2-{size.upper()} layer", str(threads), f"{held['torch']:.2f}",
-                f"{held['own']:.2f}",
-                f"{native:.2f}" if native else "-", f"{held['torch'] / held['own']:.2f}x",
-                "yes" if held["same"] else "NO", f"{held['own'] * LAYERS[size]:.0f} ms",
-            ])
+    for m in [1] + ([args.prompt] if args.prompt > 1 else []):
+        for size in args.sizes.split(","):
+            for threads in (int(t) for t in args.threads.split(",")):
+                spec = {"size": size, "threads": threads, "runs": args.runs, "own": True, "rows": m}
+                held = child(spec, "avx2")
+                wide = child({**spec, "own": False}, None) if cpu_supports("AVX2") else None
+                native = wide["torch"] if wide and wide["level"] != "AVX2" else None
+                rows.append([
+                    f"Qwen2-{size.upper()} layer", str(m), str(threads), f"{held['torch']:.2f}",
+                    f"{held['own']:.2f}",
+                    f"{native:.2f}" if native else "-", f"{held['torch'] / held['own']:.2f}x",
+                    "yes" if held["same"] else "NO", f"{held['own'] * LAYERS[size] / 1e3:.2f} s",
+                ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))

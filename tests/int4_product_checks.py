@@ -48,6 +48,7 @@ def _bits(t: Any) -> Any:
 SHAPES = [  # (outputs, inputs, group, rows)
     (32, 64, 32, 1), (64, 128, 64, 1), (96, 256, 128, 3), (160, 512, 32, 1), (224, 256, 256, 2),
     (2048, 1536, 32, 1), (1536, 8960, 32, 1),  # Qwen2-1.5B's q/k/v and down
+    (64, 512, 64, 33), (2048, 1536, 32, 77),  # prompts: chunks of 32 rows, pairs and an odd row
 ]
 
 
@@ -110,11 +111,59 @@ def test_the_cpp_step_runs_int4_mm_and_keeps_the_forwards_logits(library: str, h
         assert decoder.verify_steps(inputs, [None, native], steps=4) == [None, None]
 
 
+def test_prompts_run_int4_mm_with_the_forwards_logits_and_keys(library: str) -> None:
+    model, inputs = tiny_in_memory("qwen2", True, head_dim=64)
+    inputs = {"input_ids": torch.arange(3, 60).view(1, -1)}  # 57 prompt tokens: two chunks of rows
+    decoder = fastpath.FastDecoder.build(model)
+    native = decode_step.build(decoder)
+    assert decoder.native_prompt is not None
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    assert len(linears) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    with torch.inference_mode():
+        reference = decoder._prefill(inputs)
+        with decoder.native_prompt():
+            assert all("forward" in m.__dict__ for m in linears)  # every INT4 layer on int4_mm
+        own = decoder._prefill(inputs, native=True)
+        assert torch.equal(own[0], reference[0])
+        for a, b in zip([*own[2], *own[3]], [*reference[2], *reference[3]], strict=True):
+            assert torch.equal(a, b)
+        assert decoder.verify_steps(inputs, [None, native], steps=3) == [None, None]
+        expected = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, 57:].tolist()
+        decoder.native = native
+        assert decoder.greedy(inputs, 12, set()) == expected
+    assert not any("forward" in m.__dict__ for m in linears)  # the class's forward again
+
+
+def test_a_prompt_product_that_differs_is_caught(library: str) -> None:
+    import contextlib
+    from collections.abc import Iterator
+
+    model, inputs = tiny_in_memory("llama", True, head_dim=64)
+    decoder = fastpath.FastDecoder.build(model)
+    native = decode_step.build(decoder)
+    down = model.model.layers[1].mlp.down_proj
+
+    @contextlib.contextmanager
+    def off_by_a_bit() -> Iterator[None]:  # as if int4_mm rounded otherwise somewhere
+        down.forward = lambda x: torch.nn.functional.linear(x, down.weight) * 1.01
+        try:
+            yield
+        finally:
+            del down.forward
+
+    decoder.native_prompt = off_by_a_bit
+    with torch.inference_mode():
+        problems = decoder.verify_steps(inputs, [None, native], steps=2)
+    assert problems == [None, "the prompt's logits or keys differ from the model's forward"]
+
+
 def test_where_torchs_kernel_is_not_the_avx2_one_the_step_keeps_it(
     library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, _ = tiny_in_memory("llama", True, head_dim=64)
     monkeypatch.setattr(decode_step, "own_int4_here", lambda: False)  # as under AVX-512 dispatch
-    native = decode_step.build(fastpath.FastDecoder.build(model))
+    decoder = fastpath.FastDecoder.build(model)
+    native = decode_step.build(decoder)
     assert native.int4_calls()[0] == 0
     assert decode_step.int4_product(native) == "torch's"
+    assert decoder.native_prompt is None  # prompts through the model's forward as it is

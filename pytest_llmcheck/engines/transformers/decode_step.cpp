@@ -34,6 +34,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -73,6 +74,7 @@ namespace {
 // ---------------------------------------------------------------------------------------
 
 constexpr int64_t kInt4Block = 32;
+constexpr int64_t kInt4Rows = 32;  // a prompt's rows per pass over the weights
 
 inline uint16_t bf16_bits(float f) {
   uint32_t u;
@@ -120,6 +122,83 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
   _mm256_storeu_ps(out + 24, acc3);
 }
 
+// Up to kInt4Rows rows of a prompt (M > 1) against one block: each group's 32 x 32 weights
+// dequantized once into a tile (the same w = fma(q, s, z') values), then every row's outputs
+// go on from where the previous group left them, two rows at a time (8 independent sums hide
+// the FMA latency). Per output the sequence is the one above: acc = fma(x[k], w[k], acc), k
+// in order. The caller keeps a chunk of rows for all its blocks, so the rows stay in cache.
+__attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const uint8_t* B,
+                                                         const c10::BFloat16* SZ, int64_t N, int64_t K,
+                                                         int64_t group, int64_t M, float* acc) {
+  const __m256i low = _mm256_set1_epi32(0xF);
+  alignas(32) float tile[256 * kInt4Block];  // the largest group torch packs: 256
+  for (int64_t i = 0; i < M * kInt4Block; ++i) acc[i] = 0.f;
+  for (int64_t g = 0; g < K / group; ++g) {
+    const c10::BFloat16* sz = SZ + g * N * 2;
+    __m256 s0, s1, s2, s3, z0, z1, z2, z3;
+    scales8(sz, s0, z0);
+    scales8(sz + 16, s1, z1);
+    scales8(sz + 32, s2, z2);
+    scales8(sz + 48, s3, z3);
+    for (int64_t k = 0; k < group; ++k) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(B + (g * group + k) * 16));
+      const __m256i lo = _mm256_cvtepu8_epi32(b);
+      const __m256i hi = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(b, b));
+      float* t = tile + k * kInt4Block;
+      _mm256_storeu_ps(t, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, low)), s0, z0));
+      _mm256_storeu_ps(t + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, low)), s1, z1));
+      _mm256_storeu_ps(t + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo, 4)), s2, z2));
+      _mm256_storeu_ps(t + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi, 4)), s3, z3));
+    }
+    const float* xg = x + g * group;
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {
+      float* c0 = acc + m * kInt4Block;
+      float* c1 = c0 + kInt4Block;
+      __m256 a00 = _mm256_loadu_ps(c0), a01 = _mm256_loadu_ps(c0 + 8);
+      __m256 a02 = _mm256_loadu_ps(c0 + 16), a03 = _mm256_loadu_ps(c0 + 24);
+      __m256 a10 = _mm256_loadu_ps(c1), a11 = _mm256_loadu_ps(c1 + 8);
+      __m256 a12 = _mm256_loadu_ps(c1 + 16), a13 = _mm256_loadu_ps(c1 + 24);
+      const float* x0 = xg + m * K;
+      const float* x1 = x0 + K;
+      for (int64_t k = 0; k < group; ++k) {
+        const float* t = tile + k * kInt4Block;
+        const __m256 w0 = _mm256_loadu_ps(t), w1 = _mm256_loadu_ps(t + 8);
+        const __m256 w2 = _mm256_loadu_ps(t + 16), w3 = _mm256_loadu_ps(t + 24);
+        const __m256 v0 = _mm256_broadcast_ss(x0 + k), v1 = _mm256_broadcast_ss(x1 + k);
+        a00 = _mm256_fmadd_ps(v0, w0, a00);
+        a01 = _mm256_fmadd_ps(v0, w1, a01);
+        a02 = _mm256_fmadd_ps(v0, w2, a02);
+        a03 = _mm256_fmadd_ps(v0, w3, a03);
+        a10 = _mm256_fmadd_ps(v1, w0, a10);
+        a11 = _mm256_fmadd_ps(v1, w1, a11);
+        a12 = _mm256_fmadd_ps(v1, w2, a12);
+        a13 = _mm256_fmadd_ps(v1, w3, a13);
+      }
+      _mm256_storeu_ps(c0, a00), _mm256_storeu_ps(c0 + 8, a01);
+      _mm256_storeu_ps(c0 + 16, a02), _mm256_storeu_ps(c0 + 24, a03);
+      _mm256_storeu_ps(c1, a10), _mm256_storeu_ps(c1 + 8, a11);
+      _mm256_storeu_ps(c1 + 16, a12), _mm256_storeu_ps(c1 + 24, a13);
+    }
+    for (; m < M; ++m) {
+      float* c0 = acc + m * kInt4Block;
+      __m256 a00 = _mm256_loadu_ps(c0), a01 = _mm256_loadu_ps(c0 + 8);
+      __m256 a02 = _mm256_loadu_ps(c0 + 16), a03 = _mm256_loadu_ps(c0 + 24);
+      const float* x0 = xg + m * K;
+      for (int64_t k = 0; k < group; ++k) {
+        const float* t = tile + k * kInt4Block;
+        const __m256 v0 = _mm256_broadcast_ss(x0 + k);
+        a00 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(t), a00);
+        a01 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(t + 8), a01);
+        a02 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(t + 16), a02);
+        a03 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(t + 24), a03);
+      }
+      _mm256_storeu_ps(c0, a00), _mm256_storeu_ps(c0 + 8, a01);
+      _mm256_storeu_ps(c0 + 16, a02), _mm256_storeu_ps(c0 + 24, a03);
+    }
+  }
+}
+
 // whether this CPU runs int4_mm's body (AVX2 and FMA)
 bool int4_cpu() {
   static const bool ok = [] {
@@ -135,7 +214,7 @@ bool int4_mm_fits(const at::Tensor& packed, const at::Tensor& scale_zero, int64_
   if (scale_zero.scalar_type() != at::kBFloat16 || !scale_zero.is_contiguous() || scale_zero.dim() != 3) return false;
   const int64_t N = scale_zero.size(1);
   const int64_t K = scale_zero.size(0) * group;
-  return group > 0 && scale_zero.size(2) == 2 && N % kInt4Block == 0 && packed.numel() * 2 == N * K;
+  return group > 0 && group <= 256 && scale_zero.size(2) == 2 && N % kInt4Block == 0 && packed.numel() * 2 == N * K;
 }
 
 // x (M, K) bf16 -> (M, N) bf16, as aten::_weight_int4pack_mm_for_cpu under AVX2 computes it
@@ -154,11 +233,20 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
   // one block of 32 outputs a work item: each output is computed by one thread, whatever the count
   at::parallel_for(0, N / kInt4Block, 1, [&](int64_t begin, int64_t end) {
-    alignas(32) float y[kInt4Block];
-    for (int64_t nb = begin; nb < end; ++nb) {
-      for (int64_t m = 0; m < M; ++m) {
-        int4_block_avx2(xd + m * K, bd + nb * K * 16, sd + nb * kInt4Block * 2, N, K, group, y);
-        for (int64_t i = 0; i < kInt4Block; ++i) od[m * N + nb * kInt4Block + i] = bf16_bits(y[i]);
+    alignas(32) float y[kInt4Rows * kInt4Block];
+    for (int64_t m0 = 0; m0 < M; m0 += kInt4Rows) {  // a chunk of rows, then all this thread's blocks
+      const int64_t rows = std::min(kInt4Rows, M - m0);
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const uint8_t* B = bd + nb * K * 16;
+        const c10::BFloat16* SZ = sd + nb * kInt4Block * 2;
+        if (rows == 1) {
+          int4_block_avx2(xd + m0 * K, B, SZ, N, K, group, y);
+        } else {
+          int4_rows_avx2(xd + m0 * K, B, SZ, N, K, group, rows, y);
+        }
+        for (int64_t m = 0; m < rows; ++m)
+          for (int64_t i = 0; i < kInt4Block; ++i)
+            od[(m0 + m) * N + nb * kInt4Block + i] = bf16_bits(y[m * kInt4Block + i]);
       }
     }
   });
@@ -403,6 +491,7 @@ TORCH_LIBRARY(llmcheck_decode, m) {
       .def("key_cache", &Decoder::key_cache)
       .def("clear", &Decoder::clear);
   m.def("int4_mm(Tensor x, Tensor packed, int group, Tensor scale_zero) -> Tensor");
+  m.def("int4_mm_fits(Tensor packed, Tensor scale_zero, int group) -> bool", &int4_mm_fits);
 }
 
 TORCH_LIBRARY_IMPL(llmcheck_decode, CPU, m) { m.impl("int4_mm", &int4_mm); }

@@ -14,18 +14,23 @@ split table, 10.1 against 11.8 ms per token (1 thread).
 
 Where torch's INT4 kernel is its AVX2 one (portable numerics, or an AVX2 CPU), the step runs
 the file's own ``int4_mm`` instead: the same roundings in the same order per output, about
-twice as fast (``benchmarks/bench_int4_product.py``); the check at load covers it as it
-covers everything else in the step.
+twice as fast at one token, 1.5x at a 512-token prompt (``benchmarks/bench_int4_product.py``);
+prompts then run the model's forward with its INT4 layers on ``int4_mm`` too
+(:func:`int4_prompt`). The check at load covers both: the prompt's logits and keys against the
+forward's, every step's logits against the forward's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmcheck.engines.transformers import kernels
-from pytest_llmcheck.engines.transformers.int4 import W4A8Call
+from pytest_llmcheck.engines.transformers.int4 import W4A8Call, int4_parts
 from pytest_llmcheck.storage.cache import Cache, CacheError
 
 if TYPE_CHECKING:
@@ -100,6 +105,64 @@ def int4_product(native: Any) -> str:
     return f"int4_mm on {own} of {total} calls" if own else "torch's"
 
 
+def int4_prompt(linears: list[Any]) -> Callable[[], AbstractContextManager[None]]:
+    """A context in which ``linears`` (torchao INT4 ``nn.Linear`` modules that ``int4_mm``
+    takes) compute with ``int4_mm`` while a prompt goes through the model's forward, as
+    torchao's own linear does around torch's kernel (2-D input, bias added after, same
+    dtype); their ``forward`` is the class's again afterwards. At 512 prompt tokens it is
+    1.5x torch's AVX2 kernel (``benchmarks/bench_int4_product.py``), the same bits."""
+    import torch
+    import torch.nn.functional as F
+
+    def forward_of(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        parts = int4_parts(module.weight)
+        assert parts is not None
+        packed, group, scale_zero = parts
+        weight, bias, outputs = module.weight, module.bias, int(module.weight.shape[0])
+        product = torch.ops.llmcheck_decode.int4_mm
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if x.dtype != torch.bfloat16:  # int4_mm takes bf16 only: the model's own call
+                return F.linear(x, weight, bias)
+            y: torch.Tensor = product(x.reshape(-1, x.shape[-1]).contiguous(), packed, group, scale_zero)
+            y = y.reshape(*x.shape[:-1], outputs)
+            if bias is not None:
+                y += bias
+            return y
+
+        return forward
+
+    @contextlib.contextmanager
+    def products() -> Iterator[None]:
+        patched = []
+        try:
+            for module in linears:
+                module.forward = forward_of(module)
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                del module.forward  # the instance attribute goes: the class's forward again
+
+    return products
+
+
+def int4_linears(model: Any) -> list[Any]:
+    """The model's INT4 linear layers that ``int4_mm`` takes (whole blocks of 32 outputs, the
+    AVX2 layout), or none where torch's INT4 kernel is not the AVX2 one."""
+    import torch
+
+    if not own_int4_here():
+        return []
+    fits = torch.ops.llmcheck_decode.int4_mm_fits
+    found = []
+    for module in model.modules():
+        parts = int4_parts(getattr(module, "weight", None))
+        if isinstance(module, torch.nn.Linear) and parts is not None and fits(parts[0], parts[2], parts[1]):
+            found.append(module)
+    return found
+
+
 def _add_projection(native: Any, layer: int, slot: int, proj: Projection) -> None:
     import torch
 
@@ -136,6 +199,9 @@ def build(decoder: FastDecoder) -> Any:
 
 def _build(decoder: FastDecoder) -> Any:
     import torch
+
+    linears = int4_linears(decoder.model)
+    decoder.native_prompt = int4_prompt(linears) if linears else None
 
     native = torch.classes.llmcheck_decode.Decoder(
         decoder.embed.weight, decoder.inv_freq, float(decoder.rope_scale), decoder.heads, decoder.kv_heads,

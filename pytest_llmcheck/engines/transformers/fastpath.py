@@ -31,9 +31,11 @@ The prompt (prefill) always goes through the model's own forward.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -244,6 +246,8 @@ class FastDecoder:
         self.head: W4A8Call | None = None  # an int4-a8 lm_head
         self.head_mv = False  # a bf16 lm_head as torch.mv (else F.linear)
         self.native: Any = None  # the same step in C++ (decode_step), once checked
+        # the C++ step's products for prompts too (decode_step.int4_prompt), used with it
+        self.native_prompt: Callable[[], AbstractContextManager[Any]] | None = None
         self._lock = threading.Lock()
         plain = (torch.Tensor, torch.nn.Parameter)
         if is_w4a8(model.lm_head):
@@ -344,13 +348,18 @@ class FastDecoder:
             return torch.mv(self.lm_head, h[0, -1])
         return F.linear(h, self.lm_head)[0, -1]
 
-    def _prefill(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, _KV, _KV]:
+    def _prefill(
+        self, inputs: dict[str, torch.Tensor], native: bool = False
+    ) -> tuple[torch.Tensor, Any, _KV, _KV]:
         """The prompt through the model's own forward: last logits, its cache, and the
-        cache's per-layer keys and values for :meth:`step` to extend."""
+        cache's per-layer keys and values for :meth:`step` to extend. ``native``: with the
+        C++ step's INT4 products (:attr:`native_prompt`), where it has them."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        out = self.model(**inputs, **{self.cache_kwarg: cache}, use_cache=True, logits_to_keep=1)
+        products = self.native_prompt() if native and self.native_prompt else contextlib.nullcontext()
+        with products:
+            out = self.model(**inputs, **{self.cache_kwarg: cache}, use_cache=True, logits_to_keep=1)
         layers: list[Any] = list(cache.layers)
         return out.logits[0, -1], cache, [la.keys for la in layers], [la.values for la in layers]
 
@@ -373,7 +382,7 @@ class FastDecoder:
         if max_new_tokens < 1:
             return []
         with self._lock:  # the C++ step holds one answer's cache at a time
-            logits, _, keys, values = self._prefill(inputs)
+            logits, _, keys, values = self._prefill(inputs, native=self.native is not None)
             try:
                 step = self._stepper(keys, values, self.native)
                 position = int(inputs["input_ids"].shape[1])
@@ -419,8 +428,17 @@ class FastDecoder:
         token = logits.float().argmax()
         position = int(inputs["input_ids"].shape[1])
         mask = inputs.get("attention_mask")
-        runs = [self._stepper(list(keys), list(values), native) for native in natives]
         problems: list[str | None] = [None] * len(natives)
+        if self.native_prompt is not None and any(n is not None for n in natives):
+            # the C++ step's prompt products: the same logits and keys and values as the forward's
+            own = self._prefill(inputs, native=True)
+            same = torch.equal(own[0], logits) and all(
+                torch.equal(a, b) for a, b in zip([*own[2], *own[3]], [*keys, *values], strict=True)
+            )
+            if not same:
+                differ = "the prompt's logits or keys differ from the model's forward"
+                problems = [None if n is None else differ for n in natives]
+        runs = [self._stepper(list(keys), list(values), native) for native in natives]
         for step in range(steps):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
