@@ -74,7 +74,7 @@ namespace {
 // ---------------------------------------------------------------------------------------
 
 constexpr int64_t kInt4Block = 32;
-constexpr int64_t kInt4Rows = 32;  // a prompt's rows per pass over the weights
+constexpr int64_t kInt4Rows = 96;  // a prompt's rows per pass over the weights
 
 inline uint16_t bf16_bits(float f) {
   uint32_t u;
@@ -124,8 +124,8 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
 
 // Up to kInt4Rows rows of a prompt (M > 1) against one block: each group's 32 x 32 weights
 // dequantized once into a tile (the same w = fma(q, s, z') values), then every row's outputs
-// go on from where the previous group left them, two rows at a time (8 independent sums hide
-// the FMA latency). Per output the sequence is the one above: acc = fma(x[k], w[k], acc), k
+// go on from where the previous group left them, three rows at a time (12 independent sums
+// hide the FMA latency; then pairs, then one). Per output the sequence is the one above: acc = fma(x[k], w[k], acc), k
 // in order. The caller keeps a chunk of rows for all its blocks, so the rows stay in cache.
 __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const uint8_t* B,
                                                          const c10::BFloat16* SZ, int64_t N, int64_t K,
@@ -152,6 +152,43 @@ __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const ui
     }
     const float* xg = x + g * group;
     int64_t m = 0;
+    for (; m + 3 <= M; m += 3) {
+      float* c0 = acc + m * kInt4Block;
+      float* c1 = c0 + kInt4Block;
+      float* c2 = c1 + kInt4Block;
+      __m256 a00 = _mm256_loadu_ps(c0), a01 = _mm256_loadu_ps(c0 + 8);
+      __m256 a02 = _mm256_loadu_ps(c0 + 16), a03 = _mm256_loadu_ps(c0 + 24);
+      __m256 a10 = _mm256_loadu_ps(c1), a11 = _mm256_loadu_ps(c1 + 8);
+      __m256 a12 = _mm256_loadu_ps(c1 + 16), a13 = _mm256_loadu_ps(c1 + 24);
+      __m256 a20 = _mm256_loadu_ps(c2), a21 = _mm256_loadu_ps(c2 + 8);
+      __m256 a22 = _mm256_loadu_ps(c2 + 16), a23 = _mm256_loadu_ps(c2 + 24);
+      const float* x0 = xg + m * K;
+      const float* x1 = x0 + K;
+      const float* x2 = x1 + K;
+      for (int64_t k = 0; k < group; ++k) {
+        const float* t = tile + k * kInt4Block;
+        const __m256 v0 = _mm256_broadcast_ss(x0 + k), v1 = _mm256_broadcast_ss(x1 + k);
+        const __m256 v2 = _mm256_broadcast_ss(x2 + k);
+        a00 = _mm256_fmadd_ps(v0, _mm256_load_ps(t), a00);
+        a10 = _mm256_fmadd_ps(v1, _mm256_load_ps(t), a10);
+        a20 = _mm256_fmadd_ps(v2, _mm256_load_ps(t), a20);
+        a01 = _mm256_fmadd_ps(v0, _mm256_load_ps(t + 8), a01);
+        a11 = _mm256_fmadd_ps(v1, _mm256_load_ps(t + 8), a11);
+        a21 = _mm256_fmadd_ps(v2, _mm256_load_ps(t + 8), a21);
+        a02 = _mm256_fmadd_ps(v0, _mm256_load_ps(t + 16), a02);
+        a12 = _mm256_fmadd_ps(v1, _mm256_load_ps(t + 16), a12);
+        a22 = _mm256_fmadd_ps(v2, _mm256_load_ps(t + 16), a22);
+        a03 = _mm256_fmadd_ps(v0, _mm256_load_ps(t + 24), a03);
+        a13 = _mm256_fmadd_ps(v1, _mm256_load_ps(t + 24), a13);
+        a23 = _mm256_fmadd_ps(v2, _mm256_load_ps(t + 24), a23);
+      }
+      _mm256_storeu_ps(c0, a00), _mm256_storeu_ps(c0 + 8, a01);
+      _mm256_storeu_ps(c0 + 16, a02), _mm256_storeu_ps(c0 + 24, a03);
+      _mm256_storeu_ps(c1, a10), _mm256_storeu_ps(c1 + 8, a11);
+      _mm256_storeu_ps(c1 + 16, a12), _mm256_storeu_ps(c1 + 24, a13);
+      _mm256_storeu_ps(c2, a20), _mm256_storeu_ps(c2 + 8, a21);
+      _mm256_storeu_ps(c2 + 16, a22), _mm256_storeu_ps(c2 + 24, a23);
+    }
     for (; m + 2 <= M; m += 2) {
       float* c0 = acc + m * kInt4Block;
       float* c1 = c0 + kInt4Block;
