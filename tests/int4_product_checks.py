@@ -167,3 +167,57 @@ def test_where_torchs_kernel_is_not_the_avx2_one_the_step_keeps_it(
     assert native.int4_calls()[0] == 0
     assert decode_step.int4_product(native) == "torch's"
     assert decoder.native_prompt is None  # prompts through the model's forward as it is
+
+
+def _generate_only(tiny_model: Path, tmp_path: Path) -> Path:
+    """The tiny model with a repetition penalty: the lean loop refuses it, generate() runs."""
+    import json
+    import shutil
+
+    folder = tmp_path / "penalty"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, "repetition_penalty": 1.3}))
+    return folder
+
+
+def _engine(folder: Path, decode: str = "fast") -> Any:
+    from pytest_llmcheck.config.registry import resolve
+    from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+    from pytest_llmcheck.engines.transformers.quantize import get_quantizer
+
+    quantizer = get_quantizer("int4")
+    return TransformersEngine.load(resolve(str(folder)), folder, quantizer, threads=1, decode=decode)
+
+
+def _texts(engine: Any) -> list[str]:
+    from pytest_llmcheck.engines.base import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=16, threads=1)
+    prompts = ["What is the capital of France?", "明明和白白谁喜欢谁？", "hello world " * 12]
+    return [engine.generate(p, system=None, config=config).text for p in prompts]
+
+
+def test_generate_runs_int4_mm_where_the_loop_does_not(
+    library: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    folder = _generate_only(tiny_model, tmp_path)
+    engine = _engine(folder)
+    assert engine.fast is None
+    assert engine.facts.details["decode"].startswith("generate() (the model's generation config sets")
+    assert engine.products is not None
+    assert engine.facts.details["int4_product"] == "int4_mm on 14 layers, in generate()"
+    plain = _engine(folder, decode="generate")
+    assert plain.products is None
+    assert "int4_product" not in plain.facts.details
+    assert _texts(engine) == _texts(plain)  # the same answers, token for token
+
+
+def test_generate_keeps_torchs_kernel_when_the_check_fails(
+    library: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decode_step, "check_products", lambda *a, **k: "logits differ (as if)")
+    engine = _engine(_generate_only(tiny_model, tmp_path))
+    assert engine.fast is None
+    assert engine.products is None
+    assert "int4_product" not in engine.facts.details

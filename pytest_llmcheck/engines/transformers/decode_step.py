@@ -147,6 +147,40 @@ def int4_prompt(linears: list[Any]) -> Callable[[], AbstractContextManager[None]
     return products
 
 
+def check_products(model: Any, inputs: dict[str, Any], products: Callable[[], AbstractContextManager[None]],
+                   steps: int = 3) -> str | None:
+    """None when the model's forward gives the same logits with ``products`` as without, on
+    ``inputs`` and ``steps`` greedy decode steps after it (each with its own cache); else what
+    differed. For generate(), whatever the architecture: only the model's own forward is called."""
+    import torch
+
+    def logits() -> list[torch.Tensor]:
+        out = model(**inputs, use_cache=True)
+        seen = [out.logits[0, -1]]
+        mask = inputs.get("attention_mask")
+        for _ in range(steps):
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
+            token = seen[-1].float().argmax().view(1, 1)
+            cache = out.past_key_values
+            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            seen.append(out.logits[0, -1])
+        return seen
+
+    with torch.inference_mode():
+        try:
+            reference = logits()
+            with products():
+                own = logits()
+        except Exception as exc:  # a model whose forward takes other arguments: generate() as it is
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"the probe failed: {first}"
+    for step, (a, b) in enumerate(zip(reference, own, strict=True)):
+        if not torch.equal(a, b):
+            return f"logits differ from the model's forward at step {step} (0: the prompt)"
+    return None
+
+
 def int4_linears(model: Any) -> list[Any]:
     """The model's INT4 linear layers that ``int4_mm`` takes (whole blocks of 32 outputs, the
     AVX2 layout), or none where torch's INT4 kernel is not the AVX2 one."""

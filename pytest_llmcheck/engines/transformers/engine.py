@@ -6,11 +6,12 @@ plugin stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +202,8 @@ class TransformersEngine:
         self.weights_id: dict[str, Any] = {}
         self._fingerprint: dict[str, Any] | None = None
         self.fast: FastDecoder | None = None  # the lean greedy loop, when verified on this model
+        # generate()'s INT4 layers on the C++ step's int4_mm, when verified on this model
+        self.products: Callable[[], AbstractContextManager[Any]] | None = None
 
     def use_fast_decode(self, cache: Cache | None = None, native: bool = True) -> str:
         """Switch greedy answers to :class:`FastDecoder` if it gives this model's own logits
@@ -215,6 +218,7 @@ class TransformersEngine:
 
         torch.set_num_threads(self.threads)
         self.fast = None  # until this call's decision: an earlier loop may no longer hold
+        self.products = None
         self.facts.details.pop("int4_product", None)
         step_problem: str | None = "--llm-decode=python" if not native else None
         checked = ""  # or how an earlier check is known
@@ -236,6 +240,8 @@ class TransformersEngine:
         slower = problem is not None or (native and step_problem is not None)
         if problem is not None:
             decision = f"generate() ({problem})"
+            if native:
+                self._use_products(cache)
         elif step_problem is None:
             decoder.native = candidates[1]
             self.fast = decoder
@@ -252,6 +258,36 @@ class TransformersEngine:
         self.facts = dataclasses.replace(self.facts, summary=summary)
         self.facts.details["decode"] = decision
         return decision
+
+    def _use_products(self, cache: Cache | None) -> None:
+        """For a model the lean loop does not take: generate() with its INT4 layers on the C++
+        step's ``int4_mm`` (the same bits as torch's AVX2 kernel, faster), if the model's
+        forward gives the same logits with them on a probe (prompt and decode steps). Kept
+        like the loop's check (``decode_check``); the load facts say what was decided."""
+        try:
+            decode_step.load_library(cache)
+        except decode_step.StepUnavailable:
+            return
+        linears = decode_step.int4_linears(self.model)
+        if not linears:
+            return
+        products = decode_step.int4_prompt(linears)
+        inputs = self._encode(PROBE, None)
+        fingerprint = {k: v for k, v in self.fingerprint().items()
+                       if k not in ("decode", "model", "source", "revision")}
+        label = f"generate(), INT4: int4_mm on {len(linears)} layers"
+        key = decode_check.check_key(fingerprint, inputs["input_ids"][0].tolist(), threads=self.threads,
+                                     steps=[label])
+        entry = decode_check.entry_for(cache, key)
+        recalled = decode_check.recall(entry, 1)
+        if recalled is not None:
+            problem = recalled[0][0]
+        else:
+            problem = decode_step.check_products(self.model, inputs, products)
+            decode_check.remember(entry, [problem], False)
+        if problem is None:
+            self.products = products
+            self.facts.details["int4_product"] = f"int4_mm on {len(linears)} layers, in generate()"
 
     def _check_steps(
         self, decoder: FastDecoder, candidates: list[Any], cache: Cache | None
@@ -392,13 +428,14 @@ class TransformersEngine:
                 )
                 new = torch.tensor(ids, dtype=torch.long)
             else:
-                out = self.model.generate(
-                    **inputs,
-                    max_new_tokens=config.max_new_tokens,
-                    streamer=streamer,
-                    pad_token_id=pad,
-                    **sampling,
-                )
+                with self.products() if self.products is not None else contextlib.nullcontext():
+                    out = self.model.generate(
+                        **inputs,
+                        max_new_tokens=config.max_new_tokens,
+                        streamer=streamer,
+                        pad_token_id=pad,
+                        **sampling,
+                    )
                 new = out[0, prompt_len:]
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         stops = {t for t in (self.tokenizer.eos_token_id, pad, *self._stop_ids()) if t is not None}
@@ -481,12 +518,16 @@ class TransformersEngine:
         prompt. So the loop, the step and the bf16 ``lm_head``'s kernel (``mv`` or ``linear``,
         chosen by timing: different kernels, equal only as far as the probe shows) are
         recorded. An int4-a8 ``lm_head`` runs its one kernel in every path: nothing to record.
+        Where the INT4 products run the C++ step's ``int4_mm`` (torch's AVX2 kernel's numbers),
+        that is recorded too.
         """
         if self.fast is None:
-            return {"loop": "generate"}
+            return {"loop": "generate", **({"int4": "int4_mm"} if self.products is not None else {})}
         decode: dict[str, Any] = {"loop": "fast", "step": "c++" if self.fast.native is not None else "python"}
         if self.fast.head is None:
             decode["lm_head"] = "mv" if self.fast.head_mv else "linear"
+        if self.fast.native is not None and self.fast.native.int4_calls()[0]:
+            decode["int4"] = "int4_mm"
         return decode
 
     def close(self) -> None:
