@@ -136,6 +136,9 @@ def start_inner(pytester: pytest.Pytester, *args: str, fault: str | None = None)
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-v", *args],
         cwd=pytester.path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Ctrl-C as in a terminal: a run started in the background (`cmd &` in a script) inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler in the inner pytest
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
