@@ -301,7 +301,7 @@ class TransformersEngine:
         # reached by two references (a hub id and its folder)
         fingerprint = {k: v for k, v in self.fingerprint().items()
                        if k not in ("decode", "model", "source", "revision")}
-        # the C++ step's INT4 product is part of what was checked (its body follows the CPU)
+        # which INT4 product the C++ step runs (int4_mm or torch's kernel) is part of what was checked
         steps = ["python" if c is None else f"c++, INT4: {decode_step.int4_product(c)}" for c in candidates]
         probe = inputs["input_ids"][0].tolist()
         key = decode_check.check_key(fingerprint, probe, threads=self.threads, steps=steps)

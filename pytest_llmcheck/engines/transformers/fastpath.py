@@ -26,7 +26,8 @@ bit for bit, with the Python around them cut to a minimum:
 Nothing of this is taken on trust: :meth:`FastDecoder.verify_steps` runs a probe prompt through
 both the model's own forward and this loop and compares the logits of every step exactly;
 the engine uses the loop only when they are identical, and says so in its load facts.
-The prompt (prefill) always goes through the model's own forward.
+The prompt (prefill) always goes through the model's own forward (with its INT4 layers on the C++
+step's ``int4_mm`` while that step is in use: ``decode_step.int4_prompt``, checked like the rest).
 """
 
 from __future__ import annotations
