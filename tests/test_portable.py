@@ -138,7 +138,8 @@ def test_portable_tiny_model_in_a_fresh_process(tiny_project: Path, tiny_model: 
     assert fingerprint["numerics"] == recipe() == "portable-v1"
     assert "cpu" not in fingerprint
     assert "numerics_note" not in fingerprint
-    assert fingerprint["decode"] == {"loop": "fast", "step": "c++", "lm_head": "linear", "int4": "int4_mm"}
+    assert fingerprint["decode"] == {"loop": "fast", "step": "c++", "lm_head": "linear", "int4": "int4_mm",
+                                     "argmax": "screened"}
     assert "native numerics" not in data["summary"]
     keys = [e["key"] for e in Cache(cache).list() if e["kind"] == "quantized"]
     assert len(keys) == 1

@@ -55,26 +55,30 @@ def entry_for(cache: Cache | None, key: dict[str, Any]) -> CacheEntry | None:
     return None
 
 
-def recall(entry: CacheEntry | None, steps: int) -> tuple[list[str | None], bool] | None:
-    """(problems per step, lm_head as mv) from an earlier check, or None (check now)."""
+def recall(entry: CacheEntry | None, steps: int) -> tuple[list[str | None], bool, str | None] | None:
+    """(problems per step, lm_head as mv, the lm_head screen's problem) from an earlier check,
+    or None (check now)."""
     if entry is None or not entry.ready:
         return None
     try:
         data = json.loads((entry.path / RECORD).read_text(encoding="utf-8"))
-        problems, head_mv = data["problems"], data["head_mv"]
-    except (OSError, ValueError, KeyError, TypeError):
+        problems, head_mv, screen = data["problems"], data["head_mv"], data.get("screen")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if (not isinstance(problems, list) or len(problems) != steps or not isinstance(head_mv, bool)
-            or not all(p is None or isinstance(p, str) for p in problems)):
+            or not all(p is None or isinstance(p, str) for p in problems)
+            or not (screen is None or isinstance(screen, str))):
         return None
-    return problems, head_mv
+    return problems, head_mv, screen
 
 
-def remember(entry: CacheEntry | None, problems: list[str | None], head_mv: bool) -> None:
+def remember(
+    entry: CacheEntry | None, problems: list[str | None], head_mv: bool, screen: str | None = None
+) -> None:
     """Keep a check's outcome (atomic and locked like every entry); a cache that refuses is no error."""
     if entry is None:
         return
     with contextlib.suppress(CacheError, OSError), entry.build() as tmp:
         if tmp is not None:
-            record = {"problems": problems, "head_mv": head_mv}
+            record = {"problems": problems, "head_mv": head_mv, "screen": screen}
             (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -197,6 +197,43 @@ def int4_linears(model: Any) -> list[Any]:
     return found
 
 
+def head_screen(weight: Any) -> tuple[Any, Any, Any, Any] | None:
+    """The int8 screen of a bf16 lm_head ``weight`` (vocab, hidden) for ``Decoder.set_head_screen``
+    (``llmcheck_decode::head_screen``: q int8, s, |w_n|, |w_n - s q_n| in double, the norms
+    rounded up), or None where it cannot bound the logits: not bf16, a value not finite, hidden
+    not a multiple of 32 or above 65536. The extra memory is the int8 copy, half the lm_head."""
+    import torch
+
+    if weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        return None
+    hidden = int(weight.shape[1])
+    if hidden % 32 or hidden > 65536:
+        return None
+    built = torch.ops.llmcheck_decode.head_screen(weight.contiguous())
+    if not built:
+        return None
+    q, scale, wnorm, dnorm = built
+    return q, scale, wnorm, dnorm
+
+
+def set_screen(native: Any, weight: Any, limit: int | None = None) -> bool:
+    """Give ``native`` the lm_head screen of ``weight`` where one can be built; whether it has one.
+    More candidates than ``limit`` (default: a sixteenth of the vocabulary, where gathering them
+    would cost more than the screen saves) take the full lm_head for that token."""
+    screen = head_screen(weight)
+    if screen is None:
+        return False
+    native.set_head_screen(*screen, max(1, int(weight.shape[0]) // 16) if limit is None else limit)
+    return True
+
+
+def screen_off(native: Any) -> None:
+    """Switch ``native``'s lm_head screen off (its check found a difference)."""
+    import torch
+
+    native.set_head_screen(torch.empty(0, dtype=torch.int8), *(torch.empty(0, dtype=torch.float64),) * 3, 0)
+
+
 def _add_projection(native: Any, layer: int, slot: int, proj: Projection) -> None:
     import torch
 
@@ -256,4 +293,6 @@ def _build(decoder: FastDecoder) -> Any:
     else:
         native.add_call(-1, 0, PLAIN, decoder.lm_head, empty, [], 0, [int(decoder.lm_head.shape[0])])
         native.set_head_mv(decoder.head_mv)
+        if decoder.portable and not decoder.head_mv:  # ATen's own bf16 kernel: each row on its own
+            decoder.screen = set_screen(native, decoder.lm_head)
     return native

@@ -220,6 +220,7 @@ class TransformersEngine:
         self.fast = None  # until this call's decision: an earlier loop may no longer hold
         self.products = None
         self.facts.details.pop("int4_product", None)
+        self.facts.details.pop("lm_head_screen", None)
         step_problem: str | None = "--llm-decode=python" if not native else None
         checked = ""  # or how an earlier check is known
         try:
@@ -247,6 +248,11 @@ class TransformersEngine:
             self.fast = decoder
             decision = f"fast, C++ step ({how}; same logits as the model's forward on a probe{checked})"
             self.facts.details["int4_product"] = decode_step.int4_product(decoder.native)
+            if decoder.screen or decoder.screen_problem:
+                self.facts.details["lm_head_screen"] = (
+                    "int8 screen, exact logits for its candidates" if decoder.screen
+                    else f"off ({decoder.screen_problem})"
+                )
         else:
             self.fast = decoder
             decision = (
@@ -302,16 +308,19 @@ class TransformersEngine:
         fingerprint = {k: v for k, v in self.fingerprint().items()
                        if k not in ("decode", "model", "source", "revision")}
         # which INT4 product the C++ step runs (int4_mm or torch's kernel) is part of what was checked
-        steps = ["python" if c is None else f"c++, INT4: {decode_step.int4_product(c)}" for c in candidates]
+        screen = ", lm_head screen" if decoder.screen else ""
+        steps = ["python" if c is None else f"c++, INT4: {decode_step.int4_product(c)}{screen}"
+                 for c in candidates]
         probe = inputs["input_ids"][0].tolist()
         key = decode_check.check_key(fingerprint, probe, threads=self.threads, steps=steps)
         entry = decode_check.entry_for(cache, key)
         recalled = decode_check.recall(entry, len(candidates))
         if recalled is not None:
-            problems, head_mv = recalled
+            problems, head_mv, decoder.screen_problem = recalled
             decoder.head_mv = head_mv  # the lm_head kernel the check ran with, not this session's timing
             for candidate in candidates[1:]:
                 candidate.set_head_mv(head_mv)
+            self._screen_verdict(decoder, candidates)
             return problems, ", checked at an earlier load on this machine"
         with torch.inference_mode():
             problems = decoder.verify_steps(inputs, candidates)
@@ -320,8 +329,17 @@ class TransformersEngine:
                 for candidate in candidates[1:]:
                     candidate.set_head_mv(False)
                 problems = decoder.verify_steps(inputs, candidates)
-        decode_check.remember(entry, problems, decoder.head_mv)
+        decode_check.remember(entry, problems, decoder.head_mv, decoder.screen_problem)
+        self._screen_verdict(decoder, candidates)
         return problems, ""
+
+    @staticmethod
+    def _screen_verdict(decoder: FastDecoder, candidates: list[Any]) -> None:
+        """The C++ step's lm_head screen stays on only where its check found nothing."""
+        if decoder.screen and decoder.screen_problem is not None:
+            for candidate in candidates[1:]:
+                decode_step.screen_off(candidate)
+            decoder.screen = False
 
     @classmethod
     def load(
@@ -528,6 +546,8 @@ class TransformersEngine:
             decode["lm_head"] = "mv" if self.fast.head_mv else "linear"
         if self.fast.native is not None and self.fast.native.int4_calls()[0]:
             decode["int4"] = "int4_mm"
+        if self.fast.native is not None and self.fast.screen:
+            decode["argmax"] = "screened"
         return decode
 
     def close(self) -> None:

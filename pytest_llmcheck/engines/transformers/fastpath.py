@@ -247,6 +247,9 @@ class FastDecoder:
         self.head: W4A8Call | None = None  # an int4-a8 lm_head
         self.head_mv = False  # a bf16 lm_head as torch.mv (else F.linear)
         self.native: Any = None  # the same step in C++ (decode_step), once checked
+        self.portable = portable
+        self.screen = False  # the C++ step picks greedy tokens through its lm_head screen
+        self.screen_problem: str | None = None  # what its check found (then it is off)
         # the C++ step's products for prompts too (decode_step.int4_prompt), used with it
         self.native_prompt: Callable[[], AbstractContextManager[Any]] | None = None
         self._lock = threading.Lock()
@@ -392,9 +395,11 @@ class FastDecoder:
                 if on_first is not None:
                     on_first()
                 while len(tokens) < max_new_tokens and tokens[-1] not in stop_ids:
-                    logits = step(token, position)
+                    if self.native is not None:  # the same token, through its lm_head screen if any
+                        token = self.native.step_token(token, position)
+                    else:
+                        token = step(token, position).float().argmax()  # as generate() does
                     position += 1
-                    token = logits.float().argmax()  # as generate() does; bf16's argmax is slower
                     tokens.append(int(token))
             finally:
                 if self.native is not None:
@@ -464,9 +469,29 @@ class FastDecoder:
                     continue
                 if not same:
                     problems[i] = f"logits differ from the model's forward at decode step {step + 1}"
+                elif natives[i] is not None and self.screen and self.screen_problem is None:
+                    self.screen_problem = _screen_problem(natives[i], reference, step + 1)
             position += 1
             token = reference.float().argmax()
         return problems
+
+
+def _screen_problem(native: Any, logits: torch.Tensor, step: int) -> str | None:
+    """None when the C++ step's lm_head screen, on this step's hidden state, keeps the full
+    lm_head's token among its candidates with the same logits (then it picks that token); else
+    what differed."""
+    import torch
+
+    found = native.screen_last()
+    if not found:  # no decision on this step: the full lm_head picked the token
+        return None
+    idx, values = found
+    token = int(logits.float().argmax())
+    if not torch.equal(values, logits[idx]):
+        return f"the lm_head screen's candidate logits differ from the full lm_head's at decode step {step}"
+    if int(idx[values.float().argmax()]) != token:
+        return f"the lm_head screen picks another token than the full lm_head at decode step {step}"
+    return None
 
 
 # generation_config fields that do not change greedy decoding as the engine calls it
