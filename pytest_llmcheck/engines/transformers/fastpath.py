@@ -23,6 +23,11 @@ bit for bit, with the Python around them cut to a minimum:
   q/k/v and gate/up fused (any size: each 16 outputs are summed on their own), its
   RMSNorm as one call and its INT4 ``lm_head``; the check below applies all the same.
 
+- in portable numerics the C++ step picks a greedy token through an int8 screen of the bf16
+  ``lm_head`` (``decode_step.cpp``, ``screen_candidates``): rigorous bounds on every logit from
+  half the bytes, torch's ``linear`` on the rows that could be the largest, so the token is the
+  full ``lm_head``'s (first index on ties); the check below compares it on every step too.
+
 Nothing of this is taken on trust: :meth:`FastDecoder.verify_steps` runs a probe prompt through
 both the model's own forward and this loop and compares the logits of every step exactly;
 the engine uses the loop only when they are identical, and says so in its load facts.
