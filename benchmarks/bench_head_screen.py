@@ -2,6 +2,7 @@
 
     python benchmarks/bench_head_screen.py              # Qwen2-1.5B shape, median of 3, 1 and 2 threads
     python benchmarks/bench_head_screen.py --size 7b --threads 2
+    python benchmarks/bench_head_screen.py --size smollm2     # the embedded model: trained weights
 
 The default recipe keeps the lm_head in bf16; at Qwen's 151936-token vocabulary it is the
 largest single product of a token (467 MB at 1.5B, 1.1 GB at 7B). In greedy decoding the C++
@@ -42,12 +43,16 @@ def load(size: str, threads: int) -> Any:
     from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
     from pytest_llmcheck.engines.transformers.quantize import get_quantizer
-    from pytest_llmcheck.storage.cache import Cache
+    from pytest_llmcheck.storage.cache import Cache, default_cache_dir
 
-    folder = models.write_qwen2(size)  # once per machine (bench_size.py makes the same one)
+    if size == "smollm2":  # the embedded model, trained weights, the per-machine cache
+        ref = resolve("smollm2")
+        folder, cache = Path(ref.location), Cache(default_cache_dir())
+    else:
+        folder = models.write_qwen2(size)  # once per machine (bench_size.py makes the same one)
+        ref, cache = resolve(str(folder)), Cache(engine_cache(size, "int4"))
     engine = TransformersEngine.load(
-        resolve(str(folder)), folder, get_quantizer("int4"), threads=threads,
-        cache=Cache(engine_cache(size, "int4")), numerics="portable",
+        ref, folder, get_quantizer("int4"), threads=threads, cache=cache, numerics="portable"
     )
     if engine.fast is None or engine.fast.native is None or not engine.fast.screen:
         raise SystemExit(f"no screen in this load: {engine.facts.details.get('decode')}, "
@@ -69,16 +74,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", default="1.5b", choices=["1.5b", "7b"])
+    parser.add_argument("--size", default="1.5b", choices=["1.5b", "7b", "smollm2"])
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
     from bench_xdist import cpu_name
 
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, {datetime.now():%Y-%m-%d %H:%M}; Qwen2-{args.size} shape, "
-          f"random bf16 weights, default int4 (portable numerics), greedy, {args.tokens} new tokens, "
-          f"median of {args.runs} alternating answers per row")
+    model = "SmolLM2-135M-Instruct" if args.size == "smollm2" else f"Qwen2-{args.size} shape, random weights"
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, {datetime.now():%Y-%m-%d %H:%M}; {model}; default int4 "
+          f"(portable numerics), greedy, {args.tokens} new tokens, "
+          f"median of {args.runs} alternating answers a row")
     rows = []
     engine = None
     for threads in (int(t) for t in args.threads.split(",")):
