@@ -24,6 +24,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/min.h>
 #include <ATen/ops/mv.h>
 #include <ATen/ops/roll.h>
 #include <ATen/ops/rsqrt.h>
@@ -311,12 +312,14 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
 //   q_n = round(w_n / s_n) in [-127, 127], qx = round(x / sx), both int8; d_n = sum qx_k q_nk
 //   A_n = s_n sx d_n                   (int32 dot: exact; two roundings in double)
 //   |L_n - A_n| <= |x - sx qx| |w_n| + |sx qx| |w_n - s_n q_n|           (Cauchy-Schwarz)
-//   |l_n - L_n| <= 2^-7 |L_n| + K 2^-20 |x| |w_n|   (fp32 sums of K products, then bf16: 8x slack)
+//   |l_n - L_n| <= 2^-7 |L_n| + K 2^-20 |x| |w_n|   (bf16's rounding is 2^-8 |L_n| at most, fp32
+//                                                   sums of K products K 2^-24 |x| |w_n|: 2x, 16x slack)
 //   hi_n, lo_n  = A_n +- (both bounds)          T = max_n lo_n <= the largest l
 //   candidates  = { n : hi_n >= T }  hold every n with l_n = max l
 //
 // so the argmax of the candidates' exact logits, in ascending index order, is torch's argmax
-// of all of them. The row norms |w_n| and |w_n - s_n q_n| are computed once, in double, and
+// of all of them. With gradual underflow: under flush-to-zero (torch.set_flush_denormal) tiny
+// products vanish beyond the absolute allowance, so the screen stands aside. The row norms |w_n| and |w_n - s_n q_n| are computed once, in double, and
 // rounded up. Which instructions compute d_n does not matter (integers are exact), so the
 // screen uses what this CPU has. The decode check at load compares its token and its
 // candidates' logits with the full lm_head's on every probe step; more candidates than
@@ -395,7 +398,8 @@ std::optional<at::Tensor> screen_candidates(const at::Tensor& h, const at::Tenso
     dx2 += (v - r * sx) * (v - r * sx);
     xq2 += (r * sx) * (r * sx);
   }
-  const double up = 1.0 + 1e-12;  // double's own roundings in the bounds, rounded up
+  if (_mm_getcsr() & 0x8040) return std::nullopt;  // FTZ or DAZ set: see above
+  const double up = 1.0 + 1e-9;  // double's own roundings in the bounds (sums of K <= 65536 terms), rounded up
   const double xn = std::sqrt(x2) * up, dxn = std::sqrt(dx2) * up, xqn = std::sqrt(xq2) * up;
   const double sum_slack = static_cast<double>(K) * std::ldexp(1.0, -20) * xn;
   // per-token scratch kept per thread: fresh megabytes each token cost page faults
@@ -453,8 +457,8 @@ at::Tensor huge_page_bytes(int64_t bytes) {
 
 // The screen of a bf16 lm_head (N, K): [q int8 (N, K), s, |w_n|, |w_n - s q_n|], the row
 // values double. One pass over each row, in double: a bf16 value's square and s * q (24 and
-// 8 bits) are exact there, and the sums' relative error (below K 2^-53) is covered by rounding
-// the norms up by 1e-12. An all-zero row gets s = 1 (q = 0, exact). Nothing where a value is
+// 8 bits) are exact there, and the sums' relative error (below K 2^-53, K <= 65536) is covered
+// by rounding the norms up by 1e-9. An all-zero row gets s = 1 (q = 0, exact). Nothing where a value is
 // not finite.
 std::vector<at::Tensor> head_screen(const at::Tensor& weight) {
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 && weight.is_contiguous(),
@@ -485,8 +489,8 @@ std::vector<at::Tensor> head_screen(const at::Tensor& weight) {
         d2 += delta * delta;
       }
       sd[n] = s;
-      wd[n] = std::sqrt(w2) * (1.0 + 1e-12);
-      dd[n] = std::sqrt(d2) * (1.0 + 1e-12);
+      wd[n] = std::sqrt(w2) * (1.0 + 1e-9);
+      dd[n] = std::sqrt(d2) * (1.0 + 1e-9);
     }
   });
   if (!finite) return {};  // a value not finite: no bound holds
@@ -690,6 +694,8 @@ class Decoder : public torch::CustomClassHolder {
     for (const at::Tensor* t : {&scale, &wnorm, &dnorm})
       TORCH_CHECK(t->scalar_type() == at::kDouble && t->is_contiguous() && t->dim() == 1 && t->size(0) == q.size(0),
                   "decode_step: the screen's row values are double (vocab,)");
+    TORCH_CHECK(!head_mv_, "decode_step: the screen computes its candidates as linear, not mv");
+    TORCH_CHECK(q.min().item<int8_t>() >= -127, "decode_step: the screen's int8 copy is in [-127, 127]");
     screen_ = HeadScreen{std::move(q), std::move(scale), std::move(wnorm), std::move(dnorm), limit};
   }
 
@@ -755,7 +761,10 @@ class Decoder : public torch::CustomClassHolder {
   }
 
   // A bf16 lm_head as mv (FastDecoder.head_mv) or, by default, as linear.
-  void set_head_mv(bool mv) { head_mv_ = mv; }
+  void set_head_mv(bool mv) {
+    head_mv_ = mv;
+    if (mv) screen_ = HeadScreen{};  // the screen's candidates are computed as linear
+  }
 
   // INT4 calls added after this run int4_mm where it takes them: only when torch's INT4
   // kernel is its AVX2 one in this process (its layout and arithmetic), which the caller knows.

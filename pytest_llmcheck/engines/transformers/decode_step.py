@@ -227,11 +227,11 @@ def head_screen(weight: Any) -> tuple[Any, Any, Any, Any] | None:
 def set_screen(native: Any, weight: Any, limit: int | None = None) -> bool:
     """Give ``native`` the lm_head screen of ``weight`` where one can be built; whether it has one.
     More candidates than ``limit`` (default: a sixteenth of the vocabulary, where gathering them
-    would cost more than the screen saves) take the full lm_head for that token."""
+    would cost more than the screen saves, and at least 64) take the full lm_head for that token."""
     screen = head_screen(weight)
     if screen is None:
         return False
-    native.set_head_screen(*screen, max(1, int(weight.shape[0]) // 16) if limit is None else limit)
+    native.set_head_screen(*screen, max(64, int(weight.shape[0]) // 16) if limit is None else limit)
     return True
 
 

@@ -450,6 +450,7 @@ class FastDecoder:
                 differ = "the prompt's logits or keys differ from the model's forward"
                 problems = [None if n is None else differ for n in natives]
         runs = [self._stepper(list(keys), list(values), native) for native in natives]
+        screen_steps = 0  # probe steps on which the lm_head screen decided and was compared
         for step in range(steps):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
@@ -475,28 +476,36 @@ class FastDecoder:
                 if not same:
                     problems[i] = f"logits differ from the model's forward at decode step {step + 1}"
                 elif natives[i] is not None and self.screen and self.screen_problem is None:
-                    self.screen_problem = _screen_problem(natives[i], reference, step + 1)
+                    compared, self.screen_problem = _screen_problem(natives[i], reference, step + 1)
+                    screen_steps += compared
             position += 1
             token = reference.float().argmax()
+        checked_natives = any(n is not None for n in natives)
+        if self.screen and self.screen_problem is None and screen_steps == 0 and checked_natives:
+            self.screen_problem = "no probe step reached the lm_head screen's decision: not compared"
         return problems
 
 
-def _screen_problem(native: Any, logits: torch.Tensor, step: int) -> str | None:
-    """None when the C++ step's lm_head screen, on this step's hidden state, keeps the full
-    lm_head's token among its candidates with the same logits (then it picks that token); else
-    what differed."""
+def _screen_problem(native: Any, logits: torch.Tensor, step: int) -> tuple[bool, str | None]:
+    """(whether the C++ step's lm_head screen decided this step, what differed): nothing when it
+    keeps the full lm_head's token among its candidates with the full lm_head's logits (then it
+    picks that token)."""
     import torch
 
-    found = native.screen_last()
+    try:
+        found = native.screen_last()
+    except Exception as exc:  # a refusal of the screen (c10 errors): the screen is not used
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return False, f"the lm_head screen failed at decode step {step}: {first}"
     if not found:  # no decision on this step: the full lm_head picked the token
-        return None
+        return False, None
     idx, values = found
     token = int(logits.float().argmax())
     if not torch.equal(values, logits[idx]):
-        return f"the lm_head screen's candidate logits differ from the full lm_head's at decode step {step}"
+        return True, f"the lm_head screen's candidates' logits differ from the full lm_head's at step {step}"
     if int(idx[values.float().argmax()]) != token:
-        return f"the lm_head screen picks another token than the full lm_head at decode step {step}"
-    return None
+        return True, f"the lm_head screen picks another token than the full lm_head at decode step {step}"
+    return True, None
 
 
 # generation_config fields that do not change greedy decoding as the engine calls it
