@@ -284,9 +284,28 @@ def converter() -> Path:
     return script
 
 
+def gguf_folder(folder: Path) -> Path:
+    """Where a model folder's GGUFs live: beside it, not in it. A file added to or deleted from
+    the model folder changes its content digest, and the engine then builds its INT4 again."""
+    return folder.with_name(f"{folder.name}-gguf")
+
+
+def move_ggufs(folder: Path) -> None:
+    """GGUFs an earlier version of this script wrote into the model folder go beside it."""
+    target = gguf_folder(folder)
+    for path in [*folder.glob("model-*.gguf"), *folder.glob("model-*.tmp")]:
+        if path.suffix == ".tmp":  # a conversion cut short
+            path.unlink()
+            continue
+        target.mkdir(exist_ok=True)
+        if not (target / path.name).exists():
+            path.rename(target / path.name)
+
+
 def f16_gguf(folder: Path) -> Path:
     """The folder's weights as an F16 GGUF (kept beside it until quantized)."""
-    out = folder / "model-f16.gguf"
+    out = gguf_folder(folder) / "model-f16.gguf"
+    out.parent.mkdir(exist_ok=True)
     if out.is_file():
         return out
     script = converter()

@@ -156,7 +156,7 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
 
 
 def gguf_path(size: str, kind: str) -> Path:
-    return models.MODELS / models.SHAPES[size][0] / f"model-{kind}.gguf"
+    return models.gguf_folder(models.MODELS / models.SHAPES[size][0]) / f"model-{kind}.gguf"
 
 
 def llama_row(
@@ -433,6 +433,7 @@ def prepare(size: str, rows: list[str], cold: bool) -> None:
     row needs it: its quantized copy is missing, or its cold row quantizes again."""
     start = time.perf_counter()
     folder = models.write_qwen2(size)
+    models.move_ggufs(folder)
     missing = [k for k in LLAMA_TYPES if k in rows and (cold or not gguf_path(size, k).is_file())]
     if missing and not gguf_path(size, "f16").is_file():
         models.f16_gguf(folder)
