@@ -537,7 +537,8 @@ class TransformersEngine:
         chosen by timing: different kernels, equal only as far as the probe shows) are
         recorded. An int4-a8 ``lm_head`` runs its one kernel in every path: nothing to record.
         Where the INT4 products run the C++ step's ``int4_mm`` (torch's AVX2 kernel's numbers),
-        that is recorded too.
+        that is recorded too, and so is the lm_head screen (``argmax: screened``: the full lm_head's
+        token by its bounds, and compared with it at load).
         """
         if self.fast is None:
             return {"loop": "generate", **({"int4": "int4_mm"} if self.products is not None else {})}
