@@ -31,9 +31,10 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(autouse=True)
 def aten_linear() -> Any:
     """As portable numerics run it: ATen's own bf16 kernel, not oneDNN's."""
-    mkldnn = torch.backends.mkldnn
-    with mkldnn.flags(enabled=False, deterministic=mkldnn.deterministic, allow_tf32=mkldnn.allow_tf32,
-                      fp32_precision=mkldnn.fp32_precision):
+    from pytest_llmcheck.config.numerics import PORTABLE
+    from pytest_llmcheck.engines.transformers.engine import portable_arithmetic
+
+    with portable_arithmetic(PORTABLE):
         yield
 
 

@@ -335,8 +335,8 @@ __attribute__((target("avx2"))) inline __m256i dot32(const int8_t* ax, const int
 }
 
 // d[n] = sum_k qx[k] * q[n][k] for rows [begin, end); K a multiple of 32. One row at a time,
-// four sums in flight, the row read 256 bytes ahead: this runs at the memory's speed (about
-// 8.6 ms for Qwen2-1.5B's 233 MB on one core here, against 37 ms interleaving four rows).
+// four sums in flight, the row read 256 bytes ahead: a throwaway test here found interleaving
+// four rows several times slower (the hardware prefetcher follows one stream better).
 __attribute__((target("avx2"))) void screen_dots_avx2(const int8_t* qx, const int8_t* ax, const int8_t* q,
                                                      int64_t K, int64_t begin, int64_t end, int32_t* d) {
   for (int64_t n = begin; n < end; ++n) {
@@ -369,6 +369,13 @@ void screen_dots(const int8_t* qx, const int8_t* ax, const int8_t* q, int64_t K,
     for (int64_t k = 0; k < K; ++k) sum += static_cast<int32_t>(qx[k]) * q[n * K + k];
     d[n] = sum;
   }
+}
+
+// The candidate whose logit is the largest (0-dim index into the vocabulary): ``logits`` are
+// the candidates' exact logits, ``idx`` their ascending indices, so argmax's first of a tie is
+// the full lm_head's.
+at::Tensor best_of(const at::Tensor& idx, const at::Tensor& logits) {
+  return idx.index_select(0, logits.reshape({-1}).to(at::kFloat).argmax().view({1})).squeeze(0);
 }
 
 // The candidates (ascending) that could hold the largest logit of ``weight`` for ``h``
@@ -442,8 +449,8 @@ std::optional<at::Tensor> screen_candidates(const at::Tensor& h, const at::Tenso
 }
 
 // ``bytes`` uint8 in 2 MB pages where the kernel gives them (a 2 MB aligned block, advised):
-// the screen reads its copy at 8.4 against 13.8 ms (Qwen2-1.5B, one core here) with them, the
-// hardware prefetcher then not stopping at every 4 KB page.
+// the screen reads its copy faster in them (a throwaway test here), the hardware prefetcher
+// then not stopping at every 4 KB page; bench_head_screen.py times the screen as a whole.
 at::Tensor huge_page_bytes(int64_t bytes) {
   constexpr size_t kHuge = size_t{2} << 20;
   const size_t size = (static_cast<size_t>(bytes) + kHuge - 1) / kHuge * kHuge;
@@ -504,8 +511,7 @@ std::vector<at::Tensor> screen_argmax(const at::Tensor& h, const at::Tensor& wei
                                       int64_t limit) {
   const at::Tensor x = h.reshape({1, 1, -1});
   if (std::optional<at::Tensor> idx = screen_candidates(x, q, scale, wnorm, dnorm, limit)) {
-    at::Tensor best = at::linear(x, weight.index_select(0, *idx)).reshape({-1}).to(at::kFloat).argmax();
-    return {idx->index_select(0, best.view({1})).squeeze(0), *idx};
+    return {best_of(*idx, at::linear(x, weight.index_select(0, *idx))), *idx};
   }
   return {at::linear(x, weight).reshape({-1}).to(at::kFloat).argmax(), at::empty({0}, at::kLong)};
 }
@@ -666,8 +672,7 @@ class Decoder : public torch::CustomClassHolder {
     if (std::optional<at::Tensor> idx = candidates(last_)) {
       screened_ += 1;
       kept_ += idx->numel();
-      return idx->index_select(0, logits_of(last_, head_.a.index_select(0, *idx)).to(at::kFloat).argmax().view({1}))
-          .squeeze(0);
+      return best_of(*idx, logits_of(last_, head_.a.index_select(0, *idx)));
     }
     return logits(last_).to(at::kFloat).argmax();
   }
