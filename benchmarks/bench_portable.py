@@ -2,6 +2,7 @@
 
     python benchmarks/bench_portable.py                       # transformers and llamacpp, the full matrix
     python benchmarks/bench_portable.py --engines transformers --tokens 64 --quick
+    python benchmarks/bench_portable.py --engines int4-a8 --quick   # the int4-a8 recipe's kernel too
 
 One machine cannot be every CI runner, but it can be made to run the kernels another CPU
 would: ``ATEN_CPU_CAPABILITY`` caps torch's own dispatch (an AVX2-only runner runs the
@@ -14,6 +15,8 @@ mode says, per configuration, how many answers differ from the first configurati
 Portable mode must show 0 everywhere. Native mode is the control: it must show
 differences somewhere, which proves the stand-ins reach the kernels that make answers
 differ (a cap that silently did nothing would make portable look good for free).
+The int4-a8 rows (the transformers engine with ``--llm-quant=int4-a8``) add
+``LLMCHECK_W4A8_BODY=avx2``: the AVX2 body of its own kernel, the one an AVX2-only runner runs.
 The llamacpp rows use whatever library llama-cpp-python loads (``LLAMA_CPP_LIB_PATH``
 picks another); its answers do not depend on torch's variables, so its matrix varies the
 threads and repacked weight buffers are the engine's own choice.
@@ -77,8 +80,9 @@ def child(engine: str, numerics: str, threads: int, tokens: int, count: int) -> 
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.registry import EngineRegistry
 
-    spec = "smollm2" if engine == "transformers" else f"smollm2@{engine}"
-    settings = Settings(models=(spec,), numerics=numerics, threads=threads, threads_given=True)
+    spec = "smollm2" if engine in ("transformers", "int4-a8") else f"smollm2@{engine}"
+    quant = "int4-a8" if engine == "int4-a8" else "int4"
+    settings = Settings(models=(spec,), numerics=numerics, threads=threads, threads_given=True, quant=quant)
     engines = EngineRegistry()
     loaded = engines.load(resolve(spec, engines=engines), settings)
     config = GenerationConfig(max_new_tokens=tokens, threads=threads)
@@ -97,13 +101,16 @@ def matrix(engine: str, quick: bool) -> list[tuple[dict[str, str], int]]:
     """(environment, threads) per configuration; the first is the reference."""
     threads = [1, 2] if quick else [1, 2, 3, 4]
     rows: list[tuple[dict[str, str], int]] = [({}, t) for t in threads]
-    if engine != "transformers":
+    if engine not in ("transformers", "int4-a8"):
         return rows
     aten = ["avx2"] if quick else ["avx2", "avx512"]
     onednn = ["AVX2"] if quick else ["AVX2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16"]
     rows += [({"ATEN_CPU_CAPABILITY": a}, 1) for a in aten]
     rows += [({"ONEDNN_MAX_CPU_ISA": o}, 1) for o in onednn]
     rows += [({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 2)]
+    if engine == "int4-a8":
+        rows += [({"LLMCHECK_W4A8_BODY": "avx2"}, 1),
+                 ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "LLMCHECK_W4A8_BODY": "avx2"}, 2)]
     return rows
 
 
@@ -111,7 +118,8 @@ def run_matrix(engine: str, numerics: str, tokens: int, count: int, quick: bool)
     rows: list[list[str]] = []
     reference: list[str] | None = None
     for extra, threads in matrix(engine, quick):
-        env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+        caps = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "LLMCHECK_W4A8_BODY")
+        env = {k: v for k, v in os.environ.items() if k not in caps}
         env.pop("LLMCHECK_ENV_BEFORE_PORTABLE", None)
         env.update(extra)
         start = time.perf_counter()

@@ -169,6 +169,11 @@ def test_torch() -> None:
 
     where = checked("torch")
     assert callable(adapter.int4pack_mm_for_cpu()), f"{where}: aten._weight_int4pack_mm_for_cpu is gone"
+    pack = adapter.convert_weight_to_int4pack_for_cpu()
+    assert callable(pack), f"{where}: aten._convert_weight_to_int4pack_for_cpu is gone"
+    packed = pack(torch.zeros(64, 32, dtype=torch.int32), 1)
+    assert packed.dtype == torch.uint8, f"{where}: the INT4 packing changed"
+    assert packed.numel() == 64 * 32 // 2, f"{where}: the INT4 packing changed"
     for name, probe in adapter.CPU_PROBES.items():
         assert callable(getattr(torch.cpu, probe, None)), f"{where}: torch.cpu.{probe} ({name}) is gone"
         assert isinstance(adapter.cpu_supports(name), bool)

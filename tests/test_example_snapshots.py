@@ -2,9 +2,9 @@
 
 The examples are a user's project (``examples/pytest.ini``): their riddles run as the README
 says, in fresh pytest processes, on a copy (so nothing is written into the checkout). The
-portable ones (``[smollm2]``) must pass on every x86-64-v3 CPU; the native ones
-(``[smollm2-int4a8]``, ``[smollm2@itrex]``) pass on the CPU kind that recorded them and are
-skipped elsewhere as "not comparable", one line each, never passed silently.
+portable ones (``[smollm2]``, ``[smollm2-int4a8]``) must pass on every x86-64-v3 CPU; the native
+ones (``[smollm2@itrex]``) pass on the CPU kind that recorded them and are skipped elsewhere as
+"not comparable", one line each, never passed silently.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def run(examples: Path, *args: str, where: str = "riddles") -> subprocess.CompletedProcess[str]:
+def run(examples: Path, *args: str, where: str = "riddles",
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", where, "-p", "no:cacheprovider", "-rs", "--llm-soft", *args],
-        cwd=examples, env=user_env(), capture_output=True, text=True, timeout=1200,
+        cwd=examples, env={**user_env(), **(env or {})}, capture_output=True, text=True, timeout=1200,
     )
 
 
@@ -83,13 +84,20 @@ def test_python_api_portable_snapshots_pass_here(examples: Path) -> None:
     assert "5 snapshots passed" in result.stdout
 
 
-def test_smollm2_int4_a8_native_snapshots_pass_or_are_not_comparable(examples: Path) -> None:
+def test_smollm2_int4_a8_portable_snapshots_pass_on_either_kernel_body(examples: Path) -> None:
+    """Recorded on an AVX512-VNNI machine; an AVX2-only runner (its body forced here, one
+    thread) answers the same."""
     from pytest_llmcheck.engines.transformers import w4a8
 
     if (problem := w4a8.cpu_problem()) is not None:
         pytest.skip(f"--llm-quant=int4-a8 cannot run here: {problem}")
-    result = run(examples, "--llm-model=smollm2", "--llm-quant=int4-a8", "--llm-numerics=native", "-v")
-    assert_checked(result, "smollm2-int4a8")
+    for env, threads in (({}, "2"), ({"LLMCHECK_W4A8_BODY": "avx2"}, "1")):
+        result = run(examples, "--llm-model=smollm2", "--llm-quant=int4-a8", f"--llm-threads={threads}", "-v",
+                     env=env)
+        assert_checked(result, "smollm2-int4a8")
+        assert "not comparable" not in result.stdout
+        body = env.get("LLMCHECK_W4A8_BODY", "avx512-vnni" if w4a8.cpu_has_vnni() else "avx2")
+        assert f"{body} body)" in result.stdout
 
 
 def test_smollm2_itrex_native_snapshots_pass_or_are_not_comparable(examples: Path) -> None:

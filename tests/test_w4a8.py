@@ -29,7 +29,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def needs_kernel(test: Any) -> Any:
-    """Tests that run the kernel: on an AVX512-VNNI CPU (the refusals below run anywhere)."""
+    """Tests that run the kernel: on an x86-64 CPU with AVX2 (the refusals below run anywhere)."""
     test = pytest.mark.usefixtures("kernel")(test)
     return pytest.mark.skipif(_CPU is not None, reason=f"the kernel cannot run here: {_CPU}")(test)
 
@@ -81,6 +81,69 @@ def test_kernel_computes_the_integer_reference() -> None:
     exact = x.double() @ ((q.double() - 8) * scale.double().t().repeat_interleave(group, 1)
                           + zero.double().t().repeat_interleave(group, 1)).t()
     assert float((got.double() - exact).norm() / exact.norm()) < 0.02
+
+
+def _vnni_and_avx2() -> list[str]:
+    """Both bodies where this CPU has AVX512-VNNI (else the test has nothing to compare)."""
+    if not w4a8.cpu_has_vnni():
+        pytest.skip("this CPU runs only the kernel's AVX2 body: no second body to compare")
+    return ["avx512-vnni", "avx2"]
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k", "group", "m"), [(16, 32, 32, 1), (192, 96, 32, 3), (512, 1536, 32, 1),
+                                                    (256, 1536, 64, 7), (64, 512, 128, 40), (48, 256, 8, 5)])
+def test_both_bodies_compute_the_same_bits(n: int, k: int, group: int, m: int) -> None:
+    """An answer recorded on an AVX512-VNNI machine holds on an AVX2-only runner: the AVX2
+    body gives every output's bits, with outliers, zero, tiny, NaN and infinite groups, a bias,
+    1 and 2 threads."""
+    import torch
+
+    bodies = _vnni_and_avx2()
+    g = torch.Generator().manual_seed(n * k + m)
+    _, scale, zero, packed = _torchao_weight(n, k, group, seed=m)
+    weights = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
+    x = torch.randn(m, k, generator=g) * torch.rand(m, k, generator=g).pow(4) * 30
+    x[0, k // 2] = 3e4  # an outlier: the rest of its group rounds to small integers
+    if m > 1:
+        x[1, :group] = 0
+    if m > 2:
+        x[2, :group] = 1e-38  # too small to scale: zeros
+    if m > 4:
+        x[3, 1] = float("nan")
+        x[4, -1] = float("-inf")
+    x = x.to(torch.bfloat16)
+    bias = torch.randn(n, generator=g).to(torch.bfloat16)
+    before, threads = w4a8.body(), torch.get_num_threads()
+    results = []
+    try:
+        for name in bodies:
+            w4a8.body(name)
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                results.append(torch.ops.llmcheck.w4a8_mm(x, *weights, bias, group))
+                results.append(torch.ops.llmcheck.w4a8_mm(x, *weights, None, group))
+    finally:
+        w4a8.body(before)
+        torch.set_num_threads(threads)
+    with_bias, without = results[0::2], results[1::2]
+    for got in with_bias[1:]:
+        assert torch.equal(got.view(torch.int16), with_bias[0].view(torch.int16))
+    for got in without[1:]:
+        assert torch.equal(got.view(torch.int16), without[0].view(torch.int16))
+    assert not torch.equal(with_bias[0], without[0])
+    if m > 4:
+        assert bool(with_bias[0][3].float().isnan().all())
+        assert bool(with_bias[0][4].float().isnan().all())
+
+
+@needs_kernel
+def test_the_body_is_named_and_an_unknown_one_refused() -> None:
+    import torch
+
+    assert w4a8.body() == ("avx512-vnni" if w4a8.cpu_has_vnni() else "avx2")
+    with pytest.raises(RuntimeError, match="w4a8_body: unknown body 'avx1024'; allowed: avx2, avx512-vnni"):
+        torch.ops.llmcheck.w4a8_body("avx1024")
 
 
 @needs_kernel
@@ -190,9 +253,11 @@ def _entries(cache: Path) -> list[tuple[str, str]]:
 
 
 @needs_kernel
-def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
+def test_int4_a8_through_pytest_is_portable_and_shares_the_int4_cache_entry(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
+    """Portable numerics (the default): a session on the VNNI body at 2 threads and one on the
+    AVX2 body (an AVX2-only runner's) at 1 thread give the same bytes."""
     folder = build_tiny_model(tmp_path / "tiny-llama", hidden=128)  # k/v: 64 outputs
     pytester.makepyfile(
         """
@@ -205,24 +270,28 @@ def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
     )
     cache = pytester.path / "cache"
     answers = []
-    for run, threads in enumerate((2, 1)):
+    for run, (threads, body) in enumerate([(2, None), (1, "avx2")]):
         out = pytester.path / f"answer{run}.bin"
         pytester._monkeypatch.setenv("ANSWER_FILE", str(out))
+        if body:
+            pytester._monkeypatch.setenv("LLMCHECK_W4A8_BODY", body)
         result = pytester.runpytest_subprocess(
-            f"--llm-model={folder}", "--llm-quant=int4-a8", "--llm-numerics=native",  # a CPU-specific kernel
+            f"--llm-model={folder}", "--llm-quant=int4-a8", "--llm-numerics=portable",
             "--llm-max-new-tokens=24", f"--llm-threads={threads}",
             f"--llm-cache-dir={cache}", "-v", "-p", "no:cacheprovider",
         )
         result.assert_outcomes(passed=1)
-        kernel = "kernel built in *s" if run == 0 else "kernel cached"
+        kernel = "kernel built in *s, * body" if run == 0 else "kernel cached, avx2 body"
         result.stdout.fnmatch_lines([
             "*test_write[[]tiny-llama-int4a8[]] PASSED*",
             f"tiny-llama-int4a8 (*): loaded 1x in *; int4-a8: 14/14 linear layers, *; "
             f"int8 activations in 14 layers ({kernel})*",  # lm_head: a vocabulary of 374 does not fit
         ])
+        assert "native numerics" not in result.stdout.str()
         answers.append(out.read_bytes())
+    pytester._monkeypatch.delenv("LLMCHECK_W4A8_BODY")
     assert len(answers[0]) > 24
-    assert answers[0] == answers[1]  # two sessions, 2 then 1 thread: the same bytes
+    assert answers[0] == answers[1]  # two sessions, two bodies, 2 then 1 thread: the same bytes
     kinds = _entries(cache)
     # the two kernels and the one INT4 entry, beside the fast loop's checks (one per thread count)
     assert [k for k in kinds if k[0] != "decode-check"] == [("kernel", "decode_step"), ("kernel", "w4a8"),
@@ -230,7 +299,7 @@ def test_int4_a8_through_pytest_repeats_and_shares_the_int4_cache_entry(
     assert kinds.count(("decode-check", "")) == 2
     result = pytester.runpytest_subprocess(
         f"--llm-model={folder}", "--llm-max-new-tokens=24", f"--llm-cache-dir={cache}",
-        "-p", "no:cacheprovider",
+        "--llm-numerics=portable", "-p", "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["tiny-llama (*): loaded 1x in *; int4: 14/14 linear layers, *from cache*"])
@@ -298,18 +367,24 @@ def test_a_compile_error_is_reported_and_nothing_is_cached(
     assert cache.list() == []
 
 
-def test_a_cpu_without_vnni_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_llmcheck.engines.transformers import cpu
+def test_a_cpu_without_avx2_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
 
-    monkeypatch.setattr(cpu, "cpu_capability", lambda: "AVX2")
+    from pytest_llmcheck.compat import torch as adapter
+
+    monkeypatch.setattr(adapter, "cpu_supports", lambda name: False)
     monkeypatch.setattr(w4a8, "_namespace_taken", lambda: False)
-    with pytest.raises(w4a8.W4A8Error, match=r"needs AVX512 with VNNI; torch reports this CPU as 'AVX2'; "
-                                              r"use --llm-quant=int4"):
+    line = ("^--llm-quant=int4-a8 cannot run on this machine: it needs an x86-64 CPU with AVX2; this one has "
+            "no AVX2; use --llm-quant=int4$")
+    with pytest.raises(w4a8.W4A8Error, match=line):
+        w4a8.load_kernel(None)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(w4a8.W4A8Error, match=r"it needs an x86-64 CPU with AVX2; this one is aarch64;"):
         w4a8.load_kernel(None)
     # and before any INT4 work: the quantizer's first step refuses
     model = _plain_tiny()
     before = model.model.layers[0].mlp.down_proj.weight.detach().clone()
-    with pytest.raises(w4a8.W4A8Error, match=r"needs AVX512 with VNNI"):
+    with pytest.raises(w4a8.W4A8Error, match=r"needs an x86-64 CPU with AVX2"):
         get_quantizer("int4-a8").apply(model)
     assert type(model.model.layers[0].mlp.down_proj.weight).__name__ == "Parameter"
     assert model.model.layers[0].mlp.down_proj.weight.equal(before)

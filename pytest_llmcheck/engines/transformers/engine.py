@@ -44,10 +44,7 @@ class ModelLoadError(LlmcheckError):
     """The model files are there but transformers cannot load them as asked."""
 
 
-INT4_A8_NATIVE_ONLY = "--llm-quant=int4-a8 runs CPU-specific kernels (AVX512-VNNI); add --llm-numerics=native"
-
-
-def numerics_here(asked: str, quant: str) -> tuple[str, str | None]:
+def numerics_here(asked: str) -> tuple[str, str | None]:
     """(the numerics this engine runs, why not portable when portable was asked and cannot be).
 
     Portable means torch's kernels held to AVX2 + FMA (the plugin sets ATEN_CPU_CAPABILITY
@@ -61,8 +58,6 @@ def numerics_here(asked: str, quant: str) -> tuple[str, str | None]:
     """
     if asked != PORTABLE:
         return NATIVE, None
-    if quant == "int4-a8":
-        raise ModelLoadError(INT4_A8_NATIVE_ONLY)
     import platform
 
     import torch
@@ -363,7 +358,7 @@ class TransformersEngine:
         """
         import torch
 
-        numerics, numerics_note = numerics_here(numerics, quantizer.name)
+        numerics, numerics_note = numerics_here(numerics)
         torch.set_num_threads(threads)
         problem = None if ref.gguf_file else code_problem(folder)
         if problem == "unknown":
@@ -524,8 +519,6 @@ class TransformersEngine:
         identity: dict[str, Any] = {"numerics": NATIVE, "cpu": cpu_capability()}
         if self.numerics_note:
             identity["numerics_note"] = self.numerics_note
-        elif self.quant.method == "int4-a8":
-            identity["numerics_note"] = "int4-a8's kernel is CPU-specific (AVX512-VNNI)"
         return identity
 
     def decode_identity(self) -> dict[str, Any]:

@@ -1,22 +1,31 @@
-// INT4 weights x INT8 activations on AVX512-VNNI: the ``int4-a8`` recipe's matrix product
-// (and its RMSNorm, at the end).
+// INT4 weights x INT8 activations: the ``int4-a8`` recipe's matrix product (and its RMSNorm,
+// at the end), with an AVX512-VNNI body and an AVX2 body that compute the same bits.
 //
 // torch's CPU INT4 kernel dequantizes every weight to fp32 before multiplying by bf16
 // activations (about 15 instructions per 64 products); llama.cpp instead quantizes the
-// activations to int8 in blocks and multiplies integers with VNNI. This kernel does the
-// latter on torchao's INT4 weights, repacked once at load:
+// activations to int8 in blocks and multiplies integers. This kernel does the latter on
+// torchao's INT4 weights, repacked once at load:
 //
 //   weight  w[n][k] = (q - 8) * scale[g][n] + zero[g][n],   q in 0..15, g = k / group
 //   input   x[k]   ~= qa[k] * sa[g],   qa in -127..127,  sa = max|x| over the group / 127
 //   output  y[n]    = sum_g sa[g] * (scale[g][n] * (sum_k q*qa - 8*sum_k qa) + zero[g][n] * sum_k qa)
 //
+// Why two bodies give one answer: the sums over k are integers (exact in int32 whatever the
+// instructions: VNNI's dpbusd, or AVX2's maddubs + madd, whose 16-bit pair sums stay below
+// 2 * 15 * 127 * 2 and never saturate), and everything after them is the same IEEE fp32
+// operations per output, in the same order, in both (fp contraction is off: no fused
+// multiply-add the source does not write). So an answer recorded on an AVX512-VNNI machine
+// holds on an AVX2-only CI runner (and the body is picked by speed alone: VNNI where the CPU
+// has it; ``w4a8_body`` or LLMCHECK_W4A8_BODY=avx2 picks AVX2 anyway, the stand-in for such
+// a runner). Each output is computed by one thread in a fixed order, so the result does not
+// depend on the thread count either.
+//
 // Layout (see repack in w4a8.py): ``packed`` is uint8 [N/16][K/8][64]; byte 4*n+j of a
 // 64-byte tile holds q[n][8t+j] in its low nibble and q[n][8t+4+j] in its high nibble, so
-// one AND (and one shift) yields, per 32-bit lane n, the 4 consecutive weights that
-// _mm512_dpbusd_epi32 multiplies by 4 activation bytes. ``sz`` is bf16 [N/16][K/group][2][16]
+// one AND (and one shift) yields, per 32-bit lane n, the 4 consecutive weights that a dot
+// product instruction multiplies by 4 activation bytes. ``sz`` is bf16 [N/16][K/group][2][16]
 // (16 scales, then 16 zeros; bf16 as torchao keeps them: at one token per step the kernel
-// is bound by the bytes it reads). Each output is computed by one thread in a fixed order, so
-// the result does not depend on the thread count: answers repeat across sessions.
+// is bound by the bytes it reads).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -25,15 +34,41 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kTileN = 16;
+
+// the bodies of the product; kNone: this CPU has not even AVX2 + FMA
+enum Body : int { kNone = 0, kAvx2 = 1, kVnni = 2 };
+
+bool cpu_has(Body body) {
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (body == kAvx2) return avx2;
+  return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+const char* body_name(int body) { return body == kVnni ? "avx512-vnni" : body == kAvx2 ? "avx2" : "none"; }
+
+// the fastest body here, unless LLMCHECK_W4A8_BODY names one (avx2: an AVX2-only CPU's)
+int first_body() {
+  const char* asked = std::getenv("LLMCHECK_W4A8_BODY");
+  if (asked && std::string(asked) == "avx2" && cpu_has(kAvx2)) return kAvx2;
+  if (cpu_has(kVnni)) return kVnni;
+  return cpu_has(kAvx2) ? kAvx2 : kNone;
+}
+
+std::atomic<int> g_body{first_body()};
 
 // per group: int8 activations, their scale and their sum. A group holding a NaN or an
 // infinity gets a NaN scale (its outputs are NaN, not plausible numbers); a group too small
@@ -62,15 +97,23 @@ void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, 
   }
 }
 
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
 // 16 bf16 values as fp32 (exact: bf16 is fp32's upper half)
-inline __m512 load_bf16(const c10::BFloat16* p) {
+VNNI_TARGET inline __m512 load_bf16x16(const c10::BFloat16* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-// 16 outputs of one row: one tile of the weights against one quantized row
-inline __m512 dot_tile(const uint8_t* packed, const c10::BFloat16* sz, const int8_t* qa, const float* sa,
-                       const int32_t* sq, int64_t K, int64_t group) {
+AVX2_TARGET inline __m256 load_bf16x8(const c10::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// 16 outputs of one row: one tile of the weights against one quantized row, into y[16]
+VNNI_TARGET void dot_tile_vnni(const uint8_t* packed, const c10::BFloat16* sz, const int8_t* qa, const float* sa,
+                               const int32_t* sq, int64_t K, int64_t group, float* y) {
   const __m512i low = _mm512_set1_epi8(0x0F);
   const int64_t groups = K / group;
   const int64_t tiles_per_group = group / 8;
@@ -88,13 +131,55 @@ inline __m512 dot_tile(const uint8_t* packed, const c10::BFloat16* sz, const int
     }
     // sum (q - 8) * qa = sum q*qa - 8 * sum qa, still exact in int32
     isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(8 * sq[g]));
-    const __m512 scale = load_bf16(sz + g * 32);
-    const __m512 zero = load_bf16(sz + g * 32 + 16);
+    const __m512 scale = load_bf16x16(sz + g * 32);
+    const __m512 zero = load_bf16x16(sz + g * 32 + 16);
     const __m512 s = _mm512_set1_ps(sa[g]);
     acc = _mm512_fmadd_ps(_mm512_mul_ps(scale, s), _mm512_cvtepi32_ps(isum), acc);
     acc = _mm512_fmadd_ps(zero, _mm512_set1_ps(sa[g] * static_cast<float>(sq[g])), acc);
   }
-  return acc;
+  _mm512_storeu_ps(y, acc);
+}
+
+// the same 16 outputs with AVX2: two halves of 8 (bytes 0..31 of a tile are outputs 0..7),
+// each 4-byte dot product as maddubs (pairs, in int16) then madd (the pairs' sum, in int32),
+// then the same fp32 operations per output as dot_tile_vnni
+AVX2_TARGET void dot_tile_avx2(const uint8_t* packed, const c10::BFloat16* sz, const int8_t* qa, const float* sa,
+                               const int32_t* sq, int64_t K, int64_t group, float* y) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t groups = K / group;
+  const int64_t tiles_per_group = group / 8;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
+    for (int64_t t = 0; t < tiles_per_group; ++t) {
+      const int64_t k8 = g * tiles_per_group + t;
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k8 * 64));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k8 * 64 + 32));
+      int32_t a_lo, a_hi;
+      std::memcpy(&a_lo, qa + k8 * 8, 4);
+      std::memcpy(&a_hi, qa + k8 * 8 + 4, 4);
+      const __m256i lo = _mm256_set1_epi32(a_lo), hi = _mm256_set1_epi32(a_hi);
+      // |each int16| <= 2 * 15 * 127 per maddubs, twice that after the add: no saturation
+      const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v0, low), lo),
+                                          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), hi));
+      const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v1, low), lo),
+                                          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), hi));
+      isum0 = _mm256_add_epi32(isum0, _mm256_madd_epi16(p0, ones));
+      isum1 = _mm256_add_epi32(isum1, _mm256_madd_epi16(p1, ones));
+    }
+    const __m256i eight = _mm256_set1_epi32(8 * sq[g]);
+    isum0 = _mm256_sub_epi32(isum0, eight);
+    isum1 = _mm256_sub_epi32(isum1, eight);
+    const __m256 s = _mm256_set1_ps(sa[g]);
+    const __m256 zs = _mm256_set1_ps(sa[g] * static_cast<float>(sq[g]));
+    acc0 = _mm256_fmadd_ps(_mm256_mul_ps(load_bf16x8(sz + g * 32), s), _mm256_cvtepi32_ps(isum0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_mul_ps(load_bf16x8(sz + g * 32 + 8), s), _mm256_cvtepi32_ps(isum1), acc1);
+    acc0 = _mm256_fmadd_ps(load_bf16x8(sz + g * 32 + 16), zs, acc0);
+    acc1 = _mm256_fmadd_ps(load_bf16x8(sz + g * 32 + 24), zs, acc1);
+  }
+  _mm256_storeu_ps(y, acc0);
+  _mm256_storeu_ps(y + 8, acc1);
 }
 
 at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sz,
@@ -104,6 +189,8 @@ at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
                   packed.is_contiguous(),
               "w4a8_mm: packed must be contiguous uint8 [N/16, K/8, 64]");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0 && group > 0, "w4a8_mm: empty input or group");
+  const int body = g_body.load();
+  TORCH_CHECK(body != kNone, "w4a8_mm: this CPU lacks AVX2 and FMA");
   const int64_t K = x.size(-1);
   const int64_t M = x.numel() / K;
   const int64_t NB = packed.size(0);
@@ -139,9 +226,9 @@ at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
     for (int64_t i = begin; i < end; ++i) {
       const int64_t nb = i / M;
       const int64_t m = i % M;
-      const __m512 acc = dot_tile(pd + nb * (K / 8) * 64, sd + nb * groups * 32, qa.data() + m * K,
-                                  sa.data() + m * groups, sq.data() + m * groups, K, group);
-      _mm512_store_ps(y, acc);
+      const auto dot = body == kVnni ? dot_tile_vnni : dot_tile_avx2;
+      dot(pd + nb * (K / 8) * 64, sd + nb * groups * 32, qa.data() + m * K, sa.data() + m * groups,
+          sq.data() + m * groups, K, group, y);
       for (int64_t n = 0; n < kTileN; ++n) {
         const float b = bias_data ? static_cast<float>(bias_data[nb * kTileN + n]) : 0.f;
         od[m * N + nb * kTileN + n] = c10::BFloat16(y[n] + b);
@@ -151,12 +238,36 @@ at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   return out;
 }
 
+// The sum of squares of a row as 16 fp32 lanes (lane i takes k = i, i + 16, ... in order,
+// as fma), then those lanes added as GCC's _mm512_reduce_add_ps adds them (halves, quarters,
+// pairs), written out in AVX2 so that every CPU with AVX2 sums in this one order; the last
+// K % 16 values after that, one by one.
+AVX2_TARGET float sum_of_squares(const c10::BFloat16* row, int64_t K) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256 a = load_bf16x8(row + k), b = load_bf16x8(row + k + 8);
+    lo = _mm256_fmadd_ps(a, a, lo);
+    hi = _mm256_fmadd_ps(b, b, hi);
+  }
+  const __m256 half = _mm256_add_ps(hi, lo);
+  const __m128 quarter = _mm_add_ps(_mm256_extractf128_ps(half, 1), _mm256_castps256_ps128(half));
+  const __m128 pair = _mm_add_ps(quarter, _mm_shuffle_ps(quarter, quarter, _MM_SHUFFLE(1, 0, 3, 2)));
+  float sum = _mm_cvtss_f32(pair) + _mm_cvtss_f32(_mm_shuffle_ps(pair, pair, _MM_SHUFFLE(1, 1, 1, 1)));
+  for (; k < K; ++k) {
+    const float v = static_cast<float>(row[k]);
+    sum = std::fma(v, v, sum);
+  }
+  return sum;
+}
+
 // RMSNorm as transformers' Llama/Qwen2/GLM modules compute it (fp32 mean of squares, the
 // normalized value rounded to bf16, times the bf16 weight), in one call instead of eight:
 // at one token per step the norms' small ops cost more than their arithmetic. The sum of
 // squares runs in its own fixed order, so the int4-a8 recipe uses this in every forward.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous(), "rms_norm: x must be contiguous bf16");
+  TORCH_CHECK(g_body.load() != kNone, "rms_norm: this CPU lacks AVX2 and FMA");
   const int64_t K = x.size(-1);
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() && weight.numel() == K,
               "rms_norm: weight must be contiguous bf16 of the last dimension's size");
@@ -167,19 +278,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   auto* od = out.data_ptr<c10::BFloat16>();
   for (int64_t m = 0; m < M; ++m) {
     const c10::BFloat16* row = xd + m * K;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      const __m512 v = load_bf16(row + k);
-      acc = _mm512_fmadd_ps(v, v, acc);
-    }
-    float sum = _mm512_reduce_add_ps(acc);
-    for (; k < K; ++k) {
-      const float v = static_cast<float>(row[k]);
-      sum += v * v;
-    }
+    const float sum = sum_of_squares(row, K);
     const float inverse = 1.f / std::sqrt(sum / static_cast<float>(K) + static_cast<float>(eps));
-    for (k = 0; k < K; ++k) {
+    for (int64_t k = 0; k < K; ++k) {
       const c10::BFloat16 h(static_cast<float>(row[k]) * inverse);
       od[m * K + k] = c10::BFloat16(static_cast<float>(wd[k]) * static_cast<float>(h));
     }
@@ -187,11 +288,24 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return out;
 }
 
+// which body w4a8_mm runs: "" asks; "avx2" or "avx512-vnni" sets it where this CPU runs it
+// (tests run both bodies on one machine; benchmarks time the AVX2 one an AVX2 runner gets)
+std::string w4a8_body(const std::string& body) {
+  if (!body.empty()) {
+    const Body want = body == "avx2" ? kAvx2 : body == "avx512-vnni" ? kVnni : kNone;
+    TORCH_CHECK(want != kNone, "w4a8_body: unknown body '", body, "'; allowed: avx2, avx512-vnni");
+    TORCH_CHECK(cpu_has(want), "w4a8_body: this CPU cannot run the ", body, " body");
+    g_body.store(want);
+  }
+  return body_name(g_body.load());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llmcheck, m) {
   m.def("w4a8_mm(Tensor x, Tensor packed, Tensor sz, Tensor? bias, int group) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("w4a8_body(str body) -> str", &w4a8_body);
 }
 
 TORCH_LIBRARY_IMPL(llmcheck, CPU, m) {

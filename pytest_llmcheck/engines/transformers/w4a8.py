@@ -2,20 +2,23 @@
 
 torch's CPU INT4 kernel keeps activations in bf16 and dequantizes every weight before
 multiplying; at one token per step that dequantization is most of a small model's time.
-llama.cpp quantizes the activations to int8 in blocks of 32 instead and multiplies integers
-with AVX512-VNNI. This module does the same on torchao's INT4 weights (the same cached
-entry as ``--llm-quant=int4``, repacked at load), with a small C++ kernel (``w4a8.cpp``)
-compiled once per machine into the cache.
+llama.cpp quantizes the activations to int8 in blocks of 32 instead and multiplies integers.
+This module does the same on torchao's INT4 weights (the same cached entry as
+``--llm-quant=int4``, repacked at load), with a small C++ kernel (``w4a8.cpp``) compiled
+once per machine into the cache.
 
 The answers differ from ``int4`` (activations lose precision), so the recipe is opt-in and
-has snapshots of its own; they repeat across sessions and thread counts, because every
-output is summed by one thread in a fixed order.
+has snapshots of its own. They repeat across sessions and thread counts (every output is
+summed by one thread in a fixed order) and across CPUs: the kernel's AVX512-VNNI and AVX2
+bodies compute the same bits (integer sums, then the same fp32 operations), so with portable
+numerics (the plugin's default) an answer recorded on an AVX512 laptop holds on an AVX2-only
+CI runner.
 
 What the kernel earns: ``benchmarks/bench_decode.py``'s row "torch int4-a8, fast loop"
 against "torch int4, fast loop" (the C++ step over torch's INT4 kernel) on SmolLM2, in
 docs/performance.md: 174.9 / 192.0 against 95.5 / 96.7 decode tokens per second at 1
 thread, 254.8 / 248.3 against 125.0 / 147.9 at 2 (llama.cpp as the engine runs it: 155.6
-and 186.4).
+and 186.4); the AVX2 body against the VNNI one: ``benchmarks/bench_w4a8_bodies.py``.
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ if TYPE_CHECKING:
 SOURCE = Path(__file__).with_name("w4a8.cpp")
 LIBRARY = "w4a8.so"
 CACHE_KIND = kernels.CACHE_KIND
-BLOCK = 64  # torchao's AVX512 packing interleaves 64 outputs; a last partial block is packed otherwise
 TILE = 16  # the kernel's outputs per tile (and torchao's required multiple)
-FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++20", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
-         "-mavx512vnni", "-mfma", "-w")
+# no ISA flags: each body names its own target, so the library loads on any x86-64 CPU and
+# picks its body at run time; no fp contraction (both bodies' fp32 operations are the source's)
+FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-w")
 MAX_PROBE_ERROR = 0.05  # relative error of a layer's product against torch's kernel, checked at load
 
 
@@ -48,19 +51,38 @@ class W4A8Error(LlmcheckError):
 
 def cpu_problem() -> str | None:
     """Why this CPU cannot run the kernel, or None."""
-    from pytest_llmcheck.engines.transformers.cpu import cpu_capability
+    import platform
 
-    capability = cpu_capability()
-    if not capability.startswith("AVX512") or "VNNI" not in capability.split():
-        return f"it needs AVX512 with VNNI; torch reports this CPU as {capability!r}"
+    from pytest_llmcheck.compat.torch import cpu_supports
+
+    machine = platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        return f"it needs an x86-64 CPU with AVX2; this one is {machine}"
+    if not cpu_supports("AVX2"):
+        return "it needs an x86-64 CPU with AVX2; this one has no AVX2"
     return None
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU runs the kernel's AVX512-VNNI body (its default where it can)."""
+    from pytest_llmcheck.compat.torch import cpu_supports
+
+    return cpu_problem() is None and cpu_supports("VNNI")
+
+
+def body(name: str = "") -> str:
+    """The kernel's body (``avx512-vnni`` or ``avx2``: the same bits, see w4a8.cpp); a
+    ``name`` sets it (tests; the AVX2 runner's stand-in in benchmarks). The kernel must be loaded."""
+    import torch
+
+    return str(torch.ops.llmcheck.w4a8_body(name))
 
 
 def _registered() -> bool:
     """Both ops of this kernel are in the process."""
     import torch
 
-    return hasattr(torch.ops.llmcheck, "w4a8_mm") and hasattr(torch.ops.llmcheck, "rms_norm")
+    return all(hasattr(torch.ops.llmcheck, op) for op in ("w4a8_mm", "rms_norm", "w4a8_body"))
 
 
 def _namespace_taken() -> bool:
@@ -76,7 +98,8 @@ def _load(path: Path) -> None:
     if problem is not None:
         raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} does not load: {problem}")
     if not _registered():
-        raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} lacks the w4a8_mm and rms_norm ops")
+        raise W4A8Error(f"--llm-quant=int4-a8: its kernel {path} lacks the w4a8_mm, rms_norm and "
+                        "w4a8_body ops")
 
 
 def _compile(folder: Path) -> Path:
@@ -127,23 +150,41 @@ def load_kernel(cache: Cache | None) -> str:
     return kernels.build_and_load(cache, kernel_key(), LIBRARY, _compile, _load, (W4A8Error,))
 
 
-def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchao's AVX512 INT4 layout -> the kernel's (see w4a8.cpp).
+@functools.cache
+def packing_block() -> int:
+    """How many outputs torch's INT4 packing interleaves in this process (64 at its AVX512
+    level, 32 at AVX2, as in portable numerics), found by packing a probe with the op torchao
+    packs with: whatever level ATen really dispatches to, not what it is said to be."""
+    import torch
 
-    torchao: ``qdata`` uint8 (N, K/2), per 64 outputs and per k 32 bytes whose low nibbles
-    are outputs 0..31 and high nibbles 32..63, then the last N % 64 outputs per k with two
-    neighbours per byte (low nibble first); ``scale_zero`` bf16 (K/group, N, 2). torchao
-    packs only N divisible by 16, which is the kernel's tile.
+    from pytest_llmcheck.compat.torch import convert_weight_to_int4pack_for_cpu
+
+    probe = (torch.arange(64, dtype=torch.int32) // 32)[:, None].expand(64, 32).contiguous()  # n -> n // 32
+    packed = convert_weight_to_int4pack_for_cpu()(probe, 1)
+    # a block of 64: byte 0 holds outputs 0 (low nibble) and 32 (high); of 32: outputs 0 and 16
+    return 64 if int(packed.flatten()[0]) == 0x10 else 32
+
+
+def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int,
+           block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's INT4 layout -> the kernel's (see w4a8.cpp).
+
+    torchao: ``qdata`` uint8 (N, K/2), per ``block`` outputs (:func:`packing_block`) and per k
+    ``block / 2`` bytes whose low nibbles are the block's first half of outputs and high
+    nibbles its second, then the last N % block outputs per k with two neighbours per byte
+    (low nibble first); ``scale_zero`` bf16 (K/group, N, 2). torchao packs only N divisible
+    by 16, which is the kernel's tile. Each layer is checked against torch's kernel at load.
     """
     import torch
 
+    block = packing_block() if block is None else block
     n, k = int(qdata.shape[0]), int(qdata.shape[1]) * 2
-    full = n // BLOCK * BLOCK
+    full = n // block * block
     parts = []
     if full:
-        blocks = qdata[:full].reshape(full // BLOCK, k, BLOCK // 2)
+        blocks = qdata[:full].reshape(full // block, k, block // 2)
         parts.append(torch.cat([blocks & 0xF, blocks >> 4], dim=2).permute(0, 2, 1).reshape(full, k))
-    if n > full:  # the last n % 64 outputs: per k, one byte per two neighbouring outputs
+    if n > full:  # the last n % block outputs: per k, one byte per two neighbouring outputs
         tail = qdata[full:].reshape(k, (n - full) // 2)
         parts.append(torch.stack([tail & 0xF, tail >> 4], dim=2).reshape(k, n - full).t())
     q = torch.cat(parts) if len(parts) > 1 else parts[0]  # (N, K), 0..15
