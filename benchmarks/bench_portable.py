@@ -109,8 +109,8 @@ def matrix(engine: str, quick: bool) -> list[tuple[dict[str, str], int]]:
     rows += [({"ONEDNN_MAX_CPU_ISA": o}, 1) for o in onednn]
     rows += [({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 2)]
     if engine == "int4-a8":
-        rows += [({"LLMCHECK_W4A8_BODY": "avx2"}, 1),
-                 ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "LLMCHECK_W4A8_BODY": "avx2"}, 2)]
+        runner = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "LLMCHECK_W4A8_BODY": "avx2"}
+        rows += [({"LLMCHECK_W4A8_BODY": "avx2"}, 1), (runner, 2)]
     return rows
 
 

@@ -16,7 +16,11 @@ Each row is a fresh process, one after the other in one run, under a watchdog th
 row whose resident memory passes ``--rss-limit-gb`` or when the machine runs short of memory:
 
 - ``int4``: the engine's default (torchao INT4 g32, portable numerics, as the plugin runs it);
-- ``int4-a8``: INT4 weights times int8 activations (native numerics, as the plugin requires);
+- ``int4-a8``: INT4 weights times int8 activations (portable numerics, its kernel's fastest body
+  here: AVX512-VNNI where the CPU has it);
+- ``int4-a8-avx2``: the same with the kernel's AVX2 body (``LLMCHECK_W4A8_BODY=avx2``), the one an
+  AVX2-only CI runner runs, the same answers; against the x86-64-v3 llama.cpp rows it is the
+  stand-in for such a runner;
 - ``llama.cpp Q4_0/Q4_1/Q4_K_M``: llama-cpp-python's installed library (the x86-64-v3 build)
   and, when install.sh built it, the native build for this CPU (``LLAMA_CPP_LIB_PATH``), with
   llama.cpp's repacked weights (its fastest on a CPU without AMX).
@@ -67,8 +71,10 @@ from bench_engines import table  # noqa: E402
 PROMPT = "Write three sentences about the city of Paris."
 LONG_TOKENS = 512
 LLAMA_TYPES = ("Q4_0", "Q4_1", "Q4_K_M")
-TARGETS = {"int4": 0.8, "int4-a8": 1.0}  # decode vs llama.cpp Q4_0/Q4_1 at the same threads
+# decode vs llama.cpp Q4_0/Q4_1 at the same threads
+TARGETS = {"int4": 0.8, "int4-a8": 1.0, "int4-a8-avx2": 1.0}
 PREFILL_TARGET = 1.0
+ENGINE_ROWS = ("int4", "int4-a8", "int4-a8-avx2")
 LOAD_TARGET = 0.10  # second load of 7B from the cache <= 10% of the first
 LOG = Path("/tmp/bench-size-logs")
 
@@ -100,11 +106,13 @@ def fresh_engine_cache(size: str, quant: str, root: Path | None = None) -> Path:
 
 
 def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, cold: bool) -> dict[str, Any]:
-    numerics = "native" if quant == "int4-a8" else "portable"  # what the plugin runs each with
-    if numerics == "portable":  # as the plugin does, before anything imports torch
-        from pytest_llmcheck.config.numerics import apply_portable_env
+    if quant == "int4-a8-avx2":  # read when the kernel loads
+        os.environ["LLMCHECK_W4A8_BODY"] = "avx2"
+    quant = quant.removesuffix("-avx2")
+    numerics = "portable"  # what the plugin runs each with
+    from pytest_llmcheck.config.numerics import apply_portable_env
 
-        apply_portable_env()
+    apply_portable_env()  # as the plugin does, before anything imports torch
     from pytest_llmcheck.config.registry import resolve
     from pytest_llmcheck.engines.base import GenerationConfig
     from pytest_llmcheck.engines.transformers.engine import TransformersEngine
@@ -123,7 +131,8 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
         "load": load,
         "from_cache": engine.facts.from_cache,
         "decode_path": str(engine.facts.details.get("decode", "")).split(" (")[0]
-        + (f", {product.split(' on ')[0]}" if (product := engine.facts.details.get("int4_product")) else ""),
+        + (f", {product.split(' on ')[0]}" if (product := engine.facts.details.get("int4_product")) else "")
+        + (f", {body.split(', ')[-1]}" if (body := engine.quant.details.get("kernel_status")) else ""),
         "quantize_s": engine.quant.seconds,
     }
     if cold:
@@ -313,7 +322,7 @@ def worker(spec: dict[str, Any]) -> None:
         kind = spec["kind"]
         if kind == "pipeline":
             result = pipeline_row(spec["size"], spec["threads"], spec["cache"])
-        elif kind in ("int4", "int4-a8"):
+        elif kind in ("int4", "int4-a8", "int4-a8-avx2"):
             result = torch_row(
                 spec["size"], kind, spec["threads"], spec["tokens"], spec["repeats"], spec["cold"]
             )
@@ -452,7 +461,7 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
     if args.native_llama and native_library_dir() is None:
         print("(no native llama.cpp build here: install.sh --native-llama; x86-64-v3 build only)")
         libraries = [False]
-    kinds: list[tuple[str, bool]] = [(q, False) for q in ("int4", "int4-a8") if q in args.rows]
+    kinds: list[tuple[str, bool]] = [(q, False) for q in ENGINE_ROWS if q in args.rows.split(",")]
     kinds += [(k, native) for native in libraries for k in LLAMA_TYPES if k in args.rows]
 
     def label(kind: str, native: bool) -> str:
@@ -602,7 +611,7 @@ def ratio_table(
             "target",
         ]
     ]
-    for quant in ("int4", "int4-a8"):
+    for quant in ENGINE_ROWS:
         for t in threads:
             mine = results.get((quant, False, t))
             for native in libraries:
@@ -729,7 +738,7 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         default="int4,int4-a8," + ",".join(LLAMA_TYPES),
-        help="which rows: int4, int4-a8, Q4_0, Q4_1, Q4_K_M (comma-separated)",
+        help="which rows: int4, int4-a8, int4-a8-avx2, Q4_0, Q4_1, Q4_K_M (comma-separated)",
     )
     parser.add_argument(
         "--no-cold",

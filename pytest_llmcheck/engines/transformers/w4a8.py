@@ -18,7 +18,8 @@ What the kernel earns: ``benchmarks/bench_decode.py``'s row "torch int4-a8, fast
 against "torch int4, fast loop" (the C++ step over torch's INT4 kernel) on SmolLM2, in
 docs/performance.md: 174.9 / 192.0 against 95.5 / 96.7 decode tokens per second at 1
 thread, 254.8 / 248.3 against 125.0 / 147.9 at 2 (llama.cpp as the engine runs it: 155.6
-and 186.4); the AVX2 body against the VNNI one: ``benchmarks/bench_w4a8_bodies.py``.
+and 186.4); the AVX2 body against the VNNI one and llama.cpp's x86-64-v3 build:
+``benchmarks/bench_size.py --rows int4-a8,int4-a8-avx2,Q4_0``.
 """
 
 from __future__ import annotations
