@@ -461,7 +461,7 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
     if args.native_llama and native_library_dir() is None:
         print("(no native llama.cpp build here: install.sh --native-llama; x86-64-v3 build only)")
         libraries = [False]
-    kinds: list[tuple[str, bool]] = [(q, False) for q in ENGINE_ROWS if q in args.rows.split(",")]
+    kinds: list[tuple[str, bool]] = [(q, False) for q in ENGINE_ROWS if q in args.rows]
     kinds += [(k, native) for native in libraries for k in LLAMA_TYPES if k in args.rows]
 
     def label(kind: str, native: bool) -> str:
