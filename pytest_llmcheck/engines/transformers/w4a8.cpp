@@ -11,8 +11,8 @@
 //   output  y[n]    = sum_g sa[g] * (scale[g][n] * (sum_k q*qa - 8*sum_k qa) + zero[g][n] * sum_k qa)
 //
 // Why two bodies give one answer: the sums over k are integers (exact in int32 whatever the
-// instructions: VNNI's dpbusd, or AVX2's maddubs + madd, whose 16-bit pair sums stay below
-// 2 * 15 * 127 * 2 and never saturate), and everything after them is the same IEEE fp32
+// instructions: VNNI's dpbusd, or AVX2's maddubs + madd, whose 16-bit sums of at most 8
+// products stay within 8 * 15 * 127 and never saturate), and everything after them is the same IEEE fp32
 // operations per output, in the same order, in both (fp contraction is off: no fused
 // multiply-add the source does not write). So an answer recorded on an AVX512-VNNI machine
 // holds on an AVX2-only CI runner (and the body is picked by speed alone: VNNI where the CPU
@@ -34,6 +34,7 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -140,47 +141,78 @@ VNNI_TARGET void dot_tile_vnni(const uint8_t* packed, const c10::BFloat16* sz, c
   _mm512_storeu_ps(y, acc);
 }
 
-// the same 16 outputs with AVX2: two halves of 8 (bytes 0..31 of a tile are outputs 0..7),
-// each 4-byte dot product as maddubs (pairs, in int16) then madd (the pairs' sum, in int32),
-// then the same fp32 operations per output as dot_tile_vnni
+// the same 16 outputs with AVX2, for R rows at once (a prompt's rows share each weight's
+// unpacking; one token is R = 1): two halves of 8 outputs (bytes 0..31 of a tile are outputs
+// 0..7), each 4-byte dot product as maddubs (pairs, in int16) then madd (the pairs' sum, in
+// int32), then per row the same fp32 operations per output as dot_tile_vnni. Rows are R
+// apart in qa/sa/sq (``row`` elements, ``groups`` scales) and in y (16 floats).
+template <int R>
 AVX2_TARGET void dot_tile_avx2(const uint8_t* packed, const c10::BFloat16* sz, const int8_t* qa, const float* sa,
                                const int32_t* sq, int64_t K, int64_t group, float* y) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t groups = K / group;
   const int64_t tiles_per_group = group / 8;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-    for (int64_t t = 0; t < tiles_per_group; ++t) {
+    __m256i isum[R][2];
+    for (int r = 0; r < R; ++r) isum[r][0] = isum[r][1] = _mm256_setzero_si256();
+    // two tiles (8 weights each) per step: their pairs summed in int16 (|sum| <= 4 * 2 * 15 * 127
+    // = 15240, no saturation), then one madd into int32; a group of one tile takes one step alone
+    for (int64_t t = 0; t < tiles_per_group; t += 2) {
       const int64_t k8 = g * tiles_per_group + t;
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k8 * 64));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k8 * 64 + 32));
-      int32_t a_lo, a_hi;
-      std::memcpy(&a_lo, qa + k8 * 8, 4);
-      std::memcpy(&a_hi, qa + k8 * 8 + 4, 4);
-      const __m256i lo = _mm256_set1_epi32(a_lo), hi = _mm256_set1_epi32(a_hi);
-      // |each int16| <= 2 * 15 * 127 per maddubs, twice that after the add: no saturation
-      const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v0, low), lo),
-                                          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), hi));
-      const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v1, low), lo),
-                                          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), hi));
-      isum0 = _mm256_add_epi32(isum0, _mm256_madd_epi16(p0, ones));
-      isum1 = _mm256_add_epi32(isum1, _mm256_madd_epi16(p1, ones));
+      const int steps = t + 1 < tiles_per_group ? 2 : 1;
+      __m256i p[R][2];
+      for (int j = 0; j < steps; ++j) {
+        const uint8_t* at = packed + (k8 + j) * 64;
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
+        const __m256i w0 = _mm256_and_si256(v0, low), w0h = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+        const __m256i w1 = _mm256_and_si256(v1, low), w1h = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+        for (int r = 0; r < R; ++r) {
+          int32_t a_lo, a_hi;
+          std::memcpy(&a_lo, qa + r * K + (k8 + j) * 8, 4);
+          std::memcpy(&a_hi, qa + r * K + (k8 + j) * 8 + 4, 4);
+          const __m256i lo = _mm256_set1_epi32(a_lo), hi = _mm256_set1_epi32(a_hi);
+          const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(w0, lo), _mm256_maddubs_epi16(w0h, hi));
+          const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(w1, lo), _mm256_maddubs_epi16(w1h, hi));
+          p[r][0] = j == 0 ? p0 : _mm256_add_epi16(p[r][0], p0);
+          p[r][1] = j == 0 ? p1 : _mm256_add_epi16(p[r][1], p1);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        isum[r][0] = _mm256_add_epi32(isum[r][0], _mm256_madd_epi16(p[r][0], ones));
+        isum[r][1] = _mm256_add_epi32(isum[r][1], _mm256_madd_epi16(p[r][1], ones));
+      }
     }
-    const __m256i eight = _mm256_set1_epi32(8 * sq[g]);
-    isum0 = _mm256_sub_epi32(isum0, eight);
-    isum1 = _mm256_sub_epi32(isum1, eight);
-    const __m256 s = _mm256_set1_ps(sa[g]);
-    const __m256 zs = _mm256_set1_ps(sa[g] * static_cast<float>(sq[g]));
-    acc0 = _mm256_fmadd_ps(_mm256_mul_ps(load_bf16x8(sz + g * 32), s), _mm256_cvtepi32_ps(isum0), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_mul_ps(load_bf16x8(sz + g * 32 + 8), s), _mm256_cvtepi32_ps(isum1), acc1);
-    acc0 = _mm256_fmadd_ps(load_bf16x8(sz + g * 32 + 16), zs, acc0);
-    acc1 = _mm256_fmadd_ps(load_bf16x8(sz + g * 32 + 24), zs, acc1);
+    const __m256 scale0 = load_bf16x8(sz + g * 32), scale1 = load_bf16x8(sz + g * 32 + 8);
+    const __m256 zero0 = load_bf16x8(sz + g * 32 + 16), zero1 = load_bf16x8(sz + g * 32 + 24);
+    for (int r = 0; r < R; ++r) {
+      const float sar = sa[r * groups + g];
+      const int32_t sqr = sq[r * groups + g];
+      const __m256i eight = _mm256_set1_epi32(8 * sqr);
+      const __m256 s = _mm256_set1_ps(sar);
+      const __m256 zs = _mm256_set1_ps(sar * static_cast<float>(sqr));
+      acc[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(scale0, s), _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r][0], eight)),
+                                  acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_mul_ps(scale1, s), _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r][1], eight)),
+                                  acc[r][1]);
+      acc[r][0] = _mm256_fmadd_ps(zero0, zs, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(zero1, zs, acc[r][1]);
+    }
   }
-  _mm256_storeu_ps(y, acc0);
-  _mm256_storeu_ps(y + 8, acc1);
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(y + r * kTileN, acc[r][0]);
+    _mm256_storeu_ps(y + r * kTileN + 8, acc[r][1]);
+  }
 }
+
+// a prompt's rows per pass of the AVX2 body (each weight unpacked once for all of them): 6
+// rows' sums fit its 16 registers with the weights; ``benchmarks/bench_w4a8_bodies.py`` times it
+constexpr int64_t kAvx2Rows = 6;
+using DotAvx2 = void (*)(const uint8_t*, const c10::BFloat16*, const int8_t*, const float*, const int32_t*,
+                         int64_t, int64_t, float*);
 
 at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sz,
                    const std::optional<at::Tensor>& bias, int64_t group) {
@@ -221,17 +253,34 @@ at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   auto* od = out.data_ptr<c10::BFloat16>();
   // work items: (tile, row) pairs, a tile's rows together so that its weights stay in cache
   // over a prompt; one thread computes each output, whatever the thread count
-  at::parallel_for(0, M * NB, 4, [&](int64_t begin, int64_t end) {
-    alignas(64) float y[kTileN];
+  // work items: (tile, chunk of rows), a tile's chunks together so that its weights stay in
+  // cache over a prompt; one thread computes each output, whatever the thread count
+  const int64_t per = body == kVnni ? 1 : kAvx2Rows;
+  const int64_t chunks = (M + per - 1) / per;
+  at::parallel_for(0, chunks * NB, 4, [&](int64_t begin, int64_t end) {
+    alignas(64) float y[kTileN * kAvx2Rows];
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t nb = i / M;
-      const int64_t m = i % M;
-      const auto dot = body == kVnni ? dot_tile_vnni : dot_tile_avx2;
-      dot(pd + nb * (K / 8) * 64, sd + nb * groups * 32, qa.data() + m * K, sa.data() + m * groups,
-          sq.data() + m * groups, K, group, y);
-      for (int64_t n = 0; n < kTileN; ++n) {
-        const float b = bias_data ? static_cast<float>(bias_data[nb * kTileN + n]) : 0.f;
-        od[m * N + nb * kTileN + n] = c10::BFloat16(y[n] + b);
+      const int64_t nb = i / chunks;
+      const int64_t m0 = (i % chunks) * per;
+      const int64_t rows = std::min(per, M - m0);
+      const uint8_t* tile = pd + nb * (K / 8) * 64;
+      const c10::BFloat16* tsz = sd + nb * groups * 32;
+      const int8_t* q = qa.data() + m0 * K;
+      const float* s = sa.data() + m0 * groups;
+      const int32_t* c = sq.data() + m0 * groups;
+      if (body == kVnni) {
+        dot_tile_vnni(tile, tsz, q, s, c, K, group, y);
+      } else {
+        static constexpr DotAvx2 kByRows[] = {dot_tile_avx2<1>, dot_tile_avx2<2>, dot_tile_avx2<3>,
+                                             dot_tile_avx2<4>, dot_tile_avx2<5>, dot_tile_avx2<6>};
+        static_assert(sizeof(kByRows) / sizeof(kByRows[0]) == kAvx2Rows);
+        kByRows[rows - 1](tile, tsz, q, s, c, K, group, y);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t n = 0; n < kTileN; ++n) {
+          const float b = bias_data ? static_cast<float>(bias_data[nb * kTileN + n]) : 0.f;
+          od[(m0 + r) * N + nb * kTileN + n] = c10::BFloat16(y[r * kTileN + n] + b);
+        }
       }
     }
   });
