@@ -42,7 +42,8 @@ def main() -> None:
     from pytest_llmcheck.engines.transformers import w4a8
     from pytest_llmcheck.storage.cache import Cache
 
-    w4a8.load_kernel(Cache(Path(tempfile.mkdtemp(prefix="bench-w4a8-"))))
+    with tempfile.TemporaryDirectory(prefix="bench-w4a8-") as folder:  # the library stays loaded
+        w4a8.load_kernel(Cache(Path(folder)))
     hidden, inter, qkv = SHAPES[args.size]
     layer = [(qkv, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)]  # (N, K)
     weights = [w4a8.quantize(torch.randn(n, k).to(torch.bfloat16), 32) for n, k in layer]

@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 
 from pytest_llmcheck.config.numerics import BEFORE_ENV, CHOICE_ENV, PORTABLE_ENV, recipe
+from pytest_llmcheck.engines.transformers import w4a8
 from tests.conftest import itrex_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RIDDLES = ROOT / "examples" / "riddles" / "riddles.llm.yaml"
 CAPS = (*PORTABLE_ENV, BEFORE_ENV)
+INT4_A8_CPU = w4a8.cpu_problem()
 
 TORCH_FIRST_LINE = (
     "portable numerics need torch's kernels held to AVX2, but torch chose its kernels ({level}) before "
@@ -192,6 +194,7 @@ def test_in_process_portable_load_with_torch_at_avx512_is_refused(
     assert str(caught.value) == TORCH_FIRST_LINE.format(level="AVX512")
 
 
+@pytest.mark.skipif(INT4_A8_CPU is not None, reason=f"int4-a8 cannot run here: {INT4_A8_CPU}")
 def test_int4_a8_in_portable_numerics_names_the_recipe_not_the_cpu(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,7 +92,8 @@ def _vnni_and_avx2() -> list[str]:
 
 @needs_kernel
 @pytest.mark.parametrize(("n", "k", "group", "m"), [(16, 32, 32, 1), (192, 96, 32, 3), (512, 1536, 32, 1),
-                                                    (256, 1536, 64, 7), (64, 512, 128, 40), (48, 256, 8, 5)])
+                                                    (256, 1536, 64, 7), (64, 512, 128, 40), (48, 256, 8, 5),
+                                                    (128, 192, 24, 8)])
 def test_both_bodies_compute_the_same_bits(n: int, k: int, group: int, m: int) -> None:
     """An answer recorded on an AVX512-VNNI machine holds on an AVX2-only runner: the AVX2
     body gives every output's bits, with outliers, zero, tiny, NaN and infinite groups, a bias,
@@ -138,12 +139,64 @@ def test_both_bodies_compute_the_same_bits(n: int, k: int, group: int, m: int) -
 
 
 @needs_kernel
-def test_the_body_is_named_and_an_unknown_one_refused() -> None:
+def test_the_body_is_named_and_an_unknown_one_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    assert w4a8.body() == ("avx512-vnni" if w4a8.cpu_has_vnni() else "avx2")
+    before = w4a8.body()
+    assert before in ("avx512-vnni", "avx2")
+    try:
+        assert w4a8.body("avx2") == "avx2"
+    finally:
+        w4a8.body(before)
     with pytest.raises(RuntimeError, match="w4a8_body: unknown body 'avx1024'; allowed: avx2, avx512-vnni"):
         torch.ops.llmcheck.w4a8_body("avx1024")
+    monkeypatch.setenv(w4a8.BODY_ENV, "AVX2")
+    with pytest.raises(w4a8.W4A8Error, match=r"^LLMCHECK_W4A8_BODY='AVX2': allowed: avx2 \(or unset"):
+        w4a8.load_kernel(None)
+
+
+def _pack_by_hand(q: Any, block: int) -> Any:
+    """torch's INT4 packing, written out (ATen's weight_to_int4pack_kernel): per ``block``
+    outputs and per k, byte d holds output d (low nibble) and d + block/2 (high); the last
+    N % block outputs (all of them for a block of 0, its DEFAULT level) two neighbours a byte."""
+    import torch
+
+    n, k = q.shape
+    full = n // block * block if block else 0
+    parts = []
+    if full:
+        b = q[:full].view(full // block, block, k)
+        parts.append((b[:, : block // 2] | (b[:, block // 2 :] << 4)).permute(0, 2, 1).reshape(-1))
+    if n > full:
+        t = q[full:].view((n - full) // 2, 2, k)
+        parts.append((t[:, 0] | (t[:, 1] << 4)).t().reshape(-1))
+    return torch.cat(parts).to(torch.uint8).view(n, k // 2)
+
+
+@pytest.mark.parametrize("block", [64, 32, 0])
+@pytest.mark.parametrize("n", [16, 32, 48, 80, 96, 112, 176])
+def test_repack_reads_every_packing_level_written_by_hand(block: int, n: int) -> None:
+    """Both layouts (and the DEFAULT level's pairs), whichever one this machine's torch packs:
+    an AVX512 machine and an AVX2 runner each test the other's too."""
+    import torch
+
+    k, group = 64, 32
+    g = torch.Generator().manual_seed(n + block)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int32)
+    scale = torch.rand(k // group, n, generator=g).to(torch.bfloat16)
+    zero = torch.rand(k // group, n, generator=g).to(torch.bfloat16)
+    packed, sz = w4a8.repack(_pack_by_hand(q, block), torch.stack([scale, zero], -1), group, block=block)
+    scales = scale.float().t().repeat_interleave(group, 1)
+    expected = (q.float() - 8) * scales + zero.float().t().repeat_interleave(group, 1)
+    assert torch.equal(w4a8.dequantize(packed, sz, group), expected)
+
+
+def test_the_packing_probe_reads_this_torch() -> None:
+    import torch
+
+    block = w4a8.packing_block()
+    q = torch.randint(0, 16, (96, 64), dtype=torch.int32)
+    assert torch.equal(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), _pack_by_hand(q, block))
 
 
 @needs_kernel
@@ -254,7 +307,7 @@ def _entries(cache: Path) -> list[tuple[str, str]]:
 
 @needs_kernel
 def test_int4_a8_through_pytest_is_portable_and_shares_the_int4_cache_entry(
-    pytester: pytest.Pytester, tmp_path: Path
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Portable numerics (the default): a session on the VNNI body at 2 threads and one on the
     AVX2 body (an AVX2-only runner's) at 1 thread give the same bytes."""
@@ -272,9 +325,9 @@ def test_int4_a8_through_pytest_is_portable_and_shares_the_int4_cache_entry(
     answers = []
     for run, (threads, body) in enumerate([(2, None), (1, "avx2")]):
         out = pytester.path / f"answer{run}.bin"
-        pytester._monkeypatch.setenv("ANSWER_FILE", str(out))
+        monkeypatch.setenv("ANSWER_FILE", str(out))
         if body:
-            pytester._monkeypatch.setenv("LLMCHECK_W4A8_BODY", body)
+            monkeypatch.setenv("LLMCHECK_W4A8_BODY", body)
         result = pytester.runpytest_subprocess(
             f"--llm-model={folder}", "--llm-quant=int4-a8", "--llm-numerics=portable",
             "--llm-max-new-tokens=24", f"--llm-threads={threads}",
@@ -289,7 +342,7 @@ def test_int4_a8_through_pytest_is_portable_and_shares_the_int4_cache_entry(
         ])
         assert "native numerics" not in result.stdout.str()
         answers.append(out.read_bytes())
-    pytester._monkeypatch.delenv("LLMCHECK_W4A8_BODY")
+    monkeypatch.delenv("LLMCHECK_W4A8_BODY")
     assert len(answers[0]) > 24
     assert answers[0] == answers[1]  # two sessions, two bodies, 2 then 1 thread: the same bytes
     kinds = _entries(cache)
@@ -314,7 +367,7 @@ def test_repack_reads_the_partial_last_block(n: int) -> None:
     import torch
 
     k, group = 64, 32
-    q, scale, zero, packed = _torchao_weight(n, k, group, seed=n)  # n % 64 != 0: another layout at the end
+    q, scale, zero, packed = _torchao_weight(n, k, group, seed=n)  # n % block != 0: another layout at the end
     kernel_packed, sz = w4a8.repack(packed, torch.stack([scale, zero], -1), group)
     scales = scale.float().t().repeat_interleave(group, 1)
     zeros = zero.float().t().repeat_interleave(group, 1)

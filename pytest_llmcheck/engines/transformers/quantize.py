@@ -260,8 +260,8 @@ class TorchaoInt4:
 @dataclass(frozen=True)
 class TorchaoInt4A8(TorchaoInt4):
     """``int4``'s weights (the same cache entry) multiplied by int8 activations, the way
-    llama.cpp multiplies: about 1.8x faster per token, other answers, the same on every
-    x86-64 CPU with AVX2 (see ``w4a8``)."""
+    llama.cpp multiplies: faster per token, other answers; in portable numerics the same on
+    every x86-64 CPU with AVX2 (see ``w4a8``)."""
 
     name: str = "int4-a8"
 

@@ -15,9 +15,9 @@
 // products stay within 8 * 15 * 127 and never saturate), and everything after them is the same IEEE fp32
 // operations per output, in the same order, in both (fp contraction is off: no fused
 // multiply-add the source does not write). So an answer recorded on an AVX512-VNNI machine
-// holds on an AVX2-only CI runner (and the body is picked by speed alone: VNNI where the CPU
-// has it; ``w4a8_body`` or LLMCHECK_W4A8_BODY=avx2 picks AVX2 anyway, the stand-in for such
-// a runner). Each output is computed by one thread in a fixed order, so the result does not
+// holds on an AVX2-only CI runner. The body is VNNI where the CPU has it (the answers are the
+// same either way); ``w4a8_body`` or LLMCHECK_W4A8_BODY=avx2 picks AVX2 anyway, the stand-in
+// for such a runner. Each output is computed by one thread in a fixed order, so the result does not
 // depend on the thread count either.
 //
 // Layout (see repack in w4a8.py): ``packed`` is uint8 [N/16][K/8][64]; byte 4*n+j of a
@@ -71,17 +71,23 @@ int first_body() {
 
 std::atomic<int> g_body{first_body()};
 
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
 // per group: int8 activations, their scale and their sum. A group holding a NaN or an
 // infinity gets a NaN scale (its outputs are NaN, not plausible numbers); a group too small
-// to scale (max |x| / 127 below the smallest normal float) counts as zeros.
-void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, float* sa, int32_t* sq) {
+// to scale (max |x| / 127 below the smallest normal float) counts as zeros. AVX2's target
+// (called only where a body runs): rounding and min/max inline, not libm calls per value;
+// the same exact operations either way.
+AVX2_TARGET void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, float* sa, int32_t* sq) {
   for (int64_t g = 0; g < K / group; ++g) {
     float amax = 0.f;
     bool bad = false;
     for (int64_t k = g * group; k < (g + 1) * group; ++k) {
       const float v = static_cast<float>(x[k]);
       bad |= !std::isfinite(v);
-      amax = std::fmax(amax, std::fabs(v));
+      const float size = std::fabs(v);
+      amax = size > amax ? size : amax;  // fmax's result (a NaN is passed over), without a libm call
     }
     const float scale = amax / 127.f;
     const bool usable = !bad && scale >= std::numeric_limits<float>::min();
@@ -89,7 +95,8 @@ void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, 
     int32_t sum = 0;
     for (int64_t k = g * group; k < (g + 1) * group; ++k) {
       const float r = std::nearbyint(static_cast<float>(x[k]) * inverse);
-      const int32_t q = static_cast<int32_t>(std::fmin(127.f, std::fmax(-127.f, r)));
+      const float above = r > -127.f ? r : -127.f;  // fmin(127, fmax(-127, r)): a NaN becomes -127
+      const int32_t q = static_cast<int32_t>(above < 127.f ? above : 127.f);
       qa[k] = static_cast<int8_t>(q);
       sum += q;
     }
@@ -97,9 +104,6 @@ void quantize_row(const c10::BFloat16* x, int64_t K, int64_t group, int8_t* qa, 
     sq[g] = sum;
   }
 }
-
-#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
-#define AVX2_TARGET __attribute__((target("avx2,fma")))
 
 // 16 bf16 values as fp32 (exact: bf16 is fp32's upper half)
 VNNI_TARGET inline __m512 load_bf16x16(const c10::BFloat16* p) {
@@ -208,8 +212,8 @@ AVX2_TARGET void dot_tile_avx2(const uint8_t* packed, const c10::BFloat16* sz, c
   }
 }
 
-// a prompt's rows per pass of the AVX2 body (each weight unpacked once for all of them): 6
-// rows' sums fit its 16 registers with the weights; ``benchmarks/bench_w4a8_bodies.py`` times it
+// a prompt's rows per pass of the AVX2 body (each weight unpacked once for all of them); the
+// count is a tuning choice (``benchmarks/bench_w4a8_bodies.py`` times the body)
 constexpr int64_t kAvx2Rows = 6;
 using DotAvx2 = void (*)(const uint8_t*, const c10::BFloat16*, const int8_t*, const float*, const int32_t*,
                          int64_t, int64_t, float*);
@@ -251,8 +255,6 @@ at::Tensor w4a8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const auto* pd = packed.data_ptr<uint8_t>();
   const auto* sd = sz.data_ptr<c10::BFloat16>();
   auto* od = out.data_ptr<c10::BFloat16>();
-  // work items: (tile, row) pairs, a tile's rows together so that its weights stay in cache
-  // over a prompt; one thread computes each output, whatever the thread count
   // work items: (tile, chunk of rows), a tile's chunks together so that its weights stay in
   // cache over a prompt; one thread computes each output, whatever the thread count
   const int64_t per = body == kVnni ? 1 : kAvx2Rows;
