@@ -158,11 +158,11 @@ def test_the_body_is_named_and_an_unknown_one_refused(monkeypatch: pytest.Monkey
 def _pack_by_hand(q: Any, block: int) -> Any:
     """torch's INT4 packing, written out (ATen's weight_to_int4pack_kernel): per ``block``
     outputs and per k, byte d holds output d (low nibble) and d + block/2 (high); the last
-    N % block outputs (all of them for a block of 0, its DEFAULT level) two neighbours a byte."""
+    N % block outputs two neighbours a byte."""
     import torch
 
     n, k = q.shape
-    full = n // block * block if block else 0
+    full = n // block * block
     parts = []
     if full:
         b = q[:full].view(full // block, block, k)
@@ -173,11 +173,11 @@ def _pack_by_hand(q: Any, block: int) -> Any:
     return torch.cat(parts).to(torch.uint8).view(n, k // 2)
 
 
-@pytest.mark.parametrize("block", [64, 32, 0])
+@pytest.mark.parametrize("block", [64, 32])
 @pytest.mark.parametrize("n", [16, 32, 48, 80, 96, 112, 176])
-def test_repack_reads_every_packing_level_written_by_hand(block: int, n: int) -> None:
-    """Both layouts (and the DEFAULT level's pairs), whichever one this machine's torch packs:
-    an AVX512 machine and an AVX2 runner each test the other's too."""
+def test_repack_reads_both_packing_levels_written_by_hand(block: int, n: int) -> None:
+    """Both layouts, whichever one this machine's torch packs: an AVX512 machine and an AVX2
+    runner each test the other's too."""
     import torch
 
     k, group = 64, 32
@@ -191,12 +191,32 @@ def test_repack_reads_every_packing_level_written_by_hand(block: int, n: int) ->
     assert torch.equal(w4a8.dequantize(packed, sz, group), expected)
 
 
+@pytest.mark.skipif(_CPU is not None, reason=f"the kernel cannot run here: {_CPU}")
 def test_the_packing_probe_reads_this_torch() -> None:
     import torch
 
     block = w4a8.packing_block()
     q = torch.randint(0, 16, (96, 64), dtype=torch.int32)
     assert torch.equal(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), _pack_by_hand(q, block))
+
+
+def test_another_packing_layout_is_refused_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llmcheck.compat import torch as adapter
+
+    def pairs(q: Any, tiles: int) -> Any:  # ATen's DEFAULT level: neighbours in pairs
+        import torch
+
+        return (q[0::2] | (q[1::2] << 4)).t().contiguous().to(torch.uint8)
+
+    monkeypatch.setattr(adapter, "convert_weight_to_int4pack_for_cpu", lambda: pairs)
+    w4a8.packing_block.cache_clear()
+    try:
+        line = (r"^--llm-quant=int4-a8 reads torch's INT4 weights packed at its AVX2 or AVX512 level; torch "
+                r"packs them another way here \(.*use --llm-quant=int4$")
+        with pytest.raises(w4a8.W4A8Error, match=line):
+            w4a8.packing_block()
+    finally:
+        w4a8.packing_block.cache_clear()
 
 
 @needs_kernel

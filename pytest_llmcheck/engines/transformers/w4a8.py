@@ -51,6 +51,9 @@ class W4A8Error(LlmcheckError):
     """The int4-a8 recipe cannot run here (CPU, compiler or model shape)."""
 
 
+BODY_ENV = "LLMCHECK_W4A8_BODY"  # read by the kernel when it loads: avx2 runs an AVX2-only CPU's body
+
+
 def cpu_problem() -> str | None:
     """Why this CPU cannot run the kernel, or None."""
     import platform
@@ -128,8 +131,15 @@ def kernel_key() -> dict[str, Any]:
     return kernels.library_key("w4a8", SOURCE, FLAGS)
 
 
+def _check_body_env() -> None:
+    asked = os.environ.get(BODY_ENV, "")
+    if asked not in ("", "avx2"):
+        raise W4A8Error(f"{BODY_ENV}={asked!r}: allowed: avx2 (or unset: VNNI where this CPU has it)")
+
+
 def preflight() -> None:
     """Refuse early (before any INT4 work) on a CPU or machine the kernel cannot run on."""
+    _check_body_env()
     if _namespace_taken():
         return
     problem = cpu_problem()
@@ -141,21 +151,17 @@ def preflight() -> None:
                         "(install g++, or set CXX)")
 
 
-BODY_ENV = "LLMCHECK_W4A8_BODY"  # read by the kernel when it loads: avx2 runs an AVX2-only CPU's body
-
-
 def load_kernel(cache: Cache | None) -> str:
     """Make the kernel's ops available; says how (``built in 5.61s``, ``cached``, ``already
     loaded``). Built once per machine into the cache (see kernels.build_and_load)."""
-    asked = os.environ.get(BODY_ENV, "")
-    if asked not in ("", "avx2"):
-        raise W4A8Error(f"{BODY_ENV}={asked!r}: allowed: avx2 (or unset: VNNI where this CPU has it)")
     if _namespace_taken():
+        _check_body_env()
         if not _registered():
             raise W4A8Error("--llm-quant=int4-a8: another version of its kernel is loaded in this process")
-        return "already loaded"
-    preflight()
-    how = kernels.build_and_load(cache, kernel_key(), LIBRARY, _compile, _load, (W4A8Error,))
+        how = "already loaded"  # (the kernel read LLMCHECK_W4A8_BODY when it loaded)
+    else:
+        preflight()
+        how = kernels.build_and_load(cache, kernel_key(), LIBRARY, _compile, _load, (W4A8Error,))
     if body() == "none":  # AVX2 without FMA: no body runs here
         raise W4A8Error("--llm-quant=int4-a8 cannot run on this machine: it needs AVX2 and FMA; "
                         "use --llm-quant=int4")
@@ -165,9 +171,9 @@ def load_kernel(cache: Cache | None) -> str:
 @functools.cache
 def packing_block() -> int:
     """How many outputs torch's INT4 packing interleaves in this process (64 at its AVX512
-    level, 32 at AVX2, as in portable numerics; 0 at its DEFAULT level, which packs
-    neighbours in pairs), found by packing a probe with the op torchao packs with: whatever
-    level ATen really dispatches to, not what it is said to be."""
+    level, 32 at AVX2, as in portable numerics), found by packing a probe with the op torchao
+    packs with: whatever level ATen really dispatches to, not what it is said to be. Another
+    layout (ATen's DEFAULT level packs neighbours in pairs) is refused with one line."""
     import torch
 
     from pytest_llmcheck.compat.torch import convert_weight_to_int4pack_for_cpu
@@ -175,8 +181,14 @@ def packing_block() -> int:
     probe = (torch.arange(64, dtype=torch.int32) // 16)[:, None].expand(64, 32).contiguous()  # n -> n // 16
     packed = convert_weight_to_int4pack_for_cpu()(probe, 1)
     # byte 0 holds output 0 (low nibble, 0) and, high: output 32 (2) in a block of 64, 16 (1) in
-    # a block of 32, output 1 (0) in pairs
-    return {0x20: 64, 0x10: 32, 0x00: 0}[int(packed.flatten()[0])]
+    # a block of 32 (output 1 (0) in DEFAULT's pairs)
+    block = {0x20: 64, 0x10: 32}.get(int(packed.flatten()[0]))
+    if block is None:
+        level = torch.backends.cpu.get_cpu_capability()
+        raise W4A8Error(f"--llm-quant=int4-a8 reads torch's INT4 weights packed at its AVX2 or AVX512 level; "
+                        f"torch packs them another way here ({level}; ATEN_CPU_CAPABILITY=default?): "
+                        "use --llm-quant=int4")
+    return block
 
 
 def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int,
@@ -185,16 +197,15 @@ def repack(qdata: torch.Tensor, scale_zero: torch.Tensor, group: int,
 
     torchao: ``qdata`` uint8 (N, K/2), per ``block`` outputs (:func:`packing_block`) and per k
     ``block / 2`` bytes whose low nibbles are the block's first half of outputs and high
-    nibbles its second, then the last N % block outputs (all of them for a block of 0) per k
-    with two neighbours per byte (low nibble first); ``scale_zero`` bf16 (K/group, N, 2).
-    torchao packs only N divisible by 16, which is the kernel's tile. Each layer is checked
-    against torch's kernel at load.
+    nibbles its second, then the last N % block outputs per k with two neighbours per byte
+    (low nibble first); ``scale_zero`` bf16 (K/group, N, 2). torchao packs only N divisible
+    by 16, which is the kernel's tile. Each layer is checked against torch's kernel at load.
     """
     import torch
 
     block = packing_block() if block is None else block
     n, k = int(qdata.shape[0]), int(qdata.shape[1]) * 2
-    full = n // block * block if block else 0
+    full = n // block * block
     parts = []
     if full:
         blocks = qdata[:full].reshape(full // block, k, block // 2)
