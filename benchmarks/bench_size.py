@@ -322,7 +322,7 @@ def worker(spec: dict[str, Any]) -> None:
         kind = spec["kind"]
         if kind == "pipeline":
             result = pipeline_row(spec["size"], spec["threads"], spec["cache"])
-        elif kind in ("int4", "int4-a8", "int4-a8-avx2"):
+        elif kind in ENGINE_ROWS:
             result = torch_row(
                 spec["size"], kind, spec["threads"], spec["tokens"], spec["repeats"], spec["cold"]
             )

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def is_x86() -> bool:
+    """An x86-64 machine: the only one portable numerics and the int4-a8 kernel run on."""
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def cpu_capability() -> str:
     """The SIMD level torch dispatches to, with the extensions its kernels pick paths by
     (e.g. ``AVX512 BF16 VNNI AMX``). torch's INT4 packing and its bf16 matmuls depend on

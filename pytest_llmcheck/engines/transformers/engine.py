@@ -25,7 +25,7 @@ from pytest_llmcheck.engines.transformers.conversions import (
     remote_code_message,
     unknown_architecture_message,
 )
-from pytest_llmcheck.engines.transformers.cpu import cpu_capability
+from pytest_llmcheck.engines.transformers.cpu import cpu_capability, is_x86
 from pytest_llmcheck.engines.transformers.fastpath import FastDecoder, Unsupported
 from pytest_llmcheck.engines.transformers.quantize import Quantizer, QuantReport, quiet_loggers
 from pytest_llmcheck.engines.transformers.weights import library_versions, load_model, weights_identity
@@ -65,8 +65,7 @@ def numerics_here(asked: str) -> tuple[str, str | None]:
     level = str(torch.backends.cpu.get_cpu_capability())
     if level == "AVX2":
         return PORTABLE, None
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    if x86 and (level.startswith("AVX512") or cpu_supports("AVX2")):
+    if is_x86() and (level.startswith("AVX512") or cpu_supports("AVX2")):
         raise ModelLoadError(
             f"portable numerics need torch's kernels held to AVX2, but torch chose its kernels ({level}) "
             "before pytest-llmcheck could set ATEN_CPU_CAPABILITY=avx2 (something ran torch first, e.g. "

@@ -12,13 +12,13 @@
 //
 // Why two bodies give one answer: the sums over k are integers (exact in int32 whatever the
 // instructions: VNNI's dpbusd, or AVX2's maddubs + madd, whose 16-bit sums of at most 8
-// products stay within 8 * 15 * 127 and never saturate), and everything after them is the same IEEE fp32
-// operations per output, in the same order, in both (fp contraction is off: no fused
-// multiply-add the source does not write). So an answer recorded on an AVX512-VNNI machine
-// holds on an AVX2-only CI runner. The body is VNNI where the CPU has it (the answers are the
-// same either way); ``w4a8_body`` or LLMCHECK_W4A8_BODY=avx2 picks AVX2 anyway, the stand-in
-// for such a runner. Each output is computed by one thread in a fixed order, so the result does not
-// depend on the thread count either.
+// products stay within 8 * 15 * 127 and never saturate), and everything after them is the
+// same IEEE fp32 operations per output, in the same order, in both (fp contraction is off: no
+// fused multiply-add the source does not write). So an answer recorded on an AVX512-VNNI
+// machine holds on an AVX2-only CI runner. The body is VNNI where the CPU has it (the answers
+// are the same either way); ``w4a8_body`` or LLMCHECK_W4A8_BODY=avx2 picks AVX2 anyway, the
+// stand-in for such a runner. Each output is computed by one thread in a fixed order, so the
+// result does not depend on the thread count either.
 //
 // Layout (see repack in w4a8.py): ``packed`` is uint8 [N/16][K/8][64]; byte 4*n+j of a
 // 64-byte tile holds q[n][8t+j] in its low nibble and q[n][8t+4+j] in its high nibble, so

@@ -59,10 +59,10 @@ def cpu_problem() -> str | None:
     import platform
 
     from pytest_llmcheck.compat.torch import cpu_supports
+    from pytest_llmcheck.engines.transformers.cpu import is_x86
 
-    machine = platform.machine()
-    if machine.lower() not in ("x86_64", "amd64"):
-        return f"it needs an x86-64 CPU with AVX2; this one is {machine}"
+    if not is_x86():
+        return f"it needs an x86-64 CPU with AVX2; this one is {platform.machine()}"
     if not cpu_supports("AVX2"):
         return "it needs an x86-64 CPU with AVX2; this one has no AVX2"
     return None
