@@ -3,6 +3,7 @@
     python benchmarks/bench_size.py --size 1.5b            # median of 3, 64 new tokens
     python benchmarks/bench_size.py --size 1.5b --quick    # 16 new tokens, one repetition
     python benchmarks/bench_size.py --size 7b --threads 2  # 7B rows, 2 threads only
+    python benchmarks/bench_size.py --size 1.5b --rounds 3 # every row 3 times, interleaved
     python benchmarks/bench_size.py --size 7b --pipeline   # the seed's pipeline on Qwen-7B-Chat
 
 Random-weight models at real shapes (``_size_models.py`` writes them once per machine under
@@ -33,6 +34,13 @@ the row's own ``ru_maxrss``, measured. The cold table: a first load with an empt
 (the engine: hash, load, quantize, write the cache; llama.cpp: quantize the F16 GGUF, then
 load) against the second, each in a fresh process. Ratios are against the llama.cpp row of
 the same library, threads and class; targets are printed beside them.
+
+``--rounds N`` runs every measured row N times, the order reversed every other round: this VM's
+speed drifts by tens of percent over minutes, so the ratios are taken within each round (rows run
+minutes apart at most) and their median printed, with every round's beside it. The last table
+sets decode against the memory wall: the weights one token reads (the engine's tensors; the
+GGUF's), the GB/s that makes, and the machine's read bandwidth measured in each row's process
+right after its timings.
 
 ``--pipeline``: the seed's whole path on its model, Qwen-7B-Chat (Qwen v1 names and config,
 ``qwen.tiktoken``; random weights), served by a stand-in ModelScope on 127.0.0.1: download ->
@@ -137,6 +145,7 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
     }
     if cold:
         return result
+    result["weight_mb"] = engine_weight_bytes(engine) / 1e6
     engine._stop_ids = lambda: []  # type: ignore[method-assign]  # ignore end-of-text: same count in every row
     engine.model.generation_config.eos_token_id = None
     long_prompt = (LOG / "long-prompt.txt").read_text(encoding="utf-8")
@@ -162,6 +171,48 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
         prompt_tokens=first.prompt_tokens,
     )
     return result
+
+
+def engine_weight_bytes(engine: Any) -> int:
+    """The bytes of weights one decode step reads: every tensor of the model once (tied ones
+    once), but the input embedding (a row per token) unless it is also the lm_head read whole;
+    with the lm_head screen, its int8 copy (vocab x hidden bytes) in place of the bf16 lm_head."""
+    model = engine.model
+    seen: dict[int, int] = {}
+
+    def add(tensor: Any) -> None:
+        """A plain tensor's storage, or a tensor subclass's (torchao's INT4 weight) inner tensors."""
+        if hasattr(tensor, "__tensor_flatten__"):
+            for name in tensor.__tensor_flatten__()[0]:
+                add(getattr(tensor, name))
+            return
+        seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        add(tensor)
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    head_weight = getattr(head, "weight", None)
+    screened = engine.fast is not None and engine.fast.native is not None and engine.fast.screen
+    skip = {embedding.untyped_storage().data_ptr()}
+    if head_weight is not None and screened:
+        skip.add(head_weight.untyped_storage().data_ptr())
+    total = sum(size for ptr, size in seen.items() if ptr not in skip)
+    if head_weight is not None and not screened and head_weight.untyped_storage().data_ptr() in skip:
+        total += head_weight.untyped_storage().nbytes()  # a tied bf16 lm_head, read whole
+    if screened and head_weight is not None:
+        total += head_weight.numel()  # the int8 copy
+    return int(total)
+
+
+def gguf_weight_bytes(path: Path) -> int:
+    """The bytes of weights llama.cpp reads a token: every tensor but token_embd (a row per token),
+    unless there is no output.weight (tied: token_embd is the output matrix, read whole)."""
+    from gguf import GGUFReader
+
+    sizes = {t.name: int(t.n_bytes) for t in GGUFReader(str(path)).tensors}
+    tied = "output.weight" not in sizes
+    return sum(size for name, size in sizes.items() if tied or name != "token_embd.weight")
 
 
 def gguf_path(size: str, kind: str) -> Path:
@@ -254,6 +305,7 @@ def llama_row(
         ttft=statistics.median(ttft),
         prompt_tokens=len(long),
         library="AVX512" if "AVX512 = 1" in info else "AVX2",
+        weight_mb=gguf_weight_bytes(path) / 1e6,
     )
     return result
 
@@ -336,9 +388,29 @@ def worker(spec: dict[str, Any]) -> None:
                 spec["repeats"],
                 spec["cold"],
             )
-    result["peak_rss"] = peak_rss_mib()
+    result["peak_rss"] = peak_rss_mib()  # before the bandwidth probe's buffer
+    if kind != "pipeline" and not spec["cold"]:
+        result["read_gbs"] = read_bandwidth(spec["threads"])
     result["loadavg"] = os.getloadavg()[0]  # the machine's 1-minute load at the row's end: co-tenants show
     print(json.dumps(result))
+
+
+def read_bandwidth(threads: int, gib: int = 1, tries: int = 5) -> float:
+    """This machine's read bandwidth now, GB/s at ``threads``: the best of ``tries`` sums over
+    ``gib`` GiB (int64 adds: the loop waits on memory, not on arithmetic). Taken in each row's
+    process right after its
+    timings, so a row's decode can be set against the ceiling of that moment: this VM's speed
+    drifts between runs."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = torch.ones(gib << 27, dtype=torch.int64)
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
 
 
 # -- the parent: rows one at a time, each watched ------------------------------------------------
@@ -471,7 +543,6 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
 
     base = {"size": args.size, "tokens": tokens, "repeats": repeats}
     cold: dict[tuple[str, bool], dict[str, Any] | None] = {}
-    results: dict[tuple[str, bool, int], dict[str, Any] | None] = {}
     f16 = gguf_path(args.size, "f16")
 
     def drop_f16() -> None:
@@ -485,7 +556,8 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
             print(f"deleted {f16} (quantized copies kept)")
 
     # llama.cpp rows first, so the F16 GGUF can go before the engine's caches are written
-    for kind, native in sorted(kinds, key=lambda kn: kn[0].startswith("int4")):
+    order = sorted(kinds, key=lambda kn: kn[0].startswith("int4"))
+    for kind, native in order:
         if kind.startswith("int4"):
             drop_f16()
         if args.cold and not (native and (kind, False) in cold):  # llama.cpp: quantized once, by the v3 build
@@ -493,11 +565,25 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
                 {**base, "kind": kind, "native": native, "threads": max(threads), "cold": True},
                 args.rss_limit_gb,
             )
-        for t in threads:
-            results[(kind, native, t)] = run_row(
-                {**base, "kind": kind, "native": native, "threads": t, "cold": False}, args.rss_limit_gb
-            )
     drop_f16()
+    # the measured rows in rounds, every row once a round, the order reversed every other round
+    # (A B C, C B A, ...): this VM's speed drifts over minutes, so rows compared are run close
+    # together, and ratios are taken within a round
+    measured = [(kind, native, t) for kind, native in order for t in threads]
+    rounds: list[dict[tuple[str, bool, int], dict[str, Any] | None]] = []
+    for number in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {number + 1} of {args.rounds}", file=sys.stderr)
+        rounds.append(
+            {
+                key: run_row(
+                    {**base, "kind": key[0], "native": key[1], "threads": key[2], "cold": False},
+                    args.rss_limit_gb,
+                )
+                for key in (measured if number % 2 == 0 else measured[::-1])
+            }
+        )
+    results = {key: merge([r[key] for r in rounds]) for key in measured}
 
     rows = [
         [
@@ -534,7 +620,12 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
     print(table(rows))
     if any(k.startswith("int4") for k, _ in kinds) and any(not k.startswith("int4") for k, _ in kinds):
         print()
-        print(ratio_table(kinds, threads, results))
+        print(ratio_table(kinds, threads, rounds))
+        if args.rounds > 1:
+            print()
+            print(round_table(kinds, threads, rounds))
+    print()
+    print(bandwidth_table(kinds, threads, results, label))
     if args.cold:
         print(f"\nload: first (empty cache) against second (from the cache), threads {max(threads)}\n")
         crow = [
@@ -588,13 +679,39 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
         print(table(crow))
 
 
-def ratio_table(
-    kinds: list[tuple[str, bool]],
-    threads: list[int],
-    results: dict[tuple[str, bool, int], dict[str, Any] | None],
-) -> str:
+Rounds = list[dict[tuple[str, bool, int], dict[str, Any] | None]]
+
+
+def merge(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One row's rounds as one: the median of each number over the rounds it ran in (None when it
+    failed in every round); the rest (paths, library) from its first run."""
+    done = [r for r in runs if r is not None]
+    if not done:
+        return None
+    merged = dict(done[0])
+    for key, value in done[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in done if isinstance(r.get(key), (int, float)))
+    merged["rounds"] = len(done)
+    return merged
+
+
+def round_ratios(
+    rounds: Rounds, mine: tuple[str, bool, int], other: tuple[str, bool, int], what: str
+) -> list[float]:
+    """``what`` of row ``mine`` over row ``other``, one ratio per round both ran in."""
+    out = []
+    for r in rounds:
+        a, b = r.get(mine), r.get(other)
+        if a and b and a.get(what) and b.get(what):
+            out.append(a[what] / b[what])
+    return out
+
+
+def ratio_table(kinds: list[tuple[str, bool]], threads: list[int], rounds: Rounds) -> str:
     """The engine's rows over llama.cpp's of the same threads: Q4_0 and Q4_1 (the same class as INT4
-    g32) with the target, Q4_K_M beside; against each llama.cpp library measured."""
+    g32) with the target, Q4_K_M beside; against each llama.cpp library measured. With rounds, each
+    cell is the median of the rounds' ratios (each taken between rows run minutes apart at most)."""
     libraries = sorted({native for k, native in kinds if not k.startswith("int4")})
     rows = [
         [
@@ -613,26 +730,84 @@ def ratio_table(
     ]
     for quant in ENGINE_ROWS:
         for t in threads:
-            mine = results.get((quant, False, t))
+            if (quant, False) not in kinds:
+                continue
             for native in libraries:
-                if mine is None:
-                    continue
                 cells = [f"engine {quant}", str(t), "native" if native else "x86-64-v3"]
                 checks: dict[str, list[bool]] = {"decode": [], "prefill": []}
                 for what in ("decode", "prefill"):
                     goal = TARGETS[quant] if what == "decode" else PREFILL_TARGET
                     for k in LLAMA_TYPES:
-                        other = results.get((k, native, t))
-                        if other is None or not other.get(what):
+                        ratios = round_ratios(rounds, (quant, False, t), (k, native, t), what)
+                        if not ratios:
                             cells.append("-")
                             continue
-                        ratio = mine[what] / other[what]
+                        ratio = statistics.median(ratios)
                         cells.append(f"{ratio:.2f}")
                         if k != "Q4_K_M":
                             checks[what].append(ratio >= goal)
                     verdict = ("PASS" if all(checks[what]) else "FAIL") if checks[what] else "-"
                     cells.append(f">= {goal:.1f} vs Q4_0/Q4_1 {verdict}")
                 rows.append(cells)
+    return table(rows)
+
+
+def round_table(kinds: list[tuple[str, bool]], threads: list[int], rounds: Rounds) -> str:
+    """Every round's decode and prefill ratio against Q4_0 (the spread behind the medians)."""
+    rows = [["engine", "threads", "llama.cpp", "decode vs Q4_0, by round", "prefill vs Q4_0, by round"]]
+    for quant in ENGINE_ROWS:
+        for t in threads:
+            for native in sorted({n for k, n in kinds if k == "Q4_0"}):
+                if (quant, False) not in kinds:
+                    continue
+                cells = [f"engine {quant}", str(t), "native" if native else "x86-64-v3"]
+                for what in ("decode", "prefill"):
+                    ratios = round_ratios(rounds, (quant, False, t), ("Q4_0", native, t), what)
+                    cells.append(" ".join(f"{r:.2f}" for r in ratios) or "-")
+                rows.append(cells)
+    return table(rows)
+
+
+def bandwidth_table(
+    kinds: list[tuple[str, bool]],
+    threads: list[int],
+    results: dict[tuple[str, bool, int], dict[str, Any] | None],
+    label: Any,
+) -> str:
+    """Decode against the memory wall: the weights a token reads (MB), the rate that makes at the
+    measured decode speed, and the machine's read bandwidth measured in the row's process right
+    after (``read_bandwidth``). Where two rows both run near 100%, their decode ratio is the inverse
+    of their bytes' ratio whatever the kernels do."""
+    rows = [
+        [
+            "engine",
+            "threads",
+            "weights MB/token",
+            "decode tok/s",
+            "GB/s read",
+            "machine GB/s",
+            "% of machine",
+            "tok/s at machine GB/s",
+        ]
+    ]
+    for kind, native in kinds:
+        for t in threads:
+            r = results.get((kind, native, t))
+            if r is None or not r.get("weight_mb") or not r.get("read_gbs"):
+                continue
+            rate = r["weight_mb"] * r["decode"] / 1e3
+            rows.append(
+                [
+                    label(kind, native),
+                    str(t),
+                    f"{r['weight_mb']:.0f}",
+                    fmt(r["decode"]),
+                    f"{rate:.1f}",
+                    f"{r['read_gbs']:.1f}",
+                    f"{100 * rate / r['read_gbs']:.0f}",
+                    f"{r['read_gbs'] * 1e3 / r['weight_mb']:.1f}",
+                ]
+            )
     return table(rows)
 
 
@@ -752,6 +927,13 @@ def main() -> None:
         action="store_false",
         help="only llama-cpp-python's installed (x86-64-v3) library",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every measured row this many times, alternating the order; medians over rounds, "
+        "ratios taken within each round (default 1)",
+    )
     parser.add_argument("--delete-f16", action="store_true", help="delete the F16 GGUF once quantized (disk)")
     parser.add_argument(
         "--rss-limit-gb", type=float, default=20.0, help="kill a row above this RSS (default 20)"
@@ -789,7 +971,9 @@ def main() -> None:
         print(
             f"{name} shape ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}), random bf16 "
             f"weights; greedy, {tokens} new tokens (EOS ignored), prompt of {LONG_TOKENS} tokens for "
-            f"prefill; median of {repeats} run(s) per row, each row a fresh process\n"
+            f"prefill; median of {repeats} run(s) per row, each row a fresh process"
+            + (f"; {args.rounds} rounds, medians over them" if args.rounds > 1 else "")
+            + "\n"
         )
         speed(args, tokens, repeats)
         print(
