@@ -388,18 +388,16 @@ def worker(spec: dict[str, Any]) -> None:
                 spec["repeats"],
                 spec["cold"],
             )
-    result["peak_rss"] = peak_rss_mib()  # before the bandwidth probe's buffer
-    if kind != "pipeline" and not spec["cold"]:
-        result["read_gbs"] = read_bandwidth(spec["threads"])
+    result["peak_rss"] = peak_rss_mib()
     result["loadavg"] = os.getloadavg()[0]  # the machine's 1-minute load at the row's end: co-tenants show
     print(json.dumps(result))
 
 
 def read_bandwidth(threads: int, gib: int = 1, tries: int = 5) -> float:
     """This machine's read bandwidth now, GB/s at ``threads``: the best of ``tries`` sums over
-    ``gib`` GiB (int64 adds: the loop waits on memory, not on arithmetic). Taken in each row's
-    process right after its
-    timings, so a row's decode can be set against the ceiling of that moment: this VM's speed
+    ``gib`` GiB (int64 adds: the loop waits on memory, not on arithmetic). Taken in the parent
+    right after each measured row's process has ended (llama.cpp's threads spin a while after
+    a graph), so a row's decode can be set against the ceiling of that moment: this VM's speed
     drifts between runs."""
     import torch
 
@@ -574,15 +572,13 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
     for number in range(args.rounds):
         if args.rounds > 1:
             print(f"round {number + 1} of {args.rounds}", file=sys.stderr)
-        rounds.append(
-            {
-                key: run_row(
-                    {**base, "kind": key[0], "native": key[1], "threads": key[2], "cold": False},
-                    args.rss_limit_gb,
-                )
-                for key in (measured if number % 2 == 0 else measured[::-1])
-            }
-        )
+        done: dict[tuple[str, bool, int], dict[str, Any] | None] = {}
+        for key in measured if number % 2 == 0 else measured[::-1]:
+            spec = {**base, "kind": key[0], "native": key[1], "threads": key[2], "cold": False}
+            row = done[key] = run_row(spec, args.rss_limit_gb)
+            if row is not None:
+                row["read_gbs"] = read_bandwidth(key[2])
+        rounds.append(done)
     results = {key: merge([r[key] for r in rounds]) for key in measured}
 
     rows = [
