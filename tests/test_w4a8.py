@@ -402,6 +402,8 @@ def test_the_tiny_model_with_32_output_layers_converts_whole(tiny_model: Path) -
     try:
         assert engine.quant.details["w4a8_layers"] == 14
         assert engine.fast is not None, engine.facts.details["decode"]
+        # its products are the kernel's: the facts name no torchao INT4 product
+        assert "int4_product" not in engine.facts.details
         answer = engine.generate("What is the capital of France?", system=None,
                                  config=GenerationConfig(max_new_tokens=8, threads=1))
         assert answer.new_tokens == 8

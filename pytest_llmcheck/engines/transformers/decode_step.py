@@ -108,8 +108,11 @@ def own_int4_here() -> bool:
 
 def int4_product(native: Any) -> str:
     """Which INT4 product the step runs, for the load facts and the decode check's key:
-    ``int4_mm on 56 of 56 calls``, or ``torch's`` (``int4_mm`` takes none here)."""
+    ``int4_mm on 56 of 56 calls``, ``torch's`` (``int4_mm`` takes none here), or ``none``
+    (no torchao INT4 call: bf16, or int4-a8, whose products are its own kernel's)."""
     own, total = native.int4_calls()
+    if not total:
+        return "none"
     return f"int4_mm on {own} of {total} calls" if own else "torch's"
 
 

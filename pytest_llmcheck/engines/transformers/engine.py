@@ -241,7 +241,8 @@ class TransformersEngine:
             decoder.native = candidates[1]
             self.fast = decoder
             decision = f"fast, C++ step ({how}; same logits as the model's forward on a probe{checked})"
-            self.facts.details["int4_product"] = decode_step.int4_product(decoder.native)
+            if (product := decode_step.int4_product(decoder.native)) != "none":
+                self.facts.details["int4_product"] = product
             if decoder.screen or decoder.screen_problem:
                 self.facts.details["lm_head_screen"] = (
                     "int8 screen, exact logits for its candidates" if decoder.screen
