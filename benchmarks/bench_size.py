@@ -39,8 +39,8 @@ the same library, threads and class; targets are printed beside them.
 speed drifts by tens of percent over minutes, so the ratios are taken within each round (rows run
 minutes apart at most) and their median printed, with every round's beside it. The last table
 sets decode against the memory wall: the weights one token reads (the engine's tensors; the
-GGUF's), the GB/s that makes, and the machine's read bandwidth measured in each row's process
-right after its timings.
+GGUF's), the GB/s that makes, and the machine's read bandwidth probed in this process right
+after each row's process ended.
 
 ``--pipeline``: the seed's whole path on its model, Qwen-7B-Chat (Qwen v1 names and config,
 ``qwen.tiktoken``; random weights), served by a stand-in ModelScope on 127.0.0.1: download ->
@@ -553,20 +553,12 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
             f16.unlink()
             print(f"deleted {f16} (quantized copies kept)")
 
-    # llama.cpp rows first, so the F16 GGUF can go before the engine's caches are written
-    order = sorted(kinds, key=lambda kn: kn[0].startswith("int4"))
-    for kind, native in order:
-        if kind.startswith("int4"):
-            drop_f16()
-        if args.cold and not (native and (kind, False) in cold):  # llama.cpp: quantized once, by the v3 build
-            cold[(kind, native)] = run_row(
-                {**base, "kind": kind, "native": native, "threads": max(threads), "cold": True},
-                args.rss_limit_gb,
-            )
-    drop_f16()
-    # the measured rows in rounds, every row once a round, the order reversed every other round
+    # llama.cpp rows first, so the F16 GGUF can go before the engine's caches are written. The
+    # measured rows run in rounds, every row once a round, the order reversed every other round
     # (A B C, C B A, ...): this VM's speed drifts over minutes, so rows compared are run close
-    # together, and ratios are taken within a round
+    # together, and ratios are taken within a round. A row's cold load runs just before its
+    # first measured run, in the first round, as a single run did it.
+    order = sorted(kinds, key=lambda kn: kn[0].startswith("int4"))
     measured = [(kind, native, t) for kind, native in order for t in threads]
     rounds: list[dict[tuple[str, bool, int], dict[str, Any] | None]] = []
     for number in range(args.rounds):
@@ -574,11 +566,32 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
             print(f"round {number + 1} of {args.rounds}", file=sys.stderr)
         done: dict[tuple[str, bool, int], dict[str, Any] | None] = {}
         for key in measured if number % 2 == 0 else measured[::-1]:
-            spec = {**base, "kind": key[0], "native": key[1], "threads": key[2], "cold": False}
+            kind, native, t = key
+            if kind.startswith("int4"):
+                drop_f16()
+            if (
+                number == 0
+                and args.cold
+                and (kind, native) not in cold
+                and not (native and (kind, False) in cold)
+            ):
+                cold[(kind, native)] = run_row(  # llama.cpp: quantized once, by the v3 build
+                    {**base, "kind": kind, "native": native, "threads": max(threads), "cold": True},
+                    args.rss_limit_gb,
+                )
+            spec = {**base, "kind": kind, "native": native, "threads": t, "cold": False}
             row = done[key] = run_row(spec, args.rss_limit_gb)
             if row is not None:
-                row["read_gbs"] = read_bandwidth(key[2])
+                # the machine's read bandwidth now, and this row's share of it (within the round)
+                row["read_gbs"] = read_bandwidth(t)
+                row["wall_share"] = row["weight_mb"] * row["decode"] / 1e3 / row["read_gbs"]
+                print(
+                    f"  read bandwidth {row['read_gbs']:.1f} GB/s, "
+                    f"decode at {100 * row['wall_share']:.0f}% of it",
+                    file=sys.stderr,
+                )
         rounds.append(done)
+    drop_f16()
     results = {key: merge([r[key] for r in rounds]) for key in measured}
 
     rows = [
@@ -609,7 +622,12 @@ def speed(args: argparse.Namespace, tokens: int, repeats: int) -> None:
                     fmt(r.get("ttft"), ".2f"),
                     fmt(r.get("load"), ".2f"),
                     fmt(r.get("peak_rss"), ".0f"),
-                    str(r.get("decode_path") or r.get("library") or ""),
+                    str(r.get("decode_path") or r.get("library") or "")
+                    + (
+                        f" (ran in {r['rounds']} of {args.rounds} rounds)"
+                        if r["rounds"] < args.rounds
+                        else ""
+                    ),
                     fmt(r.get("loadavg")),
                 ]
             )
@@ -771,25 +789,16 @@ def bandwidth_table(
     label: Any,
 ) -> str:
     """Decode against the memory wall: the weights a token reads (MB), the rate that makes at the
-    measured decode speed, and the machine's read bandwidth measured in the row's process right
-    after (``read_bandwidth``). Where two rows both run near 100%, their decode ratio is the inverse
-    of their bytes' ratio whatever the kernels do."""
+    measured decode speed, and the machine's read bandwidth probed in the parent right after the
+    row (``read_bandwidth``). Those are medians over the rounds; the share is each round's rate
+    over that round's bandwidth, then the median (like the ratios), not a quotient of medians."""
     rows = [
-        [
-            "engine",
-            "threads",
-            "weights MB/token",
-            "decode tok/s",
-            "GB/s read",
-            "machine GB/s",
-            "% of machine",
-            "tok/s at machine GB/s",
-        ]
+        ["engine", "threads", "weights MB/token", "decode tok/s", "GB/s read", "machine GB/s", "% of machine"]
     ]
     for kind, native in kinds:
         for t in threads:
             r = results.get((kind, native, t))
-            if r is None or not r.get("weight_mb") or not r.get("read_gbs"):
+            if r is None or not r.get("weight_mb") or not r.get("wall_share"):
                 continue
             rate = r["weight_mb"] * r["decode"] / 1e3
             rows.append(
@@ -800,8 +809,7 @@ def bandwidth_table(
                     fmt(r["decode"]),
                     f"{rate:.1f}",
                     f"{r['read_gbs']:.1f}",
-                    f"{100 * rate / r['read_gbs']:.0f}",
-                    f"{r['read_gbs'] * 1e3 / r['weight_mb']:.1f}",
+                    f"{100 * r['wall_share']:.0f}",
                 ]
             )
     return table(rows)
@@ -941,6 +949,8 @@ def main() -> None:
     parser.add_argument("--keep-pipeline-cache", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: a count of 1 or more")
     if args.worker:
         worker(json.loads(args.worker))
         return
