@@ -742,10 +742,8 @@ def ratio_table(kinds: list[tuple[str, bool]], threads: list[int], rounds: Round
             "target",
         ]
     ]
-    for quant in ENGINE_ROWS:
+    for quant in (q for q in ENGINE_ROWS if (q, False) in kinds):
         for t in threads:
-            if (quant, False) not in kinds:
-                continue
             for native in libraries:
                 cells = [f"engine {quant}", str(t), "native" if native else "x86-64-v3"]
                 checks: dict[str, list[bool]] = {"decode": [], "prefill": []}
@@ -769,11 +767,9 @@ def ratio_table(kinds: list[tuple[str, bool]], threads: list[int], rounds: Round
 def round_table(kinds: list[tuple[str, bool]], threads: list[int], rounds: Rounds) -> str:
     """Every round's decode and prefill ratio against Q4_0 (the spread behind the medians)."""
     rows = [["engine", "threads", "llama.cpp", "decode vs Q4_0, by round", "prefill vs Q4_0, by round"]]
-    for quant in ENGINE_ROWS:
+    for quant in (q for q in ENGINE_ROWS if (q, False) in kinds):
         for t in threads:
             for native in sorted({n for k, n in kinds if k == "Q4_0"}):
-                if (quant, False) not in kinds:
-                    continue
                 cells = [f"engine {quant}", str(t), "native" if native else "x86-64-v3"]
                 for what in ("decode", "prefill"):
                     ratios = round_ratios(rounds, (quant, False, t), ("Q4_0", native, t), what)
