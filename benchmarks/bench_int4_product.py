@@ -11,8 +11,13 @@ transformer layer at Qwen2-1.5B's and Qwen2-7B's shapes (q/k/v fused, o, gate/up
 group 32, random weights), for one token and for a ``--prompt``-token prompt, per thread
 count: torch's AVX2 kernel, ``int4_mm``, and, for scale, torch's AVX-512 kernel (another
 process: a different layout and other numbers) where the CPU has one. Each figure is the
-median over ``--runs`` runs of a layer's time (the mean of 20 layers for one token, one layer
-for a prompt); ratios against torch's AVX2 kernel in the same process.
+median over ``--runs`` runs of a layer's time; one token goes through ``--layers`` distinct
+copies of the layer in turn, 20 layers in all, so that the weights come from memory as in
+decoding and not from a cache a repeated layer would sit in; a prompt through one layer.
+Ratios against torch's AVX2 kernel in the same process. The last two columns: the least time
+the fp32 arithmetic ``int4_mm`` repeats can take at this core's measured FMA rate
+(``fma_peak.cpp``: per weight two 8-lane FMAs for one token, one per row for a prompt), and
+the share of it ``int4_mm`` reaches.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,31 +46,33 @@ LAYERS = {"1.5b": 28, "7b": 28}
 GROUP = 32
 
 
-def layer_weights(size: str) -> tuple[list[tuple[Any, Any]], list[Any]]:
+def layer_weights(size: str, copies: int) -> tuple[list[list[tuple[Any, Any]]], list[Any]]:
+    """``copies`` distinct copies of one layer's INT4 weights (the values do not matter to speed)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    weights, inputs = [], []
+    layer, inputs = [], []
     for n, k in SHAPES[size]:
         q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         scale_zero = (torch.randn(k // GROUP, n, 2, generator=gen) * 0.02).to(torch.bfloat16)
-        weights.append((packed, scale_zero))
+        layer.append((packed, scale_zero))
         inputs.append(torch.randn(1, k, generator=gen).to(torch.bfloat16))
-    return weights, inputs
+    layers = [layer] + [[(p.clone(), s.clone()) for p, s in layer] for _ in range(copies - 1)]
+    return layers, inputs
 
 
 def layer_ms(
-    product: Any, weights: list[tuple[Any, Any]], inputs: list[Any], runs: int, repeat: int
+    product: Any, layers: list[list[tuple[Any, Any]]], inputs: list[Any], runs: int, repeat: int
 ) -> float:
-    """Median over runs of the mean time of ``repeat`` layers, in ms."""
-    for (p, s), x in zip(weights, inputs, strict=True):
+    """Median over runs of the mean time of ``repeat`` layers (the copies in turn), in ms."""
+    for (p, s), x in zip(layers[0], inputs, strict=True):
         product(x, p, s)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        for _ in range(repeat):
-            for (p, s), x in zip(weights, inputs, strict=True):
+        for i in range(repeat):
+            for (p, s), x in zip(layers[i % len(layers)], inputs, strict=True):
                 product(x, p, s)
         times.append((time.perf_counter() - start) / repeat * 1e3)
     return statistics.median(times)
@@ -76,8 +84,8 @@ def worker(spec: dict[str, Any]) -> None:
 
     out: dict[str, Any] = {"level": str(torch.backends.cpu.get_cpu_capability())}
     torch.set_num_threads(spec["threads"])
-    weights, inputs = layer_weights(spec["size"])
     rows, repeat = spec["rows"], (20 if spec["rows"] == 1 else 1)
+    weights, inputs = layer_weights(spec["size"], spec["layers"] if rows == 1 else 1)
     gen = torch.Generator().manual_seed(1)
     inputs = [torch.randn(rows, x.shape[1], generator=gen).to(torch.bfloat16) for x in inputs]
 
@@ -93,10 +101,42 @@ def worker(spec: dict[str, Any]) -> None:
         own = torch.ops.llmcheck_decode.int4_mm
         out["same"] = all(
             torch.equal(aten(x, p, s).view(torch.int16), own(x, p, GROUP, s).view(torch.int16))
-            for (p, s), x in zip(weights, inputs, strict=True)
+            for (p, s), x in zip(weights[0], inputs, strict=True)
         )
         out["own"] = layer_ms(lambda x, p, s: own(x, p, GROUP, s), weights, inputs, spec["runs"], repeat)
     print(json.dumps(out))
+
+
+def fma_peak() -> tuple[float, float] | None:
+    """This core's 256-bit FMAs a second: twelve independent sums, and one dependent sum (its
+    4-cycle latency gives the clock); ``fma_peak.cpp``, built here. None without a compiler."""
+    import tempfile
+
+    import torch
+
+    from pytest_llmcheck.engines.transformers import kernels
+
+    if kernels.compiler_missing() is not None:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="fma-peak-")) / "fma_peak.so"
+    problem = kernels.compile_library(Path(__file__).with_name("fma_peak.cpp"), out,
+                                      ("-O2", "-shared", "-fPIC", "-std=c++17"))
+    if problem is not None:
+        print(f"(no FMA floor: {problem})")
+        return None
+    torch.ops.load_library(str(out))
+    shutil.rmtree(out.parent, ignore_errors=True)
+    independent, dependent = torch.ops.llmcheck_bench.fma_peak(200_000_000, 3)
+    return float(independent), float(dependent)
+
+
+def floor_ms(size: str, rows: int, threads: int, peak: float) -> float:
+    """The least time the arithmetic int4_mm must repeat can take for a layer at ``peak``
+    FMAs a second a core: per weight and row one 8-lane FMA on the sum, and for one row a
+    second for the weight (a prompt dequantizes each weight once per 96 rows: left out)."""
+    weights = sum(n * k for n, k in SHAPES[size])
+    per_weight = 2 / 8 if rows == 1 else rows / 8
+    return weights * per_weight / (peak * threads) * 1e3
 
 
 def child(spec: dict[str, Any], capability: str | None) -> dict[str, Any]:
@@ -116,6 +156,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--sizes", default="1.5b,7b")
     parser.add_argument("--prompt", type=int, default=512, help="rows of the prompt table (0: none)")
+    parser.add_argument("--layers", type=int, default=8,
+                        help="distinct copies of a layer one token goes through")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -126,13 +168,21 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{datetime.now():%Y-%m-%d %H:%M}; median of {args.runs} runs; ms per layer, one token (rows 1) "
           f"or a prompt")
+    if args.layers < 1:
+        parser.error(f"--layers {args.layers}: must be 1 or more")
+    peak = fma_peak() if cpu_supports("AVX2") else None
+    if peak:
+        print(f"one core: {peak[0] / 1e9:.2f} G 256-bit FMAs a second, independent sums; one dependent sum "
+              f"{peak[1] / 1e9:.2f} G, i.e. {peak[1] * 4 / 1e9:.2f} GHz at 4 cycles a step, "
+              f"{peak[0] / (peak[1] * 4):.2f} FMAs a cycle")
     header = ["shape", "rows", "threads", "torch AVX2", "int4_mm", "torch AVX-512",
-              "int4_mm vs torch AVX2", "same bits", "x28 layers, int4_mm"]
+              "int4_mm vs torch AVX2", "same bits", "x28 layers, int4_mm", "FMA floor", "int4_mm at"]
     rows = [header]
     for m in [1] + ([args.prompt] if args.prompt > 1 else []):
         for size in args.sizes.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
-                spec = {"size": size, "threads": threads, "runs": args.runs, "own": True, "rows": m}
+                spec = {"size": size, "threads": threads, "runs": args.runs, "own": True, "rows": m,
+                        "layers": args.layers}
                 held = child(spec, "avx2")
                 wide = child({**spec, "own": False}, None) if cpu_supports("AVX2") else None
                 native = wide["torch"] if wide and wide["level"] != "AVX2" else None
@@ -141,6 +191,8 @@ def main() -> None:
                     f"{held['own']:.2f}",
                     f"{native:.2f}" if native else "-", f"{held['torch'] / held['own']:.2f}x",
                     "yes" if held["same"] else "NO", f"{held['own'] * LAYERS[size] / 1e3:.2f} s",
+                    *((f"{floor:.2f}", f"{floor / held['own']:.0%} of it")
+                      if peak and (floor := floor_ms(size, m, threads, peak[0])) else ("-", "-")),
                 ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:

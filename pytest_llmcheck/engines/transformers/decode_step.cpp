@@ -69,10 +69,14 @@ namespace {
 // Each output is one SIMD lane's sequence, so neither the instructions' width nor the thread
 // count matters: the result is torch's, bit for bit (tests compare them; the decode loop's
 // check at load compares the logits). What is faster: x is converted to fp32 once, not once
-// per block of outputs; a group's scales once per group, two integer ops per 8; each weight
-// byte is read once and unpacked with one widening load. An AVX-512 body (16 lanes, 4 blocks
-// a pass) gave the same bits but was slower on this project's AMD EPYC (double-pumped 512-bit
-// units; 17.6 against 13.7 ms a Qwen2-7B layer), so there is one body.
+// per block of outputs; a group's scales once per group, two integer ops per 8, the next
+// group's prefetched (they lie N * 4 bytes on); each weight byte is read once, eight at a time
+// by a widening load; a prompt's inputs are regrouped so that a group's rows are one run.
+// bench_int4_product.py prints the floor this arithmetic sets at the core's measured FMA rate:
+// one token reaches about 60% of it, a prompt 85-90%. An AVX-512 body (16 lanes, 4 blocks a
+// pass) gave the same bits but was slower on this project's AMD EPYC (double-pumped 512-bit
+// units; 17.6 against 13.7 ms a Qwen2-7B layer), and so were two blocks a pass in 512 or in
+// 256 bits with AVX-512's 32 registers (a throwaway test, 2026-12-07), so there is one body.
 // Layout (torch's weight_to_int4pack_kernel with AVX2): packed uint8 [N/32][K][16], byte d of
 // a row holds output d in its low nibble and output d + 16 in its high one; scale_zero bf16
 // [K/group][N][2]. Only N a multiple of 32 (no partial block) is taken here.
@@ -103,8 +107,13 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
   const __m256i low = _mm256_set1_epi32(0xF);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-  for (int64_t g = 0; g < K / group; ++g) {
+  const int64_t groups = K / group;
+  for (int64_t g = 0; g < groups; ++g) {
     const c10::BFloat16* sz = SZ + g * N * 2;
+    if (g + 1 < groups) {  // the next group's scales, N * 4 bytes on: a far row the hardware prefetcher misses
+      _mm_prefetch(reinterpret_cast<const char*>(sz + N * 2), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(sz + N * 2 + 32), _MM_HINT_T0);
+    }
     __m256 s0, s1, s2, s3, z0, z1, z2, z3;
     scales8(sz, s0, z0);
     scales8(sz + 16, s1, z1);
@@ -112,9 +121,9 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
     scales8(sz + 48, s3, z3);
     for (int64_t k = g * group; k < (g + 1) * group; ++k) {
       const __m256 a = _mm256_broadcast_ss(x + k);
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(B + k * 16));
-      const __m256i lo = _mm256_cvtepu8_epi32(b);                        // bytes 0..7
-      const __m256i hi = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(b, b));  // bytes 8..15
+      // bytes 0..7 and 8..15, each widened straight from memory (one shuffle fewer than a 16-byte load)
+      const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(B + k * 16)));
+      const __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(B + k * 16 + 8)));
       acc0 = _mm256_fmadd_ps(a, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, low)), s0, z0), acc0);
       acc1 = _mm256_fmadd_ps(a, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, low)), s1, z1), acc1);
       acc2 = _mm256_fmadd_ps(a, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo, 4)), s2, z2), acc2);
@@ -132,7 +141,7 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
 // go on from where the previous group left them, three rows at a time (12 independent sums
 // hide the FMA latency; then pairs, then one). Per output the sequence is the one above:
 // acc = fma(x[k], w[k], acc), k in order. The caller keeps a chunk of rows for all its
-// blocks, so the rows stay in cache. The unpacking repeats int4_block_avx2's on purpose: a
+// blocks, so the rows stay in cache; x holds them group by group, [K/group][M][group]. The unpacking repeats int4_block_avx2's on purpose: a
 // shared helper returning the four vectors through memory made one token 3x slower here
 // (8.73 against 2.62 ms a Qwen2-1.5B layer, bench_int4_product.py).
 __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const uint8_t* B,
@@ -158,7 +167,7 @@ __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const ui
       _mm256_storeu_ps(t + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo, 4)), s2, z2));
       _mm256_storeu_ps(t + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi, 4)), s3, z3));
     }
-    const float* xg = x + g * group;
+    const float* xg = x + g * M * group;  // the rows' inputs of this group, one run of M * group
     int64_t m = 0;
     for (; m + 3 <= M; m += 3) {
       float* c0 = acc + m * kInt4Block;
@@ -170,9 +179,9 @@ __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const ui
       __m256 a12 = _mm256_loadu_ps(c1 + 16), a13 = _mm256_loadu_ps(c1 + 24);
       __m256 a20 = _mm256_loadu_ps(c2), a21 = _mm256_loadu_ps(c2 + 8);
       __m256 a22 = _mm256_loadu_ps(c2 + 16), a23 = _mm256_loadu_ps(c2 + 24);
-      const float* x0 = xg + m * K;
-      const float* x1 = x0 + K;
-      const float* x2 = x1 + K;
+      const float* x0 = xg + m * group;
+      const float* x1 = x0 + group;
+      const float* x2 = x1 + group;
       for (int64_t k = 0; k < group; ++k) {
         const float* t = tile + k * kInt4Block;
         const __m256 v0 = _mm256_broadcast_ss(x0 + k), v1 = _mm256_broadcast_ss(x1 + k);
@@ -204,8 +213,8 @@ __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const ui
       __m256 a02 = _mm256_loadu_ps(c0 + 16), a03 = _mm256_loadu_ps(c0 + 24);
       __m256 a10 = _mm256_loadu_ps(c1), a11 = _mm256_loadu_ps(c1 + 8);
       __m256 a12 = _mm256_loadu_ps(c1 + 16), a13 = _mm256_loadu_ps(c1 + 24);
-      const float* x0 = xg + m * K;
-      const float* x1 = x0 + K;
+      const float* x0 = xg + m * group;
+      const float* x1 = x0 + group;
       for (int64_t k = 0; k < group; ++k) {
         const float* t = tile + k * kInt4Block;
         const __m256 w0 = _mm256_loadu_ps(t), w1 = _mm256_loadu_ps(t + 8);
@@ -229,7 +238,7 @@ __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const ui
       float* c0 = acc + m * kInt4Block;
       __m256 a00 = _mm256_loadu_ps(c0), a01 = _mm256_loadu_ps(c0 + 8);
       __m256 a02 = _mm256_loadu_ps(c0 + 16), a03 = _mm256_loadu_ps(c0 + 24);
-      const float* x0 = xg + m * K;
+      const float* x0 = xg + m * group;
       for (int64_t k = 0; k < group; ++k) {
         const float* t = tile + k * kInt4Block;
         const __m256 v0 = _mm256_broadcast_ss(x0 + k);
@@ -271,6 +280,20 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
               "int4_mm: x must be bf16 (M, K)");
   const int64_t M = x.size(0), K = x.size(1), N = scale_zero.size(1);
   at::Tensor xf = x.to(at::kFloat).contiguous();  // exact: bf16 is fp32's upper half
+  if (M > 1) {
+    // A prompt's rows group by group: each chunk of kInt4Rows rows as [K/group][rows][group], so
+    // that int4_rows_avx2 reads a group's inputs for all its rows as one run (row by row they lie
+    // K * 4 bytes apart, a far jump per row the prefetcher does not follow).
+    const int64_t groups = K / group;
+    at::Tensor packed_x = at::empty({M * K}, xf.options());
+    for (int64_t m0 = 0; m0 < M; m0 += kInt4Rows) {
+      const int64_t rows = std::min(kInt4Rows, M - m0);
+      packed_x.narrow(0, m0 * K, rows * K)
+          .view({groups, rows, group})
+          .copy_(xf.narrow(0, m0, rows).view({rows, groups, group}).transpose(0, 1));
+    }
+    xf = packed_x;
+  }
   at::Tensor out = at::empty({M, N}, x.options());
   const float* xd = xf.data_ptr<float>();
   const auto* bd = packed.data_ptr<uint8_t>();
