@@ -14,7 +14,7 @@ split table, 10.1 against 11.8 ms per token (1 thread).
 
 Where torch's INT4 kernel is its AVX2 one (portable numerics, or an AVX2 CPU), the step runs
 the file's own ``int4_mm`` instead: the same roundings in the same order per output, about
-twice as fast at one token, 1.5-1.8x at a 512-token prompt (``benchmarks/bench_int4_product.py``);
+twice as fast at one token, 1.9-2.0x at a 512-token prompt (``benchmarks/bench_int4_product.py``);
 prompts then run the model's forward with its INT4 layers on ``int4_mm`` too
 (:func:`int4_prompt`). The check at load covers both: the prompt's logits and keys against the
 forward's, every step's logits against the forward's.
@@ -121,7 +121,7 @@ def int4_prompt(linears: list[Any]) -> Callable[[], AbstractContextManager[None]
     takes) compute with ``int4_mm`` while a prompt goes through the model's forward, as
     torchao's own linear does around torch's kernel (2-D input, bias added after, same
     dtype); their ``forward`` is the class's again afterwards. At 512 prompt tokens it is
-    1.5-1.8x torch's AVX2 kernel (``benchmarks/bench_int4_product.py``), the same bits."""
+    1.9-2.0x torch's AVX2 kernel (``benchmarks/bench_int4_product.py``), the same bits."""
     import torch
     import torch.nn.functional as F
 
