@@ -49,6 +49,7 @@ SHAPES = [  # (outputs, inputs, group, rows)
     (32, 64, 32, 1), (64, 128, 64, 1), (96, 256, 128, 3), (160, 512, 32, 1), (224, 256, 256, 2),
     (2048, 1536, 32, 1), (1536, 8960, 32, 1),  # Qwen2-1.5B's q/k/v and down
     (64, 512, 64, 33), (2048, 1536, 32, 77),  # prompts: chunks of 32 rows, pairs and an odd row
+    (64, 256, 32, 97),  # a chunk of 96 rows, then one alone (each chunk's inputs regrouped on their own)
 ]
 
 

@@ -110,7 +110,7 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
   const int64_t groups = K / group;
   for (int64_t g = 0; g < groups; ++g) {
     const c10::BFloat16* sz = SZ + g * N * 2;
-    if (g + 1 < groups) {  // the next group's scales, N * 4 bytes on: a far row the hardware prefetcher misses
+    if (g + 1 < groups) {  // the next group's scales, N * 4 bytes on: a row the prefetcher misses
       _mm_prefetch(reinterpret_cast<const char*>(sz + N * 2), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(sz + N * 2 + 32), _MM_HINT_T0);
     }
@@ -141,9 +141,10 @@ __attribute__((target("avx2,fma"))) void int4_block_avx2(const float* x, const u
 // go on from where the previous group left them, three rows at a time (12 independent sums
 // hide the FMA latency; then pairs, then one). Per output the sequence is the one above:
 // acc = fma(x[k], w[k], acc), k in order. The caller keeps a chunk of rows for all its
-// blocks, so the rows stay in cache; x holds them group by group, [K/group][M][group]. The unpacking repeats int4_block_avx2's on purpose: a
-// shared helper returning the four vectors through memory made one token 3x slower here
-// (8.73 against 2.62 ms a Qwen2-1.5B layer, bench_int4_product.py).
+// blocks, so the rows stay in cache; x holds them group by group, [K/group][M][group]. The
+// unpacking repeats int4_block_avx2's on purpose: a shared helper returning the four vectors
+// through memory made one token 3x slower here (8.73 against 2.62 ms a Qwen2-1.5B layer,
+// bench_int4_product.py).
 __attribute__((target("avx2,fma"))) void int4_rows_avx2(const float* x, const uint8_t* B,
                                                          const c10::BFloat16* SZ, int64_t N, int64_t K,
                                                          int64_t group, int64_t M, float* acc) {
