@@ -16,7 +16,8 @@ copies of the layer in turn, 20 layers in all, so that the weights come from mem
 decoding and not from a cache a repeated layer would sit in; a prompt through one layer.
 Ratios against torch's AVX2 kernel in the same process. The last two columns: the least time
 the fp32 arithmetic ``int4_mm`` repeats can take at this core's measured FMA rate
-(``fma_peak.cpp``: per weight two 8-lane FMAs for one token, one per row for a prompt), and
+(``fma_peak.cpp``: per weight two FMA lanes for one token, a quarter of an 8-lane FMA; one lane
+per weight and row for a prompt), and
 the share of it ``int4_mm`` reaches.
 """
 
@@ -132,8 +133,8 @@ def fma_peak() -> tuple[float, float] | None:
 
 def floor_ms(size: str, rows: int, threads: int, peak: float) -> float:
     """The least time the arithmetic int4_mm must repeat can take for a layer at ``peak``
-    FMAs a second a core: per weight and row one 8-lane FMA on the sum, and for one row a
-    second for the weight (a prompt dequantizes each weight once per 96 rows: left out)."""
+    8-lane FMAs a second a core: per weight and row one FMA lane on the sum, and for one row
+    a second lane for the weight (a prompt dequantizes each weight once per 96 rows: left out)."""
     weights = sum(n * k for n, k in SHAPES[size])
     per_weight = 2 / 8 if rows == 1 else rows / 8
     return weights * per_weight / (peak * threads) * 1e3

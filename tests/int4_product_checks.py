@@ -48,8 +48,10 @@ def _bits(t: Any) -> Any:
 SHAPES = [  # (outputs, inputs, group, rows)
     (32, 64, 32, 1), (64, 128, 64, 1), (96, 256, 128, 3), (160, 512, 32, 1), (224, 256, 256, 2),
     (2048, 1536, 32, 1), (1536, 8960, 32, 1),  # Qwen2-1.5B's q/k/v and down
-    (64, 512, 64, 33), (2048, 1536, 32, 77),  # prompts: chunks of 32 rows, pairs and an odd row
-    (64, 256, 32, 97),  # a chunk of 96 rows, then one alone (each chunk's inputs regrouped on their own)
+    # prompts: rows three at a time, then a pair or one alone (33, 77, 4); chunks of 96 rows, each regrouped
+    # on its own, the last of 1, 4 or 2 rows (97, 193, 100, 98); group 256 across two groups (98)
+    (64, 512, 64, 33), (2048, 1536, 32, 77), (64, 256, 32, 4),
+    (64, 256, 32, 97), (64, 256, 32, 193), (64, 512, 64, 100), (96, 512, 256, 98),
 ]
 
 
@@ -114,7 +116,7 @@ def test_the_cpp_step_runs_int4_mm_and_keeps_the_forwards_logits(library: str, h
 
 def test_prompts_run_int4_mm_with_the_forwards_logits_and_keys(library: str) -> None:
     model, inputs = tiny_in_memory("qwen2", True, head_dim=64)
-    inputs = {"input_ids": torch.arange(3, 60).view(1, -1)}  # 57 prompt tokens: two chunks of rows
+    inputs = {"input_ids": torch.arange(3, 60).view(1, -1)}  # 57 prompt tokens: 19 passes of three rows
     decoder = fastpath.FastDecoder.build(model)
     native = decode_step.build(decoder)
     assert decoder.native_prompt is not None

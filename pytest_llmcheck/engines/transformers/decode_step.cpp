@@ -70,10 +70,10 @@ namespace {
 // count matters: the result is torch's, bit for bit (tests compare them; the decode loop's
 // check at load compares the logits). What is faster: x is converted to fp32 once, not once
 // per block of outputs; a group's scales once per group, two integer ops per 8, the next
-// group's prefetched (they lie N * 4 bytes on); each weight byte is read once, eight at a time
-// by a widening load; a prompt's inputs are regrouped so that a group's rows are one run.
-// bench_int4_product.py prints the floor this arithmetic sets at the core's measured FMA rate:
-// one token reaches about 60% of it, a prompt 85-90%. An AVX-512 body (16 lanes, 4 blocks a
+// group's prefetched (they lie N * 4 bytes on); each weight byte is read once (one token: eight
+// at a time by a widening load); a prompt's inputs are regrouped so that a group's rows are one
+// run. bench_int4_product.py prints the floor this arithmetic sets at the core's measured FMA
+// rate: one token reaches about 58% of it, a prompt 82-89%. An AVX-512 body (16 lanes, 4 blocks a
 // pass) gave the same bits but was slower on this project's AMD EPYC (double-pumped 512-bit
 // units; 17.6 against 13.7 ms a Qwen2-7B layer), and so were two blocks a pass in 512 or in
 // 256 bits with AVX-512's 32 registers (a throwaway test, 2026-12-07), so there is one body.
@@ -280,20 +280,23 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group,
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(1) == scale_zero.size(0) * group,
               "int4_mm: x must be bf16 (M, K)");
   const int64_t M = x.size(0), K = x.size(1), N = scale_zero.size(1);
-  at::Tensor xf = x.to(at::kFloat).contiguous();  // exact: bf16 is fp32's upper half
-  if (M > 1) {
-    // A prompt's rows group by group: each chunk of kInt4Rows rows as [K/group][rows][group], so
-    // that int4_rows_avx2 reads a group's inputs for all its rows as one run (row by row they lie
-    // K * 4 bytes apart, a far jump per row the prefetcher does not follow).
+  // x in fp32 (exact: bf16 is fp32's upper half); a prompt's rows group by group: each chunk of
+  // kInt4Rows rows as [K/group][rows][group], so that int4_rows_avx2 reads a group's inputs for
+  // all its rows as one run (row by row they lie K * 4 bytes apart, a far jump per row the
+  // prefetcher does not follow). One pass: copy_ converts as it regroups.
+  at::Tensor xf;
+  if (M == 1) {
+    xf = x.to(at::kFloat).contiguous();
+  } else {
+    const at::Tensor xc = x.contiguous();
     const int64_t groups = K / group;
-    at::Tensor packed_x = at::empty({M * K}, xf.options());
+    xf = at::empty({M * K}, x.options().dtype(at::kFloat));
     for (int64_t m0 = 0; m0 < M; m0 += kInt4Rows) {
       const int64_t rows = std::min(kInt4Rows, M - m0);
-      packed_x.narrow(0, m0 * K, rows * K)
+      xf.narrow(0, m0 * K, rows * K)
           .view({groups, rows, group})
-          .copy_(xf.narrow(0, m0, rows).view({rows, groups, group}).transpose(0, 1));
+          .copy_(xc.narrow(0, m0, rows).view({rows, groups, group}).transpose(0, 1));
     }
-    xf = packed_x;
   }
   at::Tensor out = at::empty({M, N}, x.options());
   const float* xd = xf.data_ptr<float>();
