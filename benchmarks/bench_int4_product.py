@@ -17,8 +17,7 @@ decoding and not from a cache a repeated layer would sit in; a prompt through on
 Ratios against torch's AVX2 kernel in the same process. The last two columns: the least time
 the fp32 arithmetic ``int4_mm`` repeats can take at this core's measured FMA rate
 (``fma_peak.cpp``: per weight two FMA lanes for one token, a quarter of an 8-lane FMA; one lane
-per weight and row for a prompt), and
-the share of it ``int4_mm`` reaches.
+per weight and row for a prompt), and the share of it ``int4_mm`` reaches.
 """
 
 from __future__ import annotations
@@ -164,13 +163,13 @@ def main() -> None:
     if args.worker:
         worker(json.loads(args.worker))
         return
+    if args.layers < 1:
+        parser.error(f"--layers {args.layers}: must be 1 or more")
     from pytest_llmcheck.compat.torch import cpu_supports
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{datetime.now():%Y-%m-%d %H:%M}; median of {args.runs} runs; ms per layer, one token (rows 1) "
           f"or a prompt")
-    if args.layers < 1:
-        parser.error(f"--layers {args.layers}: must be 1 or more")
     peak = fma_peak() if cpu_supports("AVX2") else None
     if peak:
         print(f"one core: {peak[0] / 1e9:.2f} G 256-bit FMAs a second, independent sums; one dependent sum "
