@@ -283,8 +283,9 @@ def test_rms_norm_is_transformers_within_bf16_rounding() -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("placed", [False, True], ids=["torch-pages", "arena"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
+def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str, placed: bool) -> None:
     import torch
 
     # every product fits the kernel; a vocabulary of 320 so that lm_head is converted too
@@ -295,10 +296,26 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str) -> None:
     assert w4a8.convert_norms(model) == 5  # 2 per layer and the final one
     assert w4a8.is_w4a8(model.lm_head)
     assert w4a8.is_w4a8_norm(model.model.norm)
+    attention = model.model.layers[0].self_attn
+    if placed:  # the engine's placement: every kernel weight in one arena, the same values
+        with torch.inference_mode():
+            before = model(**inputs).logits
+        old = attention.q_proj.packed
+        w4a8.to_huge_pages(model)
+        assert attention.q_proj.packed.data_ptr() != old.data_ptr()
+        assert torch.equal(attention.q_proj.packed, old)
+        storages = {m.packed.untyped_storage().data_ptr() for m in model.modules() if w4a8.is_w4a8(m)}
+        assert len(storages) == 1
+        with torch.inference_mode():
+            assert torch.equal(model(**inputs).logits, before)
+    where = attention.q_proj.packed.data_ptr(), attention.q_proj.sz.data_ptr()
     decoder = fastpath.FastDecoder.build(model)
     qkv = decoder.layers[0].qkv.single
     assert isinstance(qkv, int4.W4A8Call)
     assert qkv.sizes == [256, 128, 128]
+    # in the arena q/k/v lie back to back and fuse without a copy; else torch.cat copies them
+    assert ((qkv.packed.data_ptr(), qkv.sz.data_ptr()) == where) is placed
+    assert attention.v_proj.packed.data_ptr() == qkv.packed[-attention.v_proj.packed.shape[0]:].data_ptr()
     assert decoder.head is not None
     decode_step.load_library(None)  # the kernel built, so a compiler is at hand
     natives = [None, decode_step.build(decoder)]

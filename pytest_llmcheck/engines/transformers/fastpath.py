@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmcheck.compat.transformers import attn_implementation
+from pytest_llmcheck.engines.transformers.hugepages import adjacent
 from pytest_llmcheck.engines.transformers.int4 import Int4Call, W4A8Call, int4_parts
 from pytest_llmcheck.engines.transformers.w4a8 import is_w4a8_norm
 
@@ -68,8 +69,12 @@ def _w4a8_projection(linears: Sequence[Any]) -> Projection:
     if len({lin.group for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
         calls = [W4A8Call(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias) for lin in linears]
         return Projection(int4=calls)
-    packed = torch.cat([lin.packed for lin in linears], 0)
-    sz = torch.cat([lin.sz for lin in linears], 0)
+    # already back to back (``w4a8.to_huge_pages`` lays them out so): joined without a copy
+    packed = adjacent([lin.packed for lin in linears])
+    sz = adjacent([lin.sz for lin in linears])
+    if packed is None or sz is None:
+        packed = torch.cat([lin.packed for lin in linears], 0)
+        sz = torch.cat([lin.sz for lin in linears], 0)
     bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
     start = 0
     for lin in linears:

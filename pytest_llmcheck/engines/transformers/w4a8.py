@@ -394,6 +394,23 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
     return converted
 
 
+def to_huge_pages(model: torch.nn.Module) -> bool:
+    """Move the kernel layers' weights into one arena of 2 MB pages (see ``hugepages``): every
+    ``packed`` in module order, then every ``sz``, so that a projection's members (q/k/v,
+    gate/up) lie back to back and fuse without a copy. Each original is dropped as its copy
+    is made. Returns whether the pages were advised (False: ordinary pages, same values)."""
+    from pytest_llmcheck.engines.transformers.hugepages import Arena
+
+    layers: list[Any] = [m for m in model.modules() if is_w4a8(m)]
+    if not layers:
+        return False
+    arena = Arena(Arena.size_of([t for m in layers for t in (m.packed, m.sz)]))
+    for name in ("packed", "sz"):
+        for m in layers:
+            setattr(m, name, arena.take(getattr(m, name)))
+    return arena.advised
+
+
 def buffer_bytes(model: torch.nn.Module) -> int:
     """Bytes of the kernel layers' weights (buffers, which parameter counts miss)."""
     return sum(int(b.numel() * b.element_size()) for m in model.modules() if is_w4a8(m) for b in m.buffers())

@@ -1,0 +1,95 @@
+"""Weights the int4-a8 decode streams, moved into one mapping of 2 MB pages.
+
+Why: at one token per step the int4-a8 kernel reads every weight once, front to back, and is
+bound by how fast memory delivers them. On ordinary 4 KB pages the hardware prefetcher stops
+at every page boundary; in 2 MB pages it runs on. ``benchmarks/bench_w4a8_bodies.py`` times a
+layer both ways (docs/performance.md has the figures). torch's allocator gives 2 MB pages only
+when THP_MEM_ALLOC_ENABLE is set before the process starts, which a plugin cannot do, so the
+weights are copied here once at load into an anonymous mapping advised with
+``madvise(MADV_HUGEPAGE)`` (the standard library's ``mmap``; no C++ needed).
+
+Only where the bytes lie changes, never their values: the answers are the same. Where the
+kernel or the platform refuses the advice, the mapping is ordinary pages and nothing else
+changes. Tensors are placed back to back in the order given, so that neighbours that one
+kernel call reads together (q/k/v, gate/up) stay one run: :func:`adjacent` joins them
+without a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import mmap
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+HUGE_PAGE = 2 << 20
+ALIGN = 64  # each tensor starts on a cache line (the kernel's tiles are whole cache lines)
+
+
+class Arena:
+    """``size`` bytes in one anonymous mapping, 2 MB aligned and advised for 2 MB pages, handed
+    out front to back by :meth:`take`. Pages are touched (and counted in RSS) only as tensors
+    are copied in, so moving a model's weights in one by one, each original freed as it goes,
+    costs one tensor more than the model at peak, not two models."""
+
+    def __init__(self, size: int) -> None:
+        import torch
+
+        if hasattr(mmap, "MAP_ANONYMOUS"):
+            self._map = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:  # Windows: -1 is an anonymous mapping there
+            self._map = mmap.mmap(-1, size + HUGE_PAGE)
+        self.advised = False
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
+        if advice is not None:
+            with contextlib.suppress(OSError):  # a kernel without THP: ordinary pages
+                self._map.madvise(advice)
+                self.advised = True
+        whole = torch.frombuffer(self._map, dtype=torch.uint8)  # holds the mapping while any view lives
+        skip = -whole.data_ptr() % HUGE_PAGE
+        self._bytes = whole[skip : skip + size]
+        self._used = 0
+
+    @staticmethod
+    def size_of(tensors: list[torch.Tensor]) -> int:
+        """The bytes an arena needs to :meth:`take` each of ``tensors``."""
+        return sum(_padded(t.numel() * t.element_size()) for t in tensors)
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A copy of ``tensor`` (contiguous, same dtype and shape) in the next free bytes."""
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._used + nbytes > self._bytes.numel():
+            raise ValueError(f"arena of {self._bytes.numel()} bytes has no room for {nbytes} more")
+        view = self._bytes[self._used : self._used + nbytes].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor)
+        self._used += _padded(nbytes)
+        return view
+
+
+def _padded(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """``tensors`` joined along dim 0 without a copy, when they already lie back to back in one
+    storage (contiguous, same dtype and trailing shape); else None (the caller concatenates)."""
+    import torch
+
+    first = tensors[0]
+    if first.dim() == 0 or any(
+        not t.is_contiguous() or t.dtype != first.dtype or t.shape[1:] != first.shape[1:] for t in tensors
+    ):
+        return None
+    storage = first.untyped_storage()
+    for before, after in itertools.pairwise(tensors):
+        if after.untyped_storage().data_ptr() != storage.data_ptr():
+            return None
+        if after.data_ptr() != before.data_ptr() + before.numel() * before.element_size():
+            return None
+    rows = sum(int(t.shape[0]) for t in tensors)
+    joined = torch.empty(0, dtype=first.dtype)
+    joined.set_(storage, first.storage_offset(), (rows, *first.shape[1:]), first.stride())
+    return joined
