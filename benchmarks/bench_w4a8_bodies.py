@@ -10,7 +10,7 @@ turn in one process, median of ``--repeats`` timings; one token goes through ``-
 distinct copies of the layer in turn, 20 layers in all (the weights come from memory, as in
 decoding, not from a cache a repeated layer would sit in), a prompt through one. "4 KB"
 columns: the weights as torch allocates them; "2 MB": the same bytes copied into an arena
-advised for 2 MB pages (``hugepages.py``, what ``w4a8.to_huge_pages`` does at load). The
+advised for 2 MB pages (``hugepages.py``, where ``w4a8.convert`` puts them at load). The
 outputs of every body and placement are compared bit for bit (they must be equal: w4a8.cpp
 says why). Needs a CPU with AVX512-VNNI to show both bodies; elsewhere the AVX2 ones alone.
 """

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcheck.engines.transformers.hugepages import HUGE_PAGE, Arena, adjacent
+from pytest_llmcheck.engines.transformers import hugepages
+from pytest_llmcheck.engines.transformers.hugepages import HUGE_PAGE, Arena, adjacent, offered
 
 torch = pytest.importorskip("torch")
 
@@ -33,11 +34,30 @@ def test_the_views_keep_the_mapping_alive() -> None:
     assert int(view.sum()) == 4 * 1024
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="madvise(MADV_HUGEPAGE) is Linux's")
-def test_the_arena_is_advised_where_the_kernel_offers_2mb_pages() -> None:
+def test_the_arena_is_advised_where_the_kernel_offers_2mb_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    offered = setting.is_file() and "[never]" not in setting.read_text()
-    assert Arena(HUGE_PAGE).advised is offered
+    expected = sys.platform == "linux" and setting.is_file() and "[never]" not in setting.read_text()
+    assert offered() is expected
+    assert Arena(HUGE_PAGE).advised is offered()
+    monkeypatch.setattr(hugepages, "offered", lambda: False)  # THP off: ordinary pages, the same copies
+    arena = Arena(HUGE_PAGE)
+    assert not arena.advised
+    assert torch.equal(arena.take(torch.arange(10)), torch.arange(10))
+
+
+@pytest.mark.skipif(not offered(), reason="this kernel gives no 2 MB pages")
+def test_the_pages_are_2mb_where_offered() -> None:
+    """AnonHugePages counts this process's 2 MB pages: 64 MB copied in adds about 64 MB."""
+
+    def huge_kb() -> int:
+        text = Path("/proc/self/smaps_rollup").read_text()
+        return int(text.split("AnonHugePages:")[1].split()[0])
+
+    before = huge_kb()
+    arena = Arena(64 << 20)
+    view = arena.take(torch.ones(64 << 20, dtype=torch.uint8))
+    assert huge_kb() - before >= 32 << 10  # at least half in 2 MB pages (the kernel may refuse some)
+    del view
 
 
 def test_adjacent_joins_neighbours_without_a_copy_and_nothing_else() -> None:

@@ -16,6 +16,7 @@ from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers import decode_step, fastpath, int4, w4a8
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
+from pytest_llmcheck.engines.transformers.hugepages import offered
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.storage.cache import Cache
 from tests.tiny_model import build_tiny_model, tiny_in_memory
@@ -283,7 +284,7 @@ def test_rms_norm_is_transformers_within_bf16_rounding() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("placed", [False, True], ids=["torch-pages", "arena"])
+@pytest.mark.parametrize("placed", [False, True], ids=["torch-pages", "arenas"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str, placed: bool) -> None:
     import torch
@@ -292,31 +293,29 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str, placed: bool) -
     model, inputs = tiny_in_memory(arch, True, head_dim=64, vocab=320)
     with torch.inference_mode():
         int4_logits = model(**inputs).logits
-    assert w4a8.convert(model) == 15  # 7 per layer and lm_head
+    assert w4a8.convert(model, huge_pages=placed) == 15  # 7 per layer and lm_head
     assert w4a8.convert_norms(model) == 5  # 2 per layer and the final one
     assert w4a8.is_w4a8(model.lm_head)
     assert w4a8.is_w4a8_norm(model.model.norm)
+    layers = [m for m in model.modules() if w4a8.is_w4a8(m)]
+    # the engine's placement: every packed in one arena, every sz in another; else one tensor each
+    assert len({m.packed.untyped_storage().data_ptr() for m in layers}) == (1 if placed else 15)
+    assert len({m.sz.untyped_storage().data_ptr() for m in layers}) == (1 if placed else 15)
+    if placed:  # the same values as where torch puts them
+        twin, _ = tiny_in_memory(arch, True, head_dim=64, vocab=320)
+        w4a8.convert(twin, huge_pages=False)
+        w4a8.convert_norms(twin)
+        with torch.inference_mode():
+            assert torch.equal(model(**inputs).logits, twin(**inputs).logits)
     attention = model.model.layers[0].self_attn
-    if placed:  # the engine's placement: every kernel weight in one arena, the same values
-        with torch.inference_mode():
-            before = model(**inputs).logits
-        old = attention.q_proj.packed
-        w4a8.to_huge_pages(model)
-        assert attention.q_proj.packed.data_ptr() != old.data_ptr()
-        assert torch.equal(attention.q_proj.packed, old)
-        storages = {m.packed.untyped_storage().data_ptr() for m in model.modules() if w4a8.is_w4a8(m)}
-        assert len(storages) == 1
-        with torch.inference_mode():
-            assert torch.equal(model(**inputs).logits, before)
     where = attention.q_proj.packed.data_ptr(), attention.q_proj.sz.data_ptr()
     decoder = fastpath.FastDecoder.build(model)
     qkv = decoder.layers[0].qkv.single
     assert isinstance(qkv, int4.W4A8Call)
     assert qkv.sizes == [256, 128, 128]
-    # in the arena q/k/v lie back to back and fuse without a copy; else torch.cat copies them
+    # in the arenas q/k/v lie back to back and fuse without a copy; else torch.cat copies them
     assert ((qkv.packed.data_ptr(), qkv.sz.data_ptr()) == where) is placed
     assert attention.v_proj.packed.data_ptr() == qkv.packed[-attention.v_proj.packed.shape[0]:].data_ptr()
-    assert decoder.head is not None
     decode_step.load_library(None)  # the kernel built, so a compiler is at hand
     natives = [None, decode_step.build(decoder)]
     with torch.inference_mode():
@@ -557,6 +556,7 @@ def test_smollm2_int4_a8_answers_and_repeats(tmp_path: Path) -> None:
             assert engine.quant.details["w4a8_layers"] == 211
             assert engine.quant.details["w4a8_lm_head"]
             assert engine.quant.details["w4a8_norms"] == 61
+            assert engine.quant.details["w4a8_huge_pages"] is offered()
             texts.append([engine.generate(p, system=None, config=config).text for p in prompts])
             engine.fast = None  # generate() on the same layers
             assert texts[-1] == [engine.generate(p, system=None, config=config).text for p in prompts]

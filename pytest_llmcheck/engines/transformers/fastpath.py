@@ -69,7 +69,7 @@ def _w4a8_projection(linears: Sequence[Any]) -> Projection:
     if len({lin.group for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
         calls = [W4A8Call(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias) for lin in linears]
         return Projection(int4=calls)
-    # already back to back (``w4a8.to_huge_pages`` lays them out so): joined without a copy
+    # already back to back (``w4a8.convert`` lays them out so): joined without a copy
     packed = adjacent([lin.packed for lin in linears])
     sz = adjacent([lin.sz for lin in linears])
     if packed is None or sz is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import mmap
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,9 +43,9 @@ class Arena:
             self._map = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         else:  # Windows: -1 is an anonymous mapping there
             self._map = mmap.mmap(-1, size + HUGE_PAGE)
-        self.advised = False
+        self.advised = False  # advised, and the kernel gives 2 MB pages on advice
         advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
-        if advice is not None:
+        if advice is not None and offered():
             with contextlib.suppress(OSError):  # a kernel without THP: ordinary pages
                 self._map.madvise(advice)
                 self.advised = True
@@ -54,9 +55,14 @@ class Arena:
         self._used = 0
 
     @staticmethod
+    def padded(nbytes: int) -> int:
+        """The room a tensor of ``nbytes`` takes (each starts on a cache line)."""
+        return -(-nbytes // ALIGN) * ALIGN
+
+    @staticmethod
     def size_of(tensors: list[torch.Tensor]) -> int:
         """The bytes an arena needs to :meth:`take` each of ``tensors``."""
-        return sum(_padded(t.numel() * t.element_size()) for t in tensors)
+        return sum(Arena.padded(t.numel() * t.element_size()) for t in tensors)
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         """A copy of ``tensor`` (contiguous, same dtype and shape) in the next free bytes."""
@@ -65,12 +71,18 @@ class Arena:
             raise ValueError(f"arena of {self._bytes.numel()} bytes has no room for {nbytes} more")
         view = self._bytes[self._used : self._used + nbytes].view(tensor.dtype).view(tensor.shape)
         view.copy_(tensor)
-        self._used += _padded(nbytes)
+        self._used += self.padded(nbytes)
         return view
 
 
-def _padded(nbytes: int) -> int:
-    return -(-nbytes // ALIGN) * ALIGN
+def offered() -> bool:
+    """Whether this system gives 2 MB pages where advised: Linux's transparent huge pages in
+    ``always`` or ``madvise`` mode (``never``, or no such setting, gives ordinary pages)."""
+    try:
+        setting = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return "[never]" not in setting
 
 
 def adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:

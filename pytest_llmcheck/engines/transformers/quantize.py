@@ -290,14 +290,13 @@ class TorchaoInt4A8(TorchaoInt4):
         start = time.perf_counter()
         layers = w4a8.convert(model, lm_head_group=self.group_size)
         norms = w4a8.convert_norms(model)
-        huge = w4a8.to_huge_pages(model)
         report.method = self.name
         report.bytes_after = weight_bytes(model) + w4a8.buffer_bytes(model)
         # kept for "from cache (built in ...)"
         built = {k: v for k, v in report.details.items() if k == "built_seconds"}
         report.details = {**built, **self.recipe(), "w4a8_layers": layers, "w4a8_norms": norms,
                           "w4a8_lm_head": w4a8.is_w4a8(getattr(model, "lm_head", None)),
-                          "w4a8_huge_pages": huge,
+                          "w4a8_huge_pages": w4a8.in_huge_pages(model),
                           "repack_seconds": round(time.perf_counter() - start, 3), "kernel_status": kernel}
 
 

@@ -280,6 +280,7 @@ def _module_classes() -> tuple[type, type]:
                      in_features: int, out_features: int, group: int) -> None:
             super().__init__()
             self.in_features, self.out_features, self.group = in_features, out_features, group
+            self.huge_pages = False  # whether packed and sz lie in an arena of 2 MB pages (convert)
             self.register_buffer("packed", packed)
             self.register_buffer("sz", sz)
             self.register_buffer("bias", bias)
@@ -346,69 +347,88 @@ def _check(name: str, layer: Any, reference: Callable[[torch.Tensor], torch.Tens
                         f"on a probe, allowed {MAX_PROBE_ERROR}); use --llm-quant=int4")
 
 
-def convert(model: torch.nn.Module, lm_head_group: int = 32) -> int:
+def convert(model: torch.nn.Module, lm_head_group: int = 32, *, huge_pages: bool = True) -> int:
     """Replace every torchao INT4 linear layer of ``model``, and its bf16 ``lm_head`` (the
     largest single product of a small model: llama.cpp keeps it in 4-8 bits too), by a
     :func:`linear_class` layer; returns how many. Each layer is checked on a probe input:
     INT4 layers against torch's INT4 kernel (so a layout this code does not know is
-    refused, not answered with), ``lm_head`` against its dequantized weights' first rows."""
+    refused, not answered with), ``lm_head`` against its dequantized weights' first rows.
+
+    With ``huge_pages`` the repacked weights go straight into two arenas of 2 MB pages (see
+    ``hugepages``), every ``packed`` in module order in one and every ``sz`` in the other, so
+    that a projection's members (q/k/v, gate/up) lie back to back and fuse without a copy;
+    the sizes are known from the shapes before any layer is repacked, so nothing is held twice."""
     import torch
+
+    from pytest_llmcheck.engines.transformers.hugepages import Arena
 
     cls = linear_class()
     generator = torch.Generator().manual_seed(0)
-    converted = 0
+    plan = _plan(model, lm_head_group)
+    arenas = None
+    if huge_pages and plan:
+        arenas = (Arena(sum(Arena.padded(n * k // 2) for _, n, k, _ in plan)),
+                  Arena(sum(Arena.padded(n * (k // group) * 4) for _, n, k, group in plan)))
+
+    def place(packed: torch.Tensor, sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (packed, sz) if arenas is None else (arenas[0].take(packed), arenas[1].take(sz))
+
     # names, not modules: a replaced layer's INT4 weights are freed as the loop goes on
-    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    for name in names:
+    for name, n, k, group in plan:
         module: Any = model.get_submodule(name)
-        n, k = int(module.weight.shape[0]), int(module.weight.shape[1])
         parts = int4.int4_parts(module.weight)
         bias = None if module.bias is None else module.bias.detach().to(torch.bfloat16)
         if parts is not None:
-            qdata, group, scale_zero = parts
-            if n % TILE or group % 8:
-                raise W4A8Error(f"--llm-quant=int4-a8: layer {name} has {n} outputs (group {group}); the "
-                                f"kernel needs a multiple of {TILE} (use --llm-quant=int4)")
-            layer = cls(*repack(qdata, scale_zero, group), bias, k, n, group)
+            qdata, _, scale_zero = parts
+            layer = cls(*place(*repack(qdata, scale_zero, group)), bias, k, n, group)
             reference = functools.partial(int4.int4_product, packed=qdata, group=group, scale_zero=scale_zero)
             _check(name, layer, reference, generator)
-        elif type(module.weight) not in (torch.Tensor, torch.nn.Parameter):
-            raise W4A8Error(f"--llm-quant=int4-a8: layer {name} holds weights of type "
-                            f"{type(module.weight).__name__}, which the kernel does not take")
-        elif name.endswith("lm_head") and n % TILE == 0 and k % lm_head_group == 0:
-            layer = cls(*quantize(module.weight, lm_head_group), bias, k, n, lm_head_group)
+        else:  # lm_head
+            layer = cls(*place(*quantize(module.weight, group)), bias, k, n, group)
             tiles = min(64, n // 16)  # the first 1024 outputs: enough to catch a wrong layout
             head = cls(layer.packed[:tiles], layer.sz[:tiles], None if bias is None else bias[: tiles * 16],
-                       k, tiles * 16, lm_head_group)
-            weight = dequantize(head.packed, head.sz, lm_head_group)
+                       k, tiles * 16, group)
+            weight = dequantize(head.packed, head.sz, group)
 
             def dequantized_product(x: torch.Tensor, w: torch.Tensor = weight) -> torch.Tensor:
                 return x.float() @ w.t()
 
             _check(name, head, dequantized_product, generator)
-        else:
-            continue
+        layer.huge_pages = arenas is not None and arenas[0].advised
         del module, parts
         _replace(model, name, layer)
-        converted += 1
-    return converted
+    return len(plan)
 
 
-def to_huge_pages(model: torch.nn.Module) -> bool:
-    """Move the kernel layers' weights into one arena of 2 MB pages (see ``hugepages``): every
-    ``packed`` in module order, then every ``sz``, so that a projection's members (q/k/v,
-    gate/up) lie back to back and fuse without a copy. Each original is dropped as its copy
-    is made. Returns whether the pages were advised (False: ordinary pages, same values)."""
-    from pytest_llmcheck.engines.transformers.hugepages import Arena
+def _plan(model: torch.nn.Module, lm_head_group: int) -> list[tuple[str, int, int, int]]:
+    """(name, outputs, inputs, group) of each linear layer :func:`convert` replaces, in module
+    order; a layer the kernel cannot take is refused here, before any work."""
+    import torch
 
-    layers: list[Any] = [m for m in model.modules() if is_w4a8(m)]
-    if not layers:
-        return False
-    arena = Arena(Arena.size_of([t for m in layers for t in (m.packed, m.sz)]))
-    for name in ("packed", "sz"):
-        for m in layers:
-            setattr(m, name, arena.take(getattr(m, name)))
-    return arena.advised
+    plan = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        n, k = int(module.weight.shape[0]), int(module.weight.shape[1])
+        parts = int4.int4_parts(module.weight)
+        if parts is not None:
+            group = parts[1]
+            if n % TILE or group % 8:
+                raise W4A8Error(f"--llm-quant=int4-a8: layer {name} has {n} outputs (group {group}); the "
+                                f"kernel needs a multiple of {TILE} (use --llm-quant=int4)")
+            plan.append((name, n, k, group))
+        elif type(module.weight) not in (torch.Tensor, torch.nn.Parameter):
+            raise W4A8Error(f"--llm-quant=int4-a8: layer {name} holds weights of type "
+                            f"{type(module.weight).__name__}, which the kernel does not take")
+        elif name.endswith("lm_head") and n % TILE == 0 and k % lm_head_group == 0:
+            plan.append((name, n, k, lm_head_group))
+    return plan
+
+
+def in_huge_pages(model: torch.nn.Module) -> bool:
+    """Whether the kernel layers' weights lie in arenas advised for 2 MB pages."""
+    layers = [m for m in model.modules() if is_w4a8(m)]
+    return bool(layers) and all(m.huge_pages for m in layers)
 
 
 def buffer_bytes(model: torch.nn.Module) -> int:
