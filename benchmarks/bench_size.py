@@ -398,11 +398,15 @@ def read_bandwidth(threads: int, gib: int = 1, tries: int = 5) -> float:
     ``gib`` GiB (int64 adds: the loop waits on memory, not on arithmetic). Taken in the parent
     right after each measured row's process has ended (llama.cpp's threads spin a while after
     a graph), so a row's decode can be set against the ceiling of that moment: this VM's speed
-    drifts between runs."""
+    drifts between runs. The data lies in 2 MB pages where the system offers them (as the
+    int4-a8 rows' weights do; on 4 KB pages the probe read less than those rows decode at)."""
     import torch
 
+    from pytest_llmcheck.engines.transformers.hugepages import Arena
+
     torch.set_num_threads(threads)
-    data = torch.ones(gib << 27, dtype=torch.int64)
+    data = Arena(gib << 30).empty((gib << 27,), torch.int64)
+    data.fill_(1)
     best = float("inf")
     for _ in range(tries):
         start = time.perf_counter()

@@ -74,3 +74,13 @@ def test_adjacent_joins_neighbours_without_a_copy_and_nothing_else() -> None:
     assert adjacent([b, a]) is None  # out of order
     assert adjacent([a, parts[1]]) is None  # another storage
     assert adjacent([torch.zeros(2, 3), torch.zeros(2, 4)]) is None  # another row shape
+
+
+def test_empty_hands_out_room_without_copying() -> None:
+    arena = Arena(256)
+    block = arena.empty((3, 4), torch.float32)
+    assert (block.shape, block.dtype) == ((3, 4), torch.float32)
+    block.fill_(2.0)
+    assert arena.take(torch.ones(2, dtype=torch.int64)).data_ptr() == block.data_ptr() + 64  # 48 B, padded
+    with pytest.raises(ValueError, match="has no room for 1024 more"):
+        arena.empty((256,), torch.float32)

@@ -1,18 +1,17 @@
-"""Weights the int4-a8 decode streams, moved into one mapping of 2 MB pages.
+"""Weights the int4-a8 decode streams, in anonymous memory of 2 MB pages.
 
 Why: at one token per step the int4-a8 kernel reads every weight once, front to back, and is
 bound by how fast memory delivers them. On ordinary 4 KB pages the hardware prefetcher stops
 at every page boundary; in 2 MB pages it runs on. ``benchmarks/bench_w4a8_bodies.py`` times a
 layer both ways (docs/performance.md has the figures). torch's allocator gives 2 MB pages only
 when THP_MEM_ALLOC_ENABLE is set before the process starts, which a plugin cannot do, so the
-weights are copied here once at load into an anonymous mapping advised with
+kernel's weights are written at load into an anonymous mapping advised with
 ``madvise(MADV_HUGEPAGE)`` (the standard library's ``mmap``; no C++ needed).
 
 Only where the bytes lie changes, never their values: the answers are the same. Where the
-kernel or the platform refuses the advice, the mapping is ordinary pages and nothing else
-changes. Tensors are placed back to back in the order given, so that neighbours that one
-kernel call reads together (q/k/v, gate/up) stay one run: :func:`adjacent` joins them
-without a copy.
+system gives no 2 MB pages, the mapping is ordinary pages and nothing else changes. Tensors
+are placed back to back in the order given, so that neighbours that one kernel call reads
+together (q/k/v, gate/up) stay one run: :func:`adjacent` joins them without a copy.
 """
 
 from __future__ import annotations
@@ -32,9 +31,9 @@ ALIGN = 64  # each tensor starts on a cache line (the kernel's tiles are whole c
 
 class Arena:
     """``size`` bytes in one anonymous mapping, 2 MB aligned and advised for 2 MB pages, handed
-    out front to back by :meth:`take`. Pages are touched (and counted in RSS) only as tensors
-    are copied in, so moving a model's weights in one by one, each original freed as it goes,
-    costs one tensor more than the model at peak, not two models."""
+    out front to back by :meth:`empty` and :meth:`take`. Pages are touched (and counted in RSS)
+    only as tensors are written in, so filling it layer by layer, each temporary freed as it
+    goes, holds one layer more than the arena at peak."""
 
     def __init__(self, size: int) -> None:
         import torch
@@ -64,14 +63,21 @@ class Arena:
         """The bytes an arena needs to :meth:`take` each of ``tensors``."""
         return sum(Arena.padded(t.numel() * t.element_size()) for t in tensors)
 
-    def take(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A copy of ``tensor`` (contiguous, same dtype and shape) in the next free bytes."""
-        nbytes = tensor.numel() * tensor.element_size()
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialized contiguous tensor in the next free bytes."""
+        import math
+
+        nbytes = math.prod(shape) * dtype.itemsize
         if self._used + nbytes > self._bytes.numel():
             raise ValueError(f"arena of {self._bytes.numel()} bytes has no room for {nbytes} more")
-        view = self._bytes[self._used : self._used + nbytes].view(tensor.dtype).view(tensor.shape)
-        view.copy_(tensor)
+        view = self._bytes[self._used : self._used + nbytes].view(dtype).view(shape)
         self._used += self.padded(nbytes)
+        return view
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A copy of ``tensor`` (contiguous, same dtype and shape) in the next free bytes."""
+        view = self.empty(tuple(tensor.shape), tensor.dtype)
+        view.copy_(tensor)
         return view
 
 
