@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,30 +33,41 @@ def test_the_views_keep_the_mapping_alive() -> None:
     assert int(view.sum()) == 4 * 1024
 
 
-def test_the_arena_is_advised_where_the_kernel_offers_2mb_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    expected = sys.platform == "linux" and setting.is_file() and "[never]" not in setting.read_text()
-    assert offered() is expected
-    assert Arena(HUGE_PAGE).advised is offered()
+def test_the_arena_is_advised_only_where_the_system_offers_2mb_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    if Arena(HUGE_PAGE).advised:
+        assert offered()
     monkeypatch.setattr(hugepages, "offered", lambda: False)  # THP off: ordinary pages, the same copies
     arena = Arena(HUGE_PAGE)
     assert not arena.advised
     assert torch.equal(arena.take(torch.arange(10)), torch.arange(10))
 
 
-@pytest.mark.skipif(not offered(), reason="this kernel gives no 2 MB pages")
-def test_the_pages_are_2mb_where_offered() -> None:
-    """AnonHugePages counts this process's 2 MB pages: 64 MB copied in adds about 64 MB."""
+def _huge_kb(address: int) -> int:
+    """AnonHugePages of the mapping that holds ``address`` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: start-end perms ...
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
 
-    def huge_kb() -> int:
-        text = Path("/proc/self/smaps_rollup").read_text()
-        return int(text.split("AnonHugePages:")[1].split()[0])
 
-    before = huge_kb()
+def _defrag_never() -> bool:
+    setting = Path("/sys/kernel/mm/transparent_hugepage/defrag")
+    return setting.is_file() and "[never]" in setting.read_text()
+
+
+@pytest.mark.skipif(not offered() or _defrag_never(), reason="this system gives no 2 MB pages on advice")
+def test_the_arena_lies_in_2mb_pages_where_offered() -> None:
     arena = Arena(64 << 20)
-    view = arena.take(torch.ones(64 << 20, dtype=torch.uint8))
-    assert huge_kb() - before >= 32 << 10  # at least half in 2 MB pages (the kernel may refuse some)
-    del view
+    if not arena.advised:
+        pytest.skip("madvise(MADV_HUGEPAGE) refused here")
+    block = arena.empty((64 << 20,), torch.uint8)
+    block.fill_(1)  # written in place: no source tensor of our own that could be in 2 MB pages
+    assert _huge_kb(block.data_ptr()) >= 32 << 10  # at least half (the kernel may refuse some)
 
 
 def test_adjacent_joins_neighbours_without_a_copy_and_nothing_else() -> None:
@@ -74,6 +84,17 @@ def test_adjacent_joins_neighbours_without_a_copy_and_nothing_else() -> None:
     assert adjacent([b, a]) is None  # out of order
     assert adjacent([a, parts[1]]) is None  # another storage
     assert adjacent([torch.zeros(2, 3), torch.zeros(2, 4)]) is None  # another row shape
+    assert adjacent([a, torch.zeros((), dtype=torch.uint8)]) is None  # no rows to join
+
+
+def test_adjacent_gives_contiguous_strides_whatever_the_first_row_says() -> None:
+    buffer = torch.arange(12, dtype=torch.uint8)
+    first = torch.as_strided(buffer, (1, 4), (99, 1))  # one row: torch calls it contiguous
+    assert first.is_contiguous()
+    joined = adjacent([first, buffer[4:].view(2, 4)])
+    assert joined is not None
+    assert joined.stride() == (4, 1)
+    assert torch.equal(joined, buffer.view(3, 4))
 
 
 def test_empty_hands_out_room_without_copying() -> None:

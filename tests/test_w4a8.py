@@ -16,7 +16,7 @@ from pytest_llmcheck.config.registry import resolve
 from pytest_llmcheck.engines.base import GenerationConfig
 from pytest_llmcheck.engines.transformers import decode_step, fastpath, int4, w4a8
 from pytest_llmcheck.engines.transformers.engine import TransformersEngine
-from pytest_llmcheck.engines.transformers.hugepages import offered
+from pytest_llmcheck.engines.transformers.hugepages import HUGE_PAGE, Arena
 from pytest_llmcheck.engines.transformers.quantize import get_quantizer
 from pytest_llmcheck.storage.cache import Cache
 from tests.tiny_model import build_tiny_model, tiny_in_memory
@@ -315,6 +315,7 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str, placed: bool) -
     assert qkv.sizes == [256, 128, 128]
     # in the arenas q/k/v lie back to back and fuse without a copy; else torch.cat copies them
     assert ((qkv.packed.data_ptr(), qkv.sz.data_ptr()) == where) is placed
+    assert decoder.head is not None
     assert attention.v_proj.packed.data_ptr() == qkv.packed[-attention.v_proj.packed.shape[0]:].data_ptr()
     decode_step.load_library(None)  # the kernel built, so a compiler is at hand
     natives = [None, decode_step.build(decoder)]
@@ -330,6 +331,25 @@ def test_lean_loop_on_int4_a8_decodes_as_its_generate(arch: str, placed: bool) -
     cosine = torch.nn.functional.cosine_similarity
     similarity = cosine(logits.flatten().float(), int4_logits.flatten().float(), 0)
     assert similarity > 0.95
+
+
+@needs_kernel
+def test_members_placed_out_of_order_run_apart_rather_than_copied() -> None:
+    import torch
+
+    model, inputs = tiny_in_memory("llama", True, head_dim=64, vocab=320)
+    w4a8.convert(model)
+    attention = model.model.layers[0].self_attn
+    k, v = attention.k_proj, attention.v_proj  # same shapes: swapped, out of the arena's order
+    attention.k_proj, attention.v_proj = v, k
+    arena = attention.q_proj.packed.untyped_storage().data_ptr()
+    decoder = fastpath.FastDecoder.build(model)
+    calls = decoder.layers[0].qkv.int4
+    assert len(calls) == 3  # not fused: a fused copy would hold these bytes beside the arena's
+    assert all(isinstance(c, int4.W4A8Call) and c.packed.untyped_storage().data_ptr() == arena for c in calls)
+    assert isinstance(decoder.layers[1].qkv.single, int4.W4A8Call)  # the next layer, in order, fuses
+    with torch.inference_mode():
+        assert decoder.verify_steps(inputs, [None], steps=2) == [None]
 
 
 def _entries(cache: Path) -> list[tuple[str, str]]:
@@ -556,7 +576,7 @@ def test_smollm2_int4_a8_answers_and_repeats(tmp_path: Path) -> None:
             assert engine.quant.details["w4a8_layers"] == 211
             assert engine.quant.details["w4a8_lm_head"]
             assert engine.quant.details["w4a8_norms"] == 61
-            assert engine.quant.details["w4a8_huge_pages"] is offered()
+            assert engine.quant.details["w4a8_huge_pages"] is Arena(HUGE_PAGE).advised  # as here
             texts.append([engine.generate(p, system=None, config=config).text for p in prompts])
             engine.fast = None  # generate() on the same layers
             assert texts[-1] == [engine.generate(p, system=None, config=config).text for p in prompts]

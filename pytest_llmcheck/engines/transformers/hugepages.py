@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import mmap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,8 @@ class Arena:
             with contextlib.suppress(OSError):  # a kernel without THP: ordinary pages
                 self._map.madvise(advice)
                 self.advised = True
-        whole = torch.frombuffer(self._map, dtype=torch.uint8)  # holds the mapping while any view lives
+        # holds the mapping while any view lives; never close ``_map``: the views would point at nothing
+        whole = torch.frombuffer(self._map, dtype=torch.uint8)
         skip = -whole.data_ptr() % HUGE_PAGE
         self._bytes = whole[skip : skip + size]
         self._used = 0
@@ -65,8 +67,6 @@ class Arena:
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialized contiguous tensor in the next free bytes."""
-        import math
-
         nbytes = math.prod(shape) * dtype.itemsize
         if self._used + nbytes > self._bytes.numel():
             raise ValueError(f"arena of {self._bytes.numel()} bytes has no room for {nbytes} more")
@@ -97,8 +97,9 @@ def adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     import torch
 
     first = tensors[0]
-    if first.dim() == 0 or any(
-        not t.is_contiguous() or t.dtype != first.dtype or t.shape[1:] != first.shape[1:] for t in tensors
+    if any(
+        t.dim() == 0 or not t.is_contiguous() or t.dtype != first.dtype or t.shape[1:] != first.shape[1:]
+        for t in tensors
     ):
         return None
     storage = first.untyped_storage()
@@ -109,5 +110,8 @@ def adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
             return None
     rows = sum(int(t.shape[0]) for t in tensors)
     joined = torch.empty(0, dtype=first.dtype)
-    joined.set_(storage, first.storage_offset(), (rows, *first.shape[1:]), first.stride())
+    shape = (rows, *first.shape[1:])
+    # contiguous strides from the shape: a one-row tensor's own dim-0 stride may be anything
+    strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    joined.set_(storage, first.storage_offset(), shape, strides)
     return joined

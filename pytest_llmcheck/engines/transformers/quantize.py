@@ -53,7 +53,7 @@ class QuantReport:
         if "w4a8_layers" in self.details:  # int4-a8: what runs with int8 activations
             head = " incl. lm_head" if self.details.get("w4a8_lm_head") else ""
             kernel = self.details.get("kernel_status", "")
-            pages = "; weights in 2 MB pages" if self.details.get("w4a8_huge_pages") else ""
+            pages = "; weights advised for 2 MB pages" if self.details.get("w4a8_huge_pages") else ""
             layers = self.details["w4a8_layers"]
             text += f"; int8 activations in {layers} layers{head} (kernel {kernel}){pages}"
         return text

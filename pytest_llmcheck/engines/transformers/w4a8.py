@@ -371,7 +371,13 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32, *, huge_pages: bool
                   Arena(sum(Arena.padded(n * (k // group) * 4) for _, n, k, group in plan)))
 
     def place(packed: torch.Tensor, sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (packed, sz) if arenas is None else (arenas[0].take(packed), arenas[1].take(sz))
+        if arenas is None:
+            return packed, sz
+        want = n * k // 2, n * (k // group) * 4  # the bytes the arenas hold for this layer
+        if (packed.nbytes, sz.nbytes) != want:
+            raise W4A8Error(f"--llm-quant=int4-a8: layer {name} repacks to {packed.nbytes} + {sz.nbytes} "
+                            f"bytes, not the {want[0]} + {want[1]} its shape gives (use --llm-quant=int4)")
+        return arenas[0].take(packed), arenas[1].take(sz)
 
     # names, not modules: a replaced layer's INT4 weights are freed as the loop goes on
     for name, n, k, group in plan:
