@@ -146,6 +146,7 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
     if cold:
         return result
     result["weight_mb"] = engine_weight_bytes(engine) / 1e6
+    result["huge_mb"] = anon_huge_mib()  # int4-a8's weights: how much of them the kernel gave 2 MB pages
     engine._stop_ids = lambda: []  # type: ignore[method-assign]  # ignore end-of-text: same count in every row
     engine.model.generation_config.eos_token_id = None
     long_prompt = (LOG / "long-prompt.txt").read_text(encoding="utf-8")
@@ -171,6 +172,15 @@ def torch_row(size: str, quant: str, threads: int, tokens: int, repeats: int, co
         prompt_tokens=first.prompt_tokens,
     )
     return result
+
+
+def anon_huge_mib() -> float:
+    """This process's anonymous memory in 2 MB pages (0 where the system has no such count)."""
+    try:
+        text = Path("/proc/self/smaps_rollup").read_text(encoding="ascii")
+    except OSError:
+        return 0.0
+    return int(text.split("AnonHugePages:")[1].split()[0]) / 1024 if "AnonHugePages:" in text else 0.0
 
 
 def engine_weight_bytes(engine: Any) -> int:

@@ -105,3 +105,22 @@ def test_empty_hands_out_room_without_copying() -> None:
     assert arena.take(torch.ones(2, dtype=torch.int64)).data_ptr() == block.data_ptr() + 64  # 48 B, padded
     with pytest.raises(ValueError, match="has no room for 1024 more"):
         arena.empty((256,), torch.float32)
+
+
+@pytest.mark.skipif(not offered(), reason="this system gives no 2 MB pages on advice")
+def test_settle_moves_pages_written_as_4kb_into_2mb_pages() -> None:
+    import mmap
+
+    arena = Arena(32 << 20)
+    if not arena.advised:
+        pytest.skip("madvise(MADV_HUGEPAGE) refused here")
+    arena._map.madvise(mmap.MADV_NOHUGEPAGE)  # the faults take 4 KB pages, as on a fragmented machine
+    block = arena.empty((32 << 20,), torch.uint8)
+    block.fill_(7)
+    assert _huge_kb(block.data_ptr()) == 0
+    arena._map.madvise(mmap.MADV_HUGEPAGE)
+    arena.settle()
+    if _huge_kb(block.data_ptr()) == 0:
+        pytest.skip("MADV_COLLAPSE refused here (Linux before 6.1, or no memory to compact into)")
+    assert _huge_kb(block.data_ptr()) >= 16 << 10
+    assert int(block.sum()) == 7 * (32 << 20)  # the same bytes

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 HUGE_PAGE = 2 << 20
+MADV_COLLAPSE = 25  # linux/mman.h; the mmap module names it from Python 3.13 on Linux 6.1+
 ALIGN = 64  # each tensor starts on a cache line (the kernel's tiles are whole cache lines)
 
 
@@ -51,8 +52,8 @@ class Arena:
                 self.advised = True
         # holds the mapping while any view lives; never close ``_map``: the views would point at nothing
         whole = torch.frombuffer(self._map, dtype=torch.uint8)
-        skip = -whole.data_ptr() % HUGE_PAGE
-        self._bytes = whole[skip : skip + size]
+        self._skip = -whole.data_ptr() % HUGE_PAGE
+        self._bytes = whole[self._skip : self._skip + size]
         self._used = 0
 
     @staticmethod
@@ -73,6 +74,17 @@ class Arena:
         view = self._bytes[self._used : self._used + nbytes].view(dtype).view(shape)
         self._used += self.padded(nbytes)
         return view
+
+    def settle(self) -> None:
+        """Ask Linux (6.1 and later) to put what was written into 2 MB pages now: where memory was
+        fragmented when the pages were first touched, or the system's ``defrag`` setting let the
+        faults take 4 KB pages, ``MADV_COLLAPSE`` compacts and copies them over synchronously,
+        whatever that setting says. Advice only: an older kernel, or one that cannot, says no."""
+        if not self.advised or not self._used:
+            return
+        length = min(-(-self._used // HUGE_PAGE) * HUGE_PAGE, len(self._map) - self._skip)
+        with contextlib.suppress(OSError):
+            self._map.madvise(getattr(mmap, "MADV_COLLAPSE", MADV_COLLAPSE), self._skip, length)
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         """A copy of ``tensor`` (contiguous, same dtype and shape) in the next free bytes."""

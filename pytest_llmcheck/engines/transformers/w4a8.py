@@ -403,6 +403,8 @@ def convert(model: torch.nn.Module, lm_head_group: int = 32, *, huge_pages: bool
         layer.huge_pages = arenas is not None and arenas[0].advised
         del module, parts
         _replace(model, name, layer)
+    for arena in arenas or ():
+        arena.settle()
     return len(plan)
 
 
