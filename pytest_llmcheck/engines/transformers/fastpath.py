@@ -66,17 +66,16 @@ def _w4a8_projection(linears: Sequence[Any]) -> Projection:
     """One fused kernel call for int4-a8 layers; the modules' buffers become views of it."""
     import torch
 
+    apart = Projection(int4=[W4A8Call(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias)
+                             for lin in linears])
     if len({lin.group for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
-        calls = [W4A8Call(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias) for lin in linears]
-        return Projection(int4=calls)
+        return apart
     # already back to back (``w4a8.convert`` lays them out so): joined without a copy
     packed = adjacent([lin.packed for lin in linears])
     sz = adjacent([lin.sz for lin in linears])
     if packed is None or sz is None:
         if len({lin.packed.untyped_storage().data_ptr() for lin in linears}) == 1:
-            # placed in one arena, but not in this order: a fused copy would hold the bytes twice
-            return Projection(int4=[W4A8Call(lin.packed, lin.sz, lin.group, [lin.out_features], lin.bias)
-                                    for lin in linears])
+            return apart  # in one arena, but not in this order: a fused copy would hold the bytes twice
         packed = torch.cat([lin.packed for lin in linears], 0)
         sz = torch.cat([lin.sz for lin in linears], 0)
     bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
